@@ -1,0 +1,28 @@
+# medimg: `make train` and `make test` set everything up on first use.
+#   make train   train the default model on the embedded synthetic phantom
+#   make test    run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The machine-wide pip config may point at a local CPU-only torch wheel that PyPI's torchvision
+# cannot load; clearing find-links makes the venv take torch and torchvision together from the index.
+PIP    := PIP_FIND_LINKS= $(BIN)/pip
+
+.PHONY: train test install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e ".[test]"
+	touch $@
+
+train: install
+	$(BIN)/medimg train
+
+test: install
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) outputs runs multirun .pytest_cache

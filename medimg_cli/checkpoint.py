@@ -1,0 +1,80 @@
+"""Checkpoints that know their model: written atomically, loadable without the config files.
+
+A checkpoint is a dict with ``format``, ``model`` (``{"name", "args"}`` for
+``medimg_cli.models.create_model``), ``state_dict``, ``config`` (the resolved run config as
+plain containers), ``epoch``, ``history`` (the metrics rows so far), ``best`` and, in
+``last.pt``, ``optimizer`` and ``rng`` for an exact resume.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medimg_cli.errors import ConfigError
+from medimg_cli.models import create_model
+
+FORMAT = "medimg-checkpoint-1"
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` via a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save({"format": FORMAT, **payload}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a medimg checkpoint; a missing or foreign file raises a ``ConfigError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist; expected <run folder>/checkpoints/best.pt or last.pt")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises several types for foreign or truncated files
+        raise ConfigError(f"checkpoint {path} cannot be read ({type(error).__name__}); is it a medimg checkpoint?") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"checkpoint {path} is not a medimg checkpoint (format {FORMAT} expected)")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
+    """Rebuild the model stored in a checkpoint and load its weights (on the checkpoint's device)."""
+    model = create_model(payload["model"]["name"], **payload["model"]["args"])
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
+def rng_state() -> dict[str, Any]:
+    """The random number generator states that training draws from."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore states saved by ``rng_state``."""
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _as_tuple(value: Any) -> Any:
+    """Lists back to tuples, as ``random.setstate`` needs them."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,0 +1,70 @@
+"""``medimg <command> [arguments]``: pick the command, hand the rest of the line to it.
+
+Each module in ``medimg_cli/commands/`` is a command: it has a one-line ``HELP`` and a
+``main(argv) -> int``. Adding a command is adding a module there.
+
+    medimg --help
+    medimg train model=unet data.task=segmentation
+    medimg train --help
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import medimg_cli.commands
+from medimg_cli.errors import unknown_choice
+from medimg_cli.hydra_app import print_error
+
+
+def commands() -> dict[str, str]:
+    """All commands: name -> one-line help, read from the modules' source without importing
+    them (importing torch would make ``medimg --help`` take seconds)."""
+    found = {}
+    for info in pkgutil.iter_modules(medimg_cli.commands.__path__):
+        if info.name.startswith("_"):
+            continue
+        source = Path(info.module_finder.path, f"{info.name}.py").read_text()
+        help_line = next(
+            ast.literal_eval(node.value)
+            for node in ast.parse(source).body
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "HELP" for t in node.targets)
+        )
+        found[info.name] = help_line
+    return found
+
+
+def usage(available: dict[str, str]) -> str:
+    width = max(len(name) for name in available)
+    lines = ["usage: medimg <command> [arguments]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_line}" for name, help_line in sorted(available.items())]
+    lines += ["", "'medimg <command> --help' shows a command's options and config groups."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``medimg`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    available = commands()
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage(available))
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"medimg {version('medimg')}")
+        return 0
+    name = argv[0]
+    if name not in available:
+        print_error(None, str(unknown_choice("command", name, available)))
+        return 2
+    return importlib.import_module(f"medimg_cli.commands.{name}").main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""``medimg train``: train a model and print its per-epoch table.
+
+    medimg train                                   # multitask CNN on the embedded phantom
+    medimg train model=unet data.task=segmentation trainer.epochs=20
+    medimg train -m model=cnn,unet seed=0,1,2      # a sweep, one run folder per job
+    medimg train hydra.run.dir=runs/a trainer.resume=true   # continue an interrupted run
+
+The recipe, top to bottom: check the config, build data, model, optimizer and augmentation,
+restore ``last.pt`` when resuming, then per epoch train, validate, append ``metrics.csv`` and
+write checkpoints; finally evaluate ``best.pt`` on the test split and write ``summary.json``
+and ``table.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from medimg_cli.augment import build_augment
+from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from medimg_cli.config import build_optimizer, check_numbers, monitor_mode, resolve_device, seed_everything
+from medimg_cli.data import build_data
+from medimg_cli.data.batches import TensorBatches
+from medimg_cli.errors import ConfigError
+from medimg_cli.hydra_app import run_hydra
+from medimg_cli.loop import TaskLoss, evaluate, train_epoch
+from medimg_cli.metrics import task_metric_names
+from medimg_cli.models import create_model, model_args
+from medimg_cli.results import (
+    make_console,
+    append_metrics_row,
+    markdown_table,
+    rich_table,
+    write_atomic,
+    write_json,
+    write_metrics_csv,
+)
+from medimg_cli.runinfo import device_name, git_commit, versions
+
+HELP = "train a model; Hydra overrides pick data, model, augment, optim, trainer"
+log = logging.getLogger(__name__)
+# Keys a resumed run may change; anything else would make it a different experiment.
+RESUMABLE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.table_every", "device")
+
+
+def main(argv: list[str]) -> int:
+    return run_hydra("train", _hydra_task, argv)
+
+
+def _hydra_task(cfg: DictConfig) -> dict[str, Any]:
+    hydra_cfg = HydraConfig.get()
+    return train(cfg, Path(hydra_cfg.runtime.output_dir), overrides=list(hydra_cfg.overrides.task))
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says, writing into ``run_dir``; returns the summary.
+
+    Args:
+        cfg: the composed ``train`` config.
+        run_dir: the run folder (Hydra's output directory).
+        overrides: the command-line overrides, checked against ``RESUMABLE_KEYS`` on resume.
+    """
+    check_numbers(cfg)
+    resume = _resume_checkpoint(cfg, run_dir, overrides or [])
+    if resume is not None:
+        run_dir, cfg = resume["run_dir"], resume["cfg"]
+    elif (run_dir / "metrics.csv").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with trainer.resume=true or pick another hydra.run.dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    data = build_data(OmegaConf.to_container(cfg.data, resolve=True))
+    info = data.info
+    args = model_args(OmegaConf.to_container(cfg.model, resolve=True), info)
+    model = create_model(cfg.model.name, **args).to(device)
+    optimizer = build_optimizer(OmegaConf.to_container(cfg.optim, resolve=True), model.parameters())
+    augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), info.spatial_dims)
+    loss_fn = TaskLoss(info)
+    trainer = cfg.trainer
+    val_metrics = ["val_loss"] + [f"val_{m}" for m in task_metric_names(info)]
+    mode = monitor_mode(trainer.monitor, val_metrics)
+    train_batches = TensorBatches(
+        data.train, trainer.batch_size, device, shuffle=True, drop_last=True, seed=cfg.seed
+    )
+    val_batches = TensorBatches(data.val, trainer.eval_batch_size, device)
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": None, "value": None}
+    if resume is not None:
+        state = resume["checkpoint"]
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        history, best = state["history"], state["best"]
+        write_metrics_csv(run_dir / "metrics.csv", history)  # drop rows of an unfinished epoch
+        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+    else:
+        write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "%s on %s (%s, %dD, %s): %s parameters, %d/%d/%d images, run folder %s",
+        cfg.model.name, cfg.data.name, info.task, info.spatial_dims, device_name(device),
+        f"{n_params:,}", len(data.train["image"]), len(data.val["image"]), len(data.test["image"]), run_dir,
+    )
+
+    checkpoint_base = {
+        "model": {"name": cfg.model.name, "args": args},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "data_fingerprint": data.fingerprint,
+    }
+    start = time.perf_counter()
+    prior_seconds = resume["checkpoint"].get("wall_seconds", 0.0) if resume else 0.0
+    console = make_console()
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    first_epoch = len(history) + 1
+    try:
+        with progress:
+            bar = progress.add_task("train", total=len(train_batches), epoch=first_epoch, epochs=trainer.epochs, status="")
+            for epoch in range(first_epoch, trainer.epochs + 1):
+                progress.reset(bar, total=len(train_batches), epoch=epoch)
+                epoch_start = time.perf_counter()
+                stats = train_epoch(
+                    model, train_batches, epoch, loss_fn, optimizer, augment, lambda: progress.advance(bar)
+                )
+                val = evaluate(model, val_batches, loss_fn)
+                row = {
+                    "epoch": epoch,
+                    "train_loss": stats["train_loss"],
+                    **{f"val_{k}": v for k, v in val.items() if k != "seconds_per_image"},
+                    "epoch_seconds": time.perf_counter() - epoch_start,
+                    "train_images_per_second": stats["train_images_per_second"],
+                    "seconds_per_image": val["seconds_per_image"],
+                }
+                history.append(row)
+                append_metrics_row(run_dir / "metrics.csv", row)
+                value = row[trainer.monitor]
+                if best["epoch"] is None or _improves(value, best["value"], mode):
+                    best = {"epoch": epoch, "value": value}
+                    save_checkpoint(run_dir / "checkpoints" / "best.pt", {**checkpoint_base, **_state(model, epoch, history, best)})
+                save_checkpoint(
+                    run_dir / "checkpoints" / "last.pt",
+                    {**checkpoint_base, **_state(model, epoch, history, best), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                     "wall_seconds": prior_seconds + time.perf_counter() - start},
+                )
+                status = f"loss {row['train_loss']:.4f}  {trainer.monitor} {value:.4f}"
+                progress.update(bar, status=status)
+                if progress.disable:
+                    log.info("epoch %d/%d  %s  (%.1fs)", epoch, trainer.epochs, status, row["epoch_seconds"])
+    except KeyboardInterrupt:
+        done = len(history)
+        log.warning(
+            "interrupted; %s keeps epoch %d. Resume: medimg train hydra.run.dir=%s trainer.resume=true",
+            run_dir / "checkpoints" / "last.pt", done, run_dir,
+        )
+        raise SystemExit(130) from None
+
+    best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt", device)
+    model.load_state_dict(best_state["state_dict"])
+    test = evaluate(model, TensorBatches(data.test, trainer.eval_batch_size, device), loss_fn)
+    summary = {
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "task": info.task,
+        "seed": cfg.seed,
+        "epochs": trainer.epochs,
+        "monitor": trainer.monitor,
+        "best_epoch": best["epoch"],
+        "best": next(r for r in history if r["epoch"] == best["epoch"]),
+        "test": test,
+        "parameters": n_params,
+        "device": device_name(device),
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "wall_seconds": prior_seconds + time.perf_counter() - start,
+        "data_fingerprint": data.fingerprint,
+        "run_dir": str(run_dir),
+    }
+    write_json(run_dir / "summary.json", summary)
+    title = f"{cfg.model.name} on {cfg.data.name} ({info.task}), seed {cfg.seed}"
+    write_atomic(
+        run_dir / "table.md",
+        markdown_table(history, trainer.table_every, test, best["epoch"], title=title),
+    )
+    console.print(rich_table(history, trainer.table_every, test, best["epoch"], title=title))
+    console.print(f"run folder: {run_dir}")
+    return summary
+
+
+def _improves(value: float, best: float | None, mode: str) -> bool:
+    if value is None or math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value < best if mode == "min" else value > best
+
+
+def _state(model: Any, epoch: int, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+    return {"state_dict": model.state_dict(), "epoch": epoch, "history": list(history), "best": dict(best)}
+
+
+def _resume_checkpoint(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any] | None:
+    """The run folder, saved config and ``last.pt`` to resume, or ``None`` for a new run."""
+    target = cfg.trainer.resume
+    if target is False or target is None:
+        return None
+    folder = run_dir if target is True else Path(str(target))
+    if folder.is_file():
+        folder = folder.parent.parent  # <run>/checkpoints/last.pt
+    last = folder / "checkpoints" / "last.pt"
+    if not last.is_file():
+        raise ConfigError(
+            f"trainer.resume={target}: {last} does not exist; "
+            "pass hydra.run.dir=<run folder> trainer.resume=true, or trainer.resume=<run folder>"
+        )
+    checkpoint = load_checkpoint(last)
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key not in RESUMABLE_KEYS and not key.startswith("hydra"):
+            raise ConfigError(
+                f"{key} cannot change when resuming (a resumed run keeps its saved config); "
+                f"only {', '.join(RESUMABLE_KEYS)} can. Start a new run instead."
+            )
+    saved = OmegaConf.create(checkpoint["config"])
+    for key in RESUMABLE_KEYS:
+        if any(o.split("=", 1)[0] == key for o in overrides) or key == "trainer.resume":
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
+    return {"run_dir": folder, "cfg": saved, "checkpoint": checkpoint}

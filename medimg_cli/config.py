@@ -1,0 +1,112 @@
+"""Checks on composed configs and the run-wide settings they imply (seeding, device, optimizer).
+
+Hydra composes the YAML; this module turns bad values into one-line ``ConfigError`` messages
+before anything is built, and maps names to torch objects.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from medimg_cli.errors import ConfigError, did_you_mean, unknown_choice
+from medimg_cli.registry import Registry
+
+# key: (type, smallest allowed value, example). Keys absent from a config are not checked.
+_NUMBERS: dict[str, tuple[type, float, str]] = {
+    "seed": (int, 0, "seed=0"),
+    "trainer.epochs": (int, 1, "trainer.epochs=50"),
+    "trainer.batch_size": (int, 1, "trainer.batch_size=32"),
+    "trainer.eval_batch_size": (int, 1, "trainer.eval_batch_size=256"),
+    "trainer.table_every": (int, 1, "trainer.table_every=5"),
+    "optim.lr": (float, 0, "optim.lr=0.001"),
+    "optim.weight_decay": (float, 0, "optim.weight_decay=0.0001"),
+    "optim.momentum": (float, 0, "optim.momentum=0.9"),
+    "data.seed": (int, 0, "data.seed=0"),
+    "data.num_samples": (int, 10, "data.num_samples=700"),
+    "data.image_size": (int, 16, "data.image_size=32"),
+    "data.spatial_dims": (int, 2, "data.spatial_dims=3"),
+    "data.mask_classes": (int, 2, "data.mask_classes=3"),
+}
+_POSITIVE = {"optim.lr"}  # strictly greater than the minimum
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """Raise a ``ConfigError`` for the first numeric key with a wrong type or range."""
+    for key, (kind, minimum, example) in _NUMBERS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int and not (is_number and float(value).is_integer()):
+            raise ConfigError(f"{key}={value!r} must be an integer, e.g. {example}")
+        if not is_number:
+            raise ConfigError(f"{key}={value!r} must be a number, e.g. {example}")
+        if value < minimum or (key in _POSITIVE and value <= minimum):
+            bound = ">" if key in _POSITIVE else ">="
+            raise ConfigError(f"{key}={value!r} must be {bound} {minimum:g}, e.g. {example}")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; ``cpu``, ``cuda``, ``cuda:N``, ``mps`` are checked."""
+    spec = str(spec)
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"device={spec!r} is not a device. Valid: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={spec!r} is not supported. Valid: auto, cpu, cuda, cuda:N, mps")
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(f"device={spec} but CUDA is not available here; use device=auto or device=cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device={spec} but this machine has {count} CUDA device(s): cuda:0..cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps but Apple MPS is not available here; use device=auto or device=cpu")
+    return device
+
+
+OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.register("adam")(torch.optim.Adam)
+OPTIMIZERS.register("adamw")(torch.optim.AdamW)
+OPTIMIZERS.register("sgd")(torch.optim.SGD)
+
+
+def build_optimizer(cfg: Mapping, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer ``cfg["name"]`` with the other keys of ``cfg`` as its arguments."""
+    cls = OPTIMIZERS.get(cfg["name"])
+    args = {key: value for key, value in cfg.items() if key != "name"}
+    valid = [p for p in inspect.signature(cls).parameters if p != "params"]
+    for key in args:
+        if key not in valid:
+            raise ConfigError(f"optim.{key} is not an argument of {cls.__name__}.{did_you_mean(key, valid)}")
+    if "betas" in args:
+        args["betas"] = tuple(args["betas"])
+    return cls(params, **args)
+
+
+def monitor_mode(metric: str, valid: Iterable[str]) -> str:
+    """``"min"`` for losses, ``"max"`` otherwise; unknown metric names raise a ``ConfigError``."""
+    valid = list(valid)
+    if metric not in valid:
+        raise unknown_choice("trainer.monitor", metric, valid)
+    return "min" if metric.endswith("loss") else "max"

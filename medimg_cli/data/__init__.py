@@ -1,0 +1,100 @@
+"""Datasets: every source turns its config into the same in-memory splits.
+
+A source is a function ``(data_cfg) -> Splits`` registered under its config name
+(``conf/data/<name>.yaml`` has ``name: <name>``). Samples are dictionaries of tensors:
+``image`` ``(N, C, *spatial)`` float32, ``label`` ``(N,)`` int64, ``mask`` ``(N, 1, *spatial)``
+uint8; a split holds the keys its task needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medimg_cli.errors import ConfigError, unknown_choice
+from medimg_cli.registry import Registry
+
+TASKS = ("classification", "segmentation", "multitask")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What models and metrics need to know about a dataset."""
+
+    task: str
+    spatial_dims: int
+    in_channels: int
+    num_classes: int  # image-level classes (classification and multitask)
+    num_seg_classes: int  # mask classes including background (segmentation and multitask)
+    class_names: tuple[str, ...]
+
+    @property
+    def classifies(self) -> bool:
+        return self.task in ("classification", "multitask")
+
+    @property
+    def segments(self) -> bool:
+        return self.task in ("segmentation", "multitask")
+
+
+@dataclass
+class Splits:
+    """Train/val/test tensors plus the dataset description and a content fingerprint."""
+
+    train: dict[str, torch.Tensor]
+    val: dict[str, torch.Tensor]
+    test: dict[str, torch.Tensor]
+    info: DataInfo
+    fingerprint: str
+
+    def split(self, name: str) -> dict[str, torch.Tensor]:
+        if name not in SPLITS:
+            raise unknown_choice("split", name, SPLITS)
+        return getattr(self, name)
+
+
+SOURCES: Registry[Callable[[Mapping], Splits]] = Registry("data source")
+
+
+def fingerprint(arrays: Mapping[str, np.ndarray]) -> str:
+    """A short SHA-256 of the arrays' bytes, shapes and dtypes, in key order."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{array.dtype}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
+    """Shuffle ``range(n)`` with ``seed`` and cut it into train/val/test by ``fractions``."""
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError(f"data.split={list(fractions)} must be three positive fractions summing to 1")
+    order = np.random.default_rng(seed).permutation(n)
+    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+    return {
+        "train": order[:n_train],
+        "val": order[n_train : n_train + n_val],
+        "test": order[n_train + n_val :],
+    }
+
+
+def keys_for_task(task: str) -> tuple[str, ...]:
+    """The sample keys a task trains on."""
+    return {"classification": ("image", "label"), "segmentation": ("image", "mask")}.get(
+        task, ("image", "label", "mask")
+    )
+
+
+def build_data(cfg: Mapping) -> Splits:
+    """Build the splits of the data source named ``cfg["name"]``."""
+    if cfg.get("task") not in TASKS:
+        raise unknown_choice("data.task", cfg.get("task"), TASKS)
+    from medimg_cli.data import phantom_source  # noqa: F401  (registers the source)
+
+    return SOURCES.get(cfg["name"])(cfg)

@@ -1,0 +1,79 @@
+"""Run a command's task function under Hydra, turning user mistakes into short messages.
+
+Hydra parses the command line (overrides, ``-m``, ``--cfg``, ``--help``, ``--config-dir``)
+and composes ``conf/<command>.yaml``. Hydra's own error printer exits with code 1 and a
+paragraph; medimg asks Hydra to raise instead (``HYDRA_FULL_ERROR=1``), prints composition
+errors and ``ConfigError`` in one or two lines, and exits with code 2. Users who set
+``HYDRA_FULL_ERROR=1`` themselves get the full traceback, as with any Hydra app.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import hydra
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+
+from medimg_cli.errors import ConfigError, unknown_choice
+
+_stderr = Console(stderr=True, highlight=False)
+
+
+def print_error(command: str | None, message: str) -> None:
+    """Print ``medimg [<command>]: error: <message>`` on stderr."""
+    prog = f"medimg {command}" if command else "medimg"
+    _stderr.print(f"[bold red]{prog}: error:[/] {message}", markup=True, soft_wrap=True)
+
+
+def describe(error: Exception) -> str:
+    """A short message for a Hydra or OmegaConf composition error."""
+    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+        group, _, value = error.missing_cfg_file.rpartition("/")
+        return str(unknown_choice(group or "config", value, error.options))
+    cause = error.__cause__ or error.__context__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(cause, OmegaConfBaseException):
+        parent = getattr(cause, "parent_node", None)
+        detail = str(cause).splitlines()[0]
+        if isinstance(parent, DictConfig) and "not in struct" in detail:
+            detail += f"; valid keys there: {', '.join(str(k) for k in parent.keys())}"
+        return f"{' '.join(lines[:2])} ({detail})"
+    return " ".join(lines[:3])
+
+
+def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) -> int:
+    """Compose ``conf/<command>.yaml`` from ``argv`` and call ``task``; returns the exit code."""
+    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+    @hydra.main(version_base="1.3", config_path="pkg://medimg_cli.conf", config_name=command)
+    def entry(cfg: DictConfig) -> Any:
+        return task(cfg)
+
+    saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [f"medimg {command}", *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        entry()
+    except ConfigError as error:
+        if user_wants_traceback:
+            raise
+        print_error(command, str(error))
+        return 2
+    except (HydraException, OmegaConfBaseException) as error:
+        if user_wants_traceback:
+            raise
+        print_error(command, describe(error))
+        return 2
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+    return 0

@@ -1,0 +1,94 @@
+"""The training and evaluation steps shared by ``medimg train`` and ``medimg eval``.
+
+One epoch of training: for each batch, augment on the device, forward, task loss, backward,
+optimizer step. The loss is summed on the device and read once per epoch, so the step has no
+host-device synchronisation. Evaluation runs the model in eval mode without gradients and
+times the forward passes with device synchronisation for the seconds-per-image figure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from torch import nn
+
+from medimg_cli.augment import Recipe
+from medimg_cli.data import DataInfo
+from medimg_cli.data.batches import TensorBatches
+from medimg_cli.metrics import TaskMetrics
+
+
+class TaskLoss(nn.Module):
+    """Cross-entropy for classification, Dice + CE for segmentation, their sum for multitask."""
+
+    def __init__(self, info: DataInfo) -> None:
+        super().__init__()
+        self.info = info
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar loss from logits and a batch with ``label`` ``(B,)`` and/or ``mask`` ``(B, 1, *spatial)``."""
+        loss = torch.zeros((), device=batch["image"].device)
+        if self.info.classifies:
+            loss = loss + F.cross_entropy(outputs["class_logits"].float(), batch["label"])
+        if self.info.segments:
+            loss = loss + self.dice_ce(outputs["seg_logits"].float(), batch["mask"].long())
+        return loss
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work on ``device`` so wall-clock timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: TensorBatches,
+    epoch: int,
+    loss_fn: TaskLoss,
+    optimizer: torch.optim.Optimizer,
+    augment: Recipe,
+    on_batch: Callable[[], None] = lambda: None,
+) -> dict[str, float]:
+    """Train for one epoch; returns ``train_loss`` (sample-weighted mean) and throughput."""
+    model.train()
+    total, count = torch.zeros((), device=batches.device), 0
+    synchronize(batches.device)
+    start = time.perf_counter()
+    for batch in batches.epoch(epoch):
+        batch = augment(batch)
+        loss = loss_fn(model(batch["image"]), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        size = batch["image"].shape[0]
+        total += loss.detach() * size
+        count += size
+        on_batch()
+    synchronize(batches.device)
+    seconds = time.perf_counter() - start
+    return {"train_loss": total.item() / count, "train_images_per_second": count / seconds}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: TensorBatches, loss_fn: TaskLoss) -> dict[str, float]:
+    """Loss, task metrics and ``seconds_per_image`` (forward passes only) on one split."""
+    model.eval()
+    metrics = TaskMetrics(loss_fn.info)
+    total, count, seconds = 0.0, 0, 0.0
+    for batch in batches.epoch():
+        synchronize(batches.device)
+        start = time.perf_counter()
+        outputs = model(batch["image"])
+        synchronize(batches.device)
+        seconds += time.perf_counter() - start
+        size = batch["image"].shape[0]
+        total += loss_fn(outputs, batch).item() * size
+        count += size
+        metrics.update(outputs, batch)
+    return {"loss": total / count, **metrics.compute(), "seconds_per_image": seconds / count}

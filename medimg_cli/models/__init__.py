@@ -1,0 +1,71 @@
+"""Model registry: ``model=<name>`` builds the network registered under that name.
+
+Every model takes the data-derived keyword arguments ``spatial_dims``, ``in_channels``,
+``num_classes``, ``num_seg_classes`` and ``task``, plus the flat keys of its YAML file, and
+returns a dict of logits: ``class_logits`` ``(B, num_classes)`` when the task classifies and
+``seg_logits`` ``(B, num_seg_classes, *spatial)`` when it segments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from medimg_cli.data import DataInfo
+from medimg_cli.errors import ConfigError, did_you_mean
+from medimg_cli.registry import Registry
+
+MODELS: Registry[type[nn.Module]] = Registry("model")
+_MODULES = ("cnn", "unet")  # one module per family; importing registers it
+
+
+def _load_all() -> None:
+    for module in _MODULES:
+        importlib.import_module(f"medimg_cli.models.{module}")
+
+
+def model_args(cfg: Mapping, info: DataInfo) -> dict[str, Any]:
+    """The full keyword arguments of a model: its config keys plus what the data determines."""
+    args = {key: value for key, value in cfg.items() if key != "name"}
+    args.update(
+        spatial_dims=info.spatial_dims,
+        in_channels=info.in_channels,
+        num_classes=info.num_classes,
+        num_seg_classes=info.num_seg_classes,
+        task=info.task,
+    )
+    return args
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name``; bad arguments raise a ``ConfigError``.
+
+    Args:
+        name: registry key, e.g. ``"cnn"``.
+        **kwargs: the model's arguments (see ``model_args``).
+    """
+    _load_all()
+    cls = MODELS.get(name)
+    tasks = getattr(cls, "TASKS", ())
+    if kwargs.get("task") not in tasks:
+        raise ConfigError(f"model '{name}' cannot do data.task={kwargs.get('task')}; it supports {', '.join(tasks)}")
+    valid = [p for p in inspect.signature(cls).parameters if p != "self"]
+    for key in kwargs:
+        if key not in valid:
+            raise ConfigError(
+                f"model.{key} is not an argument of model '{name}'. Valid: {', '.join(valid)}.{did_you_mean(key, valid)}"
+            )
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, AssertionError) as error:
+        raise ConfigError(f"model '{name}' cannot be built from {kwargs}: {error}") from error
+
+
+def model_names() -> list[str]:
+    """All registered model names."""
+    _load_all()
+    return MODELS.names()

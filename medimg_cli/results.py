@@ -1,0 +1,163 @@
+"""Run outputs: ``metrics.csv`` (one row per epoch), ``summary.json`` and the per-epoch table.
+
+The table is laid out like the comparison tables of the papers: one row per epoch (or every
+k-th epoch), metrics in percent, timings in seconds, and a final row for the test split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_f1",
+    "val_auc",
+    "val_dice",
+    "val_iou",
+    "epoch_seconds",
+    "train_images_per_second",
+    "seconds_per_image",
+)
+# column -> (header, format); fractions are shown in percent as in the papers' tables
+_DISPLAY = {
+    "epoch": ("epoch", "{:.0f}"),
+    "train_loss": ("train loss", "{:.4f}"),
+    "val_loss": ("val loss", "{:.4f}"),
+    "val_accuracy": ("acc %", "pct"),
+    "val_f1": ("F1 %", "pct"),
+    "val_auc": ("AUC %", "pct"),
+    "val_dice": ("Dice %", "pct"),
+    "val_iou": ("IoU %", "pct"),
+    "epoch_seconds": ("epoch s", "{:.2f}"),
+    "train_images_per_second": ("train img/s", "{:.0f}"),
+    "seconds_per_image": ("s/img", "{:.2e}"),
+}
+
+
+def make_console() -> Console:
+    """A console for tables: the terminal's width, or a wide one when output is redirected."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers never see a half-written file."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+
+
+def _csv_value(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else repr(value)
+
+
+def append_metrics_row(path: Path, row: Mapping[str, Any]) -> None:
+    """Append one epoch to ``metrics.csv`` (header first if new), flushed to disk."""
+    new = not path.exists()
+    with path.open("a", newline="") as file:
+        writer = csv.writer(file)
+        if new:
+            writer.writerow(COLUMNS)
+        writer.writerow([_csv_value(row.get(c)) for c in COLUMNS])
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def write_metrics_csv(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Rewrite ``metrics.csv`` atomically from ``rows`` (used when a run resumes)."""
+    lines = [",".join(COLUMNS)] + [",".join(_csv_value(r.get(c)) for c in COLUMNS) for r in rows]
+    write_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, float | None]]:
+    """Rows of ``metrics.csv`` with numbers as floats and empty cells as ``None``."""
+    with path.open(newline="") as file:
+        return [{k: (float(v) if v else None) for k, v in row.items()} for row in csv.DictReader(file)]
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as indented JSON, atomically; NaN becomes ``null``."""
+    clean = json.loads(json.dumps(data, default=str).replace("NaN", "null"))
+    write_atomic(path, json.dumps(clean, indent=2) + "\n")
+
+
+def select_rows(
+    rows: Sequence[Mapping[str, Any]], every: int, best_epoch: int | None = None
+) -> list[Mapping[str, Any]]:
+    """Every ``every``-th epoch, the best epoch and the last epoch, in epoch order."""
+    last = int(rows[-1]["epoch"]) if rows else None
+    return [r for r in rows if int(r["epoch"]) % every == 0 or int(r["epoch"]) in (best_epoch, last)]
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    fmt = _DISPLAY[column][1]
+    return f"{100 * value:.1f}" if fmt == "pct" else fmt.format(value)
+
+
+def _table_cells(
+    rows: Sequence[Mapping[str, Any]], every: int, test: Mapping[str, Any] | None, best_epoch: int | None
+) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the table; columns without any value are left out."""
+    columns = [c for c in COLUMNS if any(r.get(c) is not None for r in rows)]
+    body = []
+    for row in select_rows(rows, every, best_epoch):
+        cells = [_cell(c, row.get(c)) for c in columns]
+        if best_epoch is not None and int(row["epoch"]) == best_epoch:
+            cells[0] += "*"
+        body.append(cells)
+    if test:
+        test_row = {f"val_{k}": v for k, v in test.items()} | {"seconds_per_image": test.get("seconds_per_image")}
+        body.append(["test"] + [_cell(c, test_row.get(c)) if c.startswith("val_") or c == "seconds_per_image" else "" for c in columns[1:]])
+    headers = [_DISPLAY[c][0] for c in columns]
+    return headers, body
+
+
+def rich_table(
+    rows: Sequence[Mapping[str, Any]],
+    every: int = 1,
+    test: Mapping[str, Any] | None = None,
+    best_epoch: int | None = None,
+    title: str | None = None,
+) -> Table:
+    """The per-epoch table for the terminal (``*`` marks the best epoch)."""
+    headers, body = _table_cells(rows, every, test, best_epoch)
+    table = Table(title=title, caption="* best validation epoch; test = best checkpoint on the test split")
+    for header in headers:
+        table.add_column(header, justify="right", no_wrap=True)
+    for index, cells in enumerate(body):
+        table.add_row(*cells, end_section=test is not None and index == len(body) - 2)
+    return table
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]],
+    every: int = 1,
+    test: Mapping[str, Any] | None = None,
+    best_epoch: int | None = None,
+    title: str | None = None,
+) -> str:
+    """The same table as ``rich_table``, in Markdown."""
+    headers, body = _table_cells(rows, every, test, best_epoch)
+    lines = [f"**{title}**", ""] if title else []
+    lines += ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines += ["", "\\* best validation epoch; test = best checkpoint on the test split"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,114 @@
+"""Every config option composes and builds; bad values give one clear ConfigError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import medimg_cli
+from medimg_cli.augment import RECIPES, build_augment
+from medimg_cli.config import OPTIMIZERS, build_optimizer, check_numbers, resolve_device
+from medimg_cli.data import SOURCES, TASKS, build_data
+from medimg_cli.errors import ConfigError
+from medimg_cli.models import create_model, model_args, model_names
+
+from conftest import compose_config
+
+CONF = Path(medimg_cli.__file__).parent / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("group", "registry"),
+    [("model", model_names()), ("augment", RECIPES.names()), ("optim", OPTIMIZERS.names()), ("data", None)],
+)
+def test_yaml_stem_name_and_registry_key_agree(group, registry):
+    if group == "data":
+        build_data(dict(compose_config(["data.num_samples=20", "data.image_size=32"]).data))  # registers sources
+        registry = SOURCES.names()
+    for option in options(group):
+        assert OmegaConf.load(CONF / group / f"{option}.yaml").name == option
+    assert options(group) == registry
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_every_model_builds_and_runs_every_task(model, task, dims):
+    cfg = compose_config([f"model={model}", f"data.task={task}", f"data.spatial_dims={dims}", "data.image_size=32"])
+    data = build_data({**OmegaConf.to_container(cfg.data), "num_samples": 12})
+    net = create_model(model, **model_args(OmegaConf.to_container(cfg.model), data.info))
+    out = net(data.train["image"][:2])
+    if data.info.classifies:
+        assert out["class_logits"].shape == (2, 3)
+    if data.info.segments:
+        assert out["seg_logits"].shape == (2, 2) + (32,) * dims
+    expected = {"class_logits"} if data.info.classifies else set()
+    assert set(out) == expected | ({"seg_logits"} if data.info.segments else set())
+
+
+@pytest.mark.parametrize("optim", options("optim"))
+def test_every_optimizer_builds(optim):
+    cfg = compose_config([f"optim={optim}"])
+    opt = build_optimizer(OmegaConf.to_container(cfg.optim), [torch.nn.Parameter(torch.zeros(2))])
+    assert opt.param_groups[0]["lr"] == cfg.optim.lr
+
+
+@pytest.mark.parametrize("augment", options("augment"))
+def test_every_augment_recipe_keeps_image_and_mask_aligned(augment):
+    cfg = compose_config([f"augment={augment}"])
+    recipe = build_augment(OmegaConf.to_container(cfg.augment), spatial_dims=2)
+    image = torch.rand(8, 1, 16, 16)
+    batch = recipe({"image": image, "mask": (image > 0.5).to(torch.uint8)})
+    assert torch.equal(batch["mask"], (batch["image"] > 0.5).to(torch.uint8))
+
+
+def test_flip_flips_per_sample_not_per_batch():
+    torch.manual_seed(0)
+    image = torch.arange(16.0).reshape(1, 1, 4, 4).repeat(64, 1, 1, 1)
+    out = build_augment({"name": "flip", "prob": 0.5, "axes": [1]}, 2)({"image": image})["image"]
+    flipped = (out[:, 0, 0, 0] == 3).float().mean()
+    assert 0.2 < flipped < 0.8  # some samples flipped, some not
+    assert torch.equal(out[out[:, 0, 0, 0] == 3][0], image[0].flip(-1))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=abc", "optim.lr='abc' must be a number"),
+        ("optim.lr=0", "optim.lr=0 must be > 0"),
+        ("trainer.epochs=1.5", "trainer.epochs=1.5 must be an integer"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
+        ("seed=true", "seed=True must be an integer"),
+    ],
+)
+def test_bad_numbers_name_the_key_and_an_example(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        check_numbers(compose_config([override]))
+
+
+def test_unknown_model_argument_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="model.chanels is not an argument of model 'cnn'.*Did you mean 'channels'"):
+        create_model("cnn", spatial_dims=2, in_channels=1, num_classes=2, num_seg_classes=2, task="classification", chanels=[4])
+
+
+def test_unknown_model_name_suggests_the_closest():
+    with pytest.raises(ConfigError, match="unknown model 'unte'. Valid: cnn, unet.*Did you mean 'unet'"):
+        create_model("unte", task="classification")
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:abc"])
+def test_bad_devices_are_rejected(spec):
+    with pytest.raises(ConfigError, match="device="):
+        resolve_device(spec)
+
+
+def test_auto_device_is_available():
+    device = resolve_device("auto")
+    assert torch.zeros(1, device=device).device.type == device.type

@@ -1,0 +1,108 @@
+"""Metrics against hand-computed values and scikit-learn."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score, roc_auc_score
+
+from medimg_cli.data import DataInfo
+from medimg_cli.metrics import TaskMetrics, accuracy, confusion_matrix, macro_f1, roc_auc
+
+
+def test_confusion_matrix_counts_rows_true_columns_pred():
+    pred = torch.tensor([0, 1, 1, 2, 2, 2])
+    true = torch.tensor([0, 1, 2, 2, 2, 0])
+    expected = torch.tensor([[1, 0, 1], [0, 1, 0], [0, 1, 2]])
+    assert torch.equal(confusion_matrix(pred, true, 3), expected)
+
+
+def test_accuracy_and_f1_by_hand():
+    pred = torch.tensor([0, 1, 1, 2, 2, 2])
+    true = torch.tensor([0, 1, 2, 2, 2, 0])
+    assert accuracy(pred, true) == pytest.approx(4 / 6)
+    # class 0: TP1 FP0 FN1 -> 2/3; class 1: TP1 FP1 FN0 -> 2/3; class 2: TP2 FP1 FN1 -> 4/6
+    assert macro_f1(pred, true, 3) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_f1_matches_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    true, pred = rng.integers(0, 4, 50), rng.integers(0, 3, 50)  # class 3 never predicted
+    expected = f1_score(true, pred, average="macro", zero_division=0)
+    assert macro_f1(torch.from_numpy(pred), torch.from_numpy(true), 4) == pytest.approx(expected)
+
+
+def test_binary_auc_by_hand():
+    # positives score 0.35 and 0.8, negatives 0.1 and 0.4: 3 of 4 pairs ranked right
+    p1 = torch.tensor([0.1, 0.4, 0.35, 0.8])
+    probs = torch.stack([1 - p1, p1], dim=1)
+    assert roc_auc(probs, torch.tensor([0, 0, 1, 1])) == pytest.approx(0.75)
+
+
+def test_multiclass_auc_matches_sklearn_ovr_macro():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(60, 3))
+    true = rng.integers(0, 3, 60)
+    probs = torch.from_numpy(logits).softmax(dim=1)
+    expected = roc_auc_score(true, probs.numpy(), multi_class="ovr", average="macro")
+    assert roc_auc(probs, torch.from_numpy(true)) == pytest.approx(expected)
+
+
+def test_auc_is_nan_when_a_class_is_missing():
+    probs = torch.tensor([[0.7, 0.3], [0.2, 0.8]])
+    assert math.isnan(roc_auc(probs, torch.tensor([1, 1])))
+
+
+def _seg_info(k: int = 2) -> DataInfo:
+    return DataInfo("segmentation", 2, 1, 3, k, ("a", "b", "c"))
+
+
+def _logits_for(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Logits whose argmax is ``mask`` ``(B, H, W)``."""
+    return torch.nn.functional.one_hot(mask, k).movedim(-1, 1).float()
+
+
+def test_dice_and_iou_by_hand():
+    true = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    true[0, 0, :2, :2] = 1  # 4 pixels
+    pred = torch.zeros(1, 4, 4, dtype=torch.long)
+    pred[0, :2, :3] = 1  # 6 pixels, 4 overlapping
+    metrics = TaskMetrics(_seg_info())
+    metrics.update({"seg_logits": _logits_for(pred, 2)}, {"mask": true})
+    result = metrics.compute()
+    assert result["dice"] == pytest.approx(2 * 4 / (4 + 6))
+    assert result["iou"] == pytest.approx(4 / 6)
+
+
+def test_empty_ground_truth_scores_one_when_empty_and_zero_with_false_positives():
+    true = torch.zeros(2, 1, 4, 4, dtype=torch.long)
+    pred = torch.zeros(2, 4, 4, dtype=torch.long)
+    pred[1, 0, 0] = 1  # a false positive on the second lesion-free image
+    metrics = TaskMetrics(_seg_info())
+    metrics.update({"seg_logits": _logits_for(pred, 2)}, {"mask": true})
+    assert metrics.compute()["dice"] == pytest.approx(0.5)  # mean of 1 and 0
+
+
+def test_multiclass_dice_averages_foreground_classes_over_batches():
+    true = torch.tensor([[[1, 1], [2, 2]], [[1, 0], [0, 2]]]).unsqueeze(1)
+    pred = torch.tensor([[[1, 1], [2, 0]], [[1, 1], [0, 2]]])
+    metrics = TaskMetrics(_seg_info(3))
+    for i in range(2):  # accumulate one case per batch
+        metrics.update({"seg_logits": _logits_for(pred[i : i + 1], 3)}, {"mask": true[i : i + 1]})
+    # case 1: class1 dice 1, class2 2*1/(2+1)=2/3; case 2: class1 2*1/(1+2)=2/3, class2 1
+    assert metrics.compute()["dice"] == pytest.approx(((1 + 2 / 3) / 2 + (2 / 3 + 1) / 2) / 2)
+
+
+def test_task_metrics_classification_keys():
+    info = DataInfo("classification", 2, 1, 2, 2, ("a", "b"))
+    metrics = TaskMetrics(info)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]])
+    metrics.update({"class_logits": logits}, {"label": torch.tensor([0, 1, 1, 1])})
+    result = metrics.compute()
+    assert set(result) == {"accuracy", "f1", "auc"}
+    assert result["accuracy"] == pytest.approx(0.75)
+    assert result["auc"] == pytest.approx(1.0)  # positives scored above the negative
