@@ -3,7 +3,8 @@
 Hydra parses the command line (overrides, ``-m``, ``--cfg``, ``--help``, ``--config-dir``)
 and composes ``conf/<command>.yaml``. Hydra's own error printer exits with code 1 and a
 paragraph; medimg asks Hydra to raise instead (``HYDRA_FULL_ERROR=1``), prints composition
-errors and ``ConfigError`` in one or two lines, and exits with code 2. Users who set
+errors and ``ConfigError`` in one or two lines, and exits with code 2 (in a sweep, after the
+other jobs have run). Users who set
 ``HYDRA_FULL_ERROR=1`` themselves get the full traceback, as with any Hydra app.
 """
 
@@ -51,20 +52,26 @@ def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) 
     """Compose ``conf/<command>.yaml`` from ``argv`` and call ``task``; returns the exit code."""
     user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
+    failed_jobs = 0
+
     @hydra.main(version_base="1.3", config_path="pkg://medimg_cli.conf", config_name=command)
     def entry(cfg: DictConfig) -> Any:
-        return task(cfg)
+        # A user mistake in one job is reported here, so the other jobs of a sweep still run.
+        nonlocal failed_jobs
+        try:
+            return task(cfg)
+        except ConfigError as error:
+            if user_wants_traceback:
+                raise
+            print_error(command, str(error))
+            failed_jobs += 1
+            return None
 
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [f"medimg {command}", *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         entry()
-    except ConfigError as error:
-        if user_wants_traceback:
-            raise
-        print_error(command, str(error))
-        return 2
     except (HydraException, OmegaConfBaseException) as error:
         if user_wants_traceback:
             raise
@@ -76,4 +83,4 @@ def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) 
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
-    return 0
+    return 2 if failed_jobs else 0

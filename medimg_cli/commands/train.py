@@ -233,14 +233,17 @@ def _resume_checkpoint(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> 
             "pass hydra.run.dir=<run folder> trainer.resume=true, or trainer.resume=<run folder>"
         )
     checkpoint = load_checkpoint(last)
+    saved = OmegaConf.create(checkpoint["config"])
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
-        if key not in RESUMABLE_KEYS and not key.startswith("hydra"):
+        if key in RESUMABLE_KEYS or key.startswith("hydra"):
+            continue
+        given, kept = OmegaConf.select(cfg, key, default=None), OmegaConf.select(saved, key, default=None)
+        if given != kept:
             raise ConfigError(
-                f"{key} cannot change when resuming (a resumed run keeps its saved config); "
-                f"only {', '.join(RESUMABLE_KEYS)} can. Start a new run instead."
+                f"{key} cannot change when resuming (saved: {kept}, given: {given}); only "
+                f"{', '.join(RESUMABLE_KEYS)} can. Start a new run to change it."
             )
-    saved = OmegaConf.create(checkpoint["config"])
     for key in RESUMABLE_KEYS:
         if any(o.split("=", 1)[0] == key for o in overrides) or key == "trainer.resume":
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key))

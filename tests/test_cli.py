@@ -1,0 +1,185 @@
+"""The ``medimg`` command line end to end, in subprocesses, on tiny configs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from medimg_cli.results import read_metrics_csv
+
+from conftest import TINY, run_cli
+
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "table.md", "checkpoints/best.pt", "checkpoints/last.pt", ".hydra/config.yaml")
+
+
+def assert_complete(run: Path, epochs: int) -> None:
+    for name in RUN_FILES:
+        assert (run / name).is_file(), f"{run}/{name} missing"
+    assert len(read_metrics_csv(run / "metrics.csv")) == epochs
+
+
+def test_help_lists_every_command():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("train", "eval", "report"):
+        assert f"  {command} " in result.stdout
+
+
+def test_unknown_command_exits_2_with_a_suggestion():
+    result = run_cli("trian")
+    assert result.returncode == 2
+    assert "unknown command 'trian'" in result.stderr and "Did you mean 'train'" in result.stderr
+
+
+def test_train_help_shows_groups_and_options():
+    result = run_cli("train", "--help")
+    assert result.returncode == 0
+    assert "model: cnn, unet" in result.stdout and "augment: flip, none" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model=nope", "unknown model 'nope'. Valid: cnn, unet."),
+        ("optim.lr=abc", "optim.lr='abc' must be a number, e.g. optim.lr=0.001"),
+        ("optim.lrr=0.1", "Could not override 'optim.lrr'"),
+        ("data.task=detection", "unknown data.task 'detection'. Valid: classification, multitask, segmentation."),
+        ("device=tpu", "device='tpu' is not a device"),
+    ],
+)
+def test_user_mistakes_give_one_short_message_and_exit_2(override, expected, tmp_path):
+    result = run_cli("train", override, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+
+
+def test_cfg_job_prints_the_composed_config_with_overrides():
+    result = run_cli("train", "--cfg", "job", "model=unet", "+trainer.note=hello")
+    assert result.returncode == 0
+    assert "name: unet" in result.stdout and "note: hello" in result.stdout
+
+
+@pytest.mark.slow
+def test_train_eval_report_round_trip(tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("train", *TINY, f"hydra.run.dir={run}", "+trainer.note=kept")
+    assert result.returncode == 0, result.stderr
+    assert_complete(run, 2)
+    assert "note: kept" in (run / "config.yaml").read_text()
+    assert f"run folder: {run}" in result.stdout and "Dice %" in result.stdout
+
+    result = run_cli("eval", f"checkpoint={run}/checkpoints/best.pt", "device=cpu")
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads((run / "eval" / "test.json").read_text())["metrics"]
+    summary = json.loads((run / "summary.json").read_text())["test"]
+    for key in ("loss", "accuracy", "f1", "auc", "dice", "iou"):
+        assert evaluated[key] == pytest.approx(summary[key], abs=1e-9), key
+
+    (run / "table.md").unlink()
+    result = run_cli("report", str(run), "--every", "2")
+    assert result.returncode == 0 and "| test |" in (run / "table.md").read_text()
+    assert run_cli("report", str(tmp_path / "missing")).returncode == 2
+
+
+@pytest.mark.slow
+def test_multirun_sweep_writes_one_complete_folder_per_job(tmp_path):
+    result = run_cli("train", "-m", "model=cnn,unet", *TINY, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    for job, model in ((0, "cnn"), (1, "unet")):
+        assert_complete(tmp_path / str(job), 2)
+        assert json.loads((tmp_path / str(job) / "summary.json").read_text())["model"] == model
+
+
+@pytest.mark.slow
+def test_own_config_folder_on_the_search_path(tmp_path):
+    own = tmp_path / "myconf" / "model"
+    own.mkdir(parents=True)
+    (own / "small_cnn.yaml").write_text("name: cnn\nchannels: [4, 8]\ndropout: 0.0\ndecoder_channels: 4\n")
+    result = run_cli("train", "--config-dir", str(tmp_path / "myconf"), "model=small_cnn", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr
+    assert "channels:\n  - 4\n  - 8" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def _start_training(run: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "medimg_cli", "train", *TINY, "data.num_samples=400", "trainer.epochs=6", f"hydra.run.dir={run}", *extra],
+        stdout=subprocess.PIPE,  # logs and the table go to stdout; both are read at the end
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for_rows(run: Path, rows: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        metrics = run / "metrics.csv"
+        if metrics.exists() and len(metrics.read_text().splitlines()) > rows:
+            return
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.05)
+    raise TimeoutError(f"{run} did not reach {rows} epochs")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
+    timing = {"epoch_seconds", "train_images_per_second", "seconds_per_image"}
+    killed = tmp_path / "killed"
+    process = _start_training(killed)
+    _wait_for_rows(killed, 2, process)
+    time.sleep(0.3)  # into the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert len(read_metrics_csv(killed / "metrics.csv")) < 6
+
+    resumed = run_cli("train", *TINY, "data.num_samples=400", "trainer.epochs=6", f"hydra.run.dir={killed}", "trainer.resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    full = tmp_path / "full"
+    assert run_cli("train", *TINY, "data.num_samples=400", "trainer.epochs=6", f"hydra.run.dir={full}").returncode == 0
+
+    def strip(run: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics_csv(run / "metrics.csv")]
+
+    assert strip(killed) == strip(full)
+    assert len(strip(full)) == 6
+    a, b = (json.loads((run / "summary.json").read_text()) for run in (killed, full))
+    assert a["test"]["accuracy"] == b["test"]["accuracy"] and a["best_epoch"] == b["best_epoch"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_cleanly_with_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    process = _start_training(run)
+    _wait_for_rows(run, 1, process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "trainer.resume=true" in output and "Traceback" not in output, output
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_works_from_a_wheel_install(tmp_path):
+    """The conf/ tree ships inside the package: a wheel (not editable) install composes configs."""
+    root = Path(__file__).parents[1]
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(root)],
+        check=True, capture_output=True,
+    )
+    wheel = next(wheel_dir.glob("medimg-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
+    code = "import medimg_cli, sys; print(medimg_cli.__file__); from medimg_cli.cli import main; sys.exit(main())"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "train", "--cfg", "job", "model=unet"],
+        cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(str(target)) and "name: unet" in result.stdout
