@@ -89,7 +89,11 @@ def test_resume_continues_to_the_same_metrics(tiny_cfg, tmp_path):
 def test_resume_refuses_to_change_the_experiment(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.epochs=1"), tmp_path)
     with pytest.raises(ConfigError, match="model cannot change when resuming"):
-        train(tiny_cfg("trainer.resume=true"), tmp_path, overrides=["trainer.resume=true", "model=unet"])
+        train(tiny_cfg("trainer.resume=true", "model=unet"), tmp_path, overrides=["trainer.resume=true", "model=unet"])
+    # repeating the original command line plus trainer.resume=true is fine
+    train(tiny_cfg("trainer.resume=true", "model=cnn", "trainer.epochs=2"), tmp_path,
+          overrides=["trainer.resume=true", "model=cnn", "trainer.epochs=2"])
+    assert len(read_metrics_csv(tmp_path / "metrics.csv")) == 2
 
 
 def test_a_finished_run_folder_is_not_overwritten(tiny_cfg, tmp_path):
