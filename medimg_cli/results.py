@@ -91,10 +91,20 @@ def read_metrics_csv(path: Path) -> list[dict[str, float | None]]:
         return [{k: (float(v) if v else None) for k, v in row.items()} for row in csv.DictReader(file)]
 
 
+def _without_nan(value: Any) -> Any:
+    """NaN floats become ``None`` (JSON ``null``), in nested dicts and lists too."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nan(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` as indented JSON, atomically; NaN becomes ``null``."""
-    clean = json.loads(json.dumps(data, default=str).replace("NaN", "null"))
-    write_atomic(path, json.dumps(clean, indent=2) + "\n")
+    write_atomic(path, json.dumps(_without_nan(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def select_rows(

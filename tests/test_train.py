@@ -46,6 +46,14 @@ def test_run_folder_is_complete_for_every_task(tiny_cfg, tmp_path, task, model):
     assert "| test |" in table and ("Dice %" in table) == (task != "classification")
 
 
+def test_live_progress_bar_on_a_terminal(tiny_cfg, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich treats the output as a terminal
+    monkeypatch.setenv("COLUMNS", "160")
+    train(tiny_cfg(), tmp_path)
+    out = capsys.readouterr().out
+    assert "epoch 2/2" in out and "test" in out
+
+
 def test_same_seed_same_metrics_other_seed_other_metrics(tiny_cfg, tmp_path):
     train(tiny_cfg("seed=1"), tmp_path / "a")
     train(tiny_cfg("seed=1"), tmp_path / "b")

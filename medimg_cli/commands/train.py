@@ -137,7 +137,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         with progress:
             bar = progress.add_task("train", total=len(train_batches), epoch=first_epoch, epochs=trainer.epochs, status="")
             for epoch in range(first_epoch, trainer.epochs + 1):
-                progress.reset(bar, total=len(train_batches), epoch=epoch)
+                progress.reset(bar, total=len(train_batches), epoch=epoch, epochs=trainer.epochs, status="")
                 epoch_start = time.perf_counter()
                 stats = train_epoch(
                     model, train_batches, epoch, loss_fn, optimizer, augment, lambda: progress.advance(bar)

@@ -9,6 +9,7 @@ uint8; a split holds the keys its task needs.
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -91,10 +92,13 @@ def keys_for_task(task: str) -> tuple[str, ...]:
     )
 
 
+_SOURCE_MODULES = ("phantom_source",)  # one module per source format; importing registers it
+
+
 def build_data(cfg: Mapping) -> Splits:
     """Build the splits of the data source named ``cfg["name"]``."""
     if cfg.get("task") not in TASKS:
         raise unknown_choice("data.task", cfg.get("task"), TASKS)
-    from medimg_cli.data import phantom_source  # noqa: F401  (registers the source)
-
+    for module in _SOURCE_MODULES:
+        importlib.import_module(f"medimg_cli.data.{module}")
     return SOURCES.get(cfg["name"])(cfg)

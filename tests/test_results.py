@@ -1,0 +1,49 @@
+"""metrics.csv round trip, row selection and the table renderers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from medimg_cli.results import (
+    COLUMNS,
+    append_metrics_row,
+    markdown_table,
+    read_metrics_csv,
+    select_rows,
+    write_json,
+    write_metrics_csv,
+)
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e, "val_accuracy": e / 10, "epoch_seconds": 0.5} for e in range(1, n + 1)]
+
+
+def test_metrics_csv_round_trip_with_empty_cells(tmp_path):
+    path = tmp_path / "metrics.csv"
+    for row in _rows(3):
+        append_metrics_row(path, row)
+    rows = read_metrics_csv(path)
+    assert list(rows[0]) == list(COLUMNS)
+    assert rows[2]["val_accuracy"] == 0.3 and rows[2]["val_dice"] is None
+    write_metrics_csv(path, _rows(2))  # a resume truncates to the checkpoint's history
+    assert [r["epoch"] for r in read_metrics_csv(path)] == [1.0, 2.0]
+
+
+def test_select_rows_keeps_every_kth_best_and_last():
+    assert [r["epoch"] for r in select_rows(_rows(12), 5, best_epoch=7)] == [5, 7, 10, 12]
+    assert [r["epoch"] for r in select_rows(_rows(3), 1)] == [1, 2, 3]
+
+
+def test_markdown_table_in_percent_with_test_row():
+    table = markdown_table(_rows(2), 1, test={"loss": 0.4, "accuracy": 0.875}, best_epoch=2)
+    lines = table.splitlines()
+    assert lines[0] == "| epoch | train loss | val loss | acc % | epoch s |"
+    assert lines[3] == "| 2* | 0.5000 | 1.0000 | 20.0 | 0.50 |"
+    assert lines[4] == "| test |  | 0.4000 | 87.5 |  |"
+
+
+def test_json_writes_nan_as_null(tmp_path):
+    write_json(tmp_path / "s.json", {"auc": math.nan, "nested": [math.nan, 1.0], "path": "NaN"})
+    assert json.loads((tmp_path / "s.json").read_text()) == {"auc": None, "nested": [None, 1.0], "path": "NaN"}
