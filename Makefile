@@ -1,6 +1,7 @@
 # medimg: `make train` and `make test` set everything up on first use.
 #   make train   train the default model on the embedded synthetic phantom
 #   make test    run the whole test suite
+#   make lint    check style and formatting with ruff
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 # cannot load; clearing find-links makes the venv take torch and torchvision together from the index.
 PIP    := PIP_FIND_LINKS= $(BIN)/pip
 
-.PHONY: train test install clean
+.PHONY: train test lint install clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +24,10 @@ train: install
 
 test: install
 	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check medimg_cli tests
+	$(BIN)/ruff format --check medimg_cli tests
 
 clean:
 	rm -rf $(VENV) outputs runs multirun .pytest_cache

@@ -46,7 +46,9 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # torch raises several types for foreign or truncated files
-        raise ConfigError(f"checkpoint {path} cannot be read ({type(error).__name__}); is it a medimg checkpoint?") from None
+        raise ConfigError(
+            f"checkpoint {path} cannot be read ({type(error).__name__}); is it a medimg checkpoint?"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError(f"checkpoint {path} is not a medimg checkpoint (format {FORMAT} expected)")
     return payload

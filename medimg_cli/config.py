@@ -6,7 +6,6 @@ before anything is built, and maps names to torch objects.
 
 from __future__ import annotations
 
-import inspect
 import random
 from collections.abc import Iterable, Mapping
 
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from medimg_cli.errors import ConfigError, did_you_mean, unknown_choice
+from medimg_cli.errors import ConfigError, check_arguments, unknown_choice
 from medimg_cli.registry import Registry
 
 # key: (type, smallest allowed value, example). Keys absent from a config are not checked.
@@ -34,10 +33,11 @@ _NUMBERS: dict[str, tuple[type, float, str]] = {
     "data.mask_classes": (int, 2, "data.mask_classes=3"),
 }
 _POSITIVE = {"optim.lr"}  # strictly greater than the minimum
+_BOOLEANS = ("data.binary", "optim.nesterov")
 
 
 def check_numbers(cfg: DictConfig) -> None:
-    """Raise a ``ConfigError`` for the first numeric key with a wrong type or range."""
+    """Raise a ``ConfigError`` for the first number or flag with a wrong type or range."""
     for key, (kind, minimum, example) in _NUMBERS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:
@@ -50,6 +50,10 @@ def check_numbers(cfg: DictConfig) -> None:
         if value < minimum or (key in _POSITIVE and value <= minimum):
             bound = ">" if key in _POSITIVE else ">="
             raise ConfigError(f"{key}={value!r} must be {bound} {minimum:g}, e.g. {example}")
+    for key in _BOOLEANS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
 
 
 def seed_everything(seed: int) -> None:
@@ -95,10 +99,7 @@ def build_optimizer(cfg: Mapping, params: Iterable[torch.nn.Parameter]) -> torch
     """The optimizer ``cfg["name"]`` with the other keys of ``cfg`` as its arguments."""
     cls = OPTIMIZERS.get(cfg["name"])
     args = {key: value for key, value in cfg.items() if key != "name"}
-    valid = [p for p in inspect.signature(cls).parameters if p != "params"]
-    for key in args:
-        if key not in valid:
-            raise ConfigError(f"optim.{key} is not an argument of {cls.__name__}.{did_you_mean(key, valid)}")
+    check_arguments("optim", cls.__name__, cls, args)
     if "betas" in args:
         args["betas"] = tuple(args["betas"])
     return cls(params, **args)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -22,6 +24,22 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
 def unknown_choice(what: str, value: str, choices: Iterable[str]) -> ConfigError:
     """Build the error for a name that is not one of ``choices`` (sorted in the message)."""
     choices = sorted(choices)
-    return ConfigError(
-        f"unknown {what} '{value}'. Valid: {', '.join(choices)}.{did_you_mean(value, choices)}"
-    )
+    return ConfigError(f"unknown {what} '{value}'. Valid: {', '.join(choices)}.{did_you_mean(value, choices)}")
+
+
+def check_arguments(prefix: str, owner: str, target: Callable[..., Any], args: Mapping[str, Any]) -> None:
+    """Raise a ``ConfigError`` for the first key of ``args`` that ``target`` does not accept.
+
+    Args:
+        prefix: the config group of the keys, e.g. ``"model"`` (shown as ``model.<key>``).
+        owner: what ``target`` is, for the message, e.g. ``"model 'cnn'"``.
+        target: the function or class the keys are passed to.
+        args: the keyword arguments from the config.
+    """
+    valid = [p for p in inspect.signature(target).parameters if p not in ("self", "params")]
+    for key in args:
+        if key not in valid:
+            raise ConfigError(
+                f"{prefix}.{key} is not an argument of {owner}. "
+                f"Valid: {', '.join(valid) or 'none'}.{did_you_mean(key, valid)}"
+            )

@@ -107,6 +107,11 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     write_atomic(path, json.dumps(_without_nan(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
+def run_title(summary: Mapping[str, Any]) -> str:
+    """The table title of a run, from the ``model``, ``data``, ``task`` and ``seed`` of its summary."""
+    return f"{summary['model']} on {summary['data']} ({summary['task']}), seed {summary['seed']}"
+
+
 def select_rows(
     rows: Sequence[Mapping[str, Any]], every: int, best_epoch: int | None = None
 ) -> list[Mapping[str, Any]]:
@@ -135,7 +140,13 @@ def _table_cells(
         body.append(cells)
     if test:
         test_row = {f"val_{k}": v for k, v in test.items()} | {"seconds_per_image": test.get("seconds_per_image")}
-        body.append(["test"] + [_cell(c, test_row.get(c)) if c.startswith("val_") or c == "seconds_per_image" else "" for c in columns[1:]])
+        body.append(
+            ["test"]
+            + [
+                _cell(c, test_row.get(c)) if c.startswith("val_") or c == "seconds_per_image" else ""
+                for c in columns[1:]
+            ]
+        )
     headers = [_DISPLAY[c][0] for c in columns]
     return headers, body
 

@@ -10,12 +10,19 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY, run_cli
 
 from medimg_cli.results import read_metrics_csv
 
-from conftest import TINY, run_cli
-
-RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "table.md", "checkpoints/best.pt", "checkpoints/last.pt", ".hydra/config.yaml")
+RUN_FILES = (
+    "config.yaml",
+    "metrics.csv",
+    "summary.json",
+    "table.md",
+    "checkpoints/best.pt",
+    "checkpoints/last.pt",
+    ".hydra/config.yaml",
+)
 
 
 def assert_complete(run: Path, epochs: int) -> None:
@@ -103,16 +110,30 @@ def test_own_config_folder_on_the_search_path(tmp_path):
     own = tmp_path / "myconf" / "model"
     own.mkdir(parents=True)
     (own / "small_cnn.yaml").write_text("name: cnn\nchannels: [4, 8]\ndropout: 0.0\ndecoder_channels: 4\n")
-    result = run_cli("train", "--config-dir", str(tmp_path / "myconf"), "model=small_cnn", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_cli(
+        "train", "--config-dir", str(tmp_path / "myconf"), "model=small_cnn", *TINY, f"hydra.run.dir={tmp_path / 'run'}"
+    )
     assert result.returncode == 0, result.stderr
     assert "channels:\n  - 4\n  - 8" in (tmp_path / "run" / "config.yaml").read_text()
 
 
 def _start_training(run: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "medimg_cli", "train", *TINY, "data.num_samples=400", "trainer.epochs=6", f"hydra.run.dir={run}", *extra],
+        [
+            sys.executable,
+            "-m",
+            "medimg_cli",
+            "train",
+            *TINY,
+            "data.num_samples=400",
+            "trainer.epochs=6",
+            f"hydra.run.dir={run}",
+            *extra,
+        ],
         stdout=subprocess.PIPE,  # logs and the table go to stdout; both are read at the end
         stderr=subprocess.STDOUT,
+        # a test run started in the background inherits an ignored SIGINT; Ctrl-C needs the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         text=True,
     )
 
@@ -139,7 +160,9 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     process.communicate()
     assert len(read_metrics_csv(killed / "metrics.csv")) < 6
 
-    resumed = run_cli("train", *TINY, "data.num_samples=400", "trainer.epochs=6", f"hydra.run.dir={killed}", "trainer.resume=true")
+    resumed = run_cli(
+        "train", *TINY, "data.num_samples=400", "trainer.epochs=6", f"hydra.run.dir={killed}", "trainer.resume=true"
+    )
     assert resumed.returncode == 0, resumed.stderr
     full = tmp_path / "full"
     assert run_cli("train", *TINY, "data.num_samples=400", "trainer.epochs=6", f"hydra.run.dir={full}").returncode == 0
@@ -172,14 +195,22 @@ def test_works_from_a_wheel_install(tmp_path):
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(root)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     wheel = next(wheel_dir.glob("medimg-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     code = "import medimg_cli, sys; print(medimg_cli.__file__); from medimg_cli.cli import main; sys.exit(main())"
     result = subprocess.run(
         [sys.executable, "-c", code, "train", "--cfg", "job", "model=unet"],
-        cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(str(target)) and "name: unet" in result.stdout

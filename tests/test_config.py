@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 import medimg_cli
@@ -14,8 +15,6 @@ from medimg_cli.config import OPTIMIZERS, build_optimizer, check_numbers, resolv
 from medimg_cli.data import SOURCES, TASKS, build_data
 from medimg_cli.errors import ConfigError
 from medimg_cli.models import create_model, model_args, model_names
-
-from conftest import compose_config
 
 CONF = Path(medimg_cli.__file__).parent / "conf"
 
@@ -86,6 +85,7 @@ def test_flip_flips_per_sample_not_per_batch():
         ("trainer.epochs=1.5", "trainer.epochs=1.5 must be an integer"),
         ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
         ("seed=true", "seed=True must be an integer"),
+        ("data.binary=maybe", "data.binary='maybe' must be true or false"),
     ],
 )
 def test_bad_numbers_name_the_key_and_an_example(override, message):
@@ -95,7 +95,9 @@ def test_bad_numbers_name_the_key_and_an_example(override, message):
 
 def test_unknown_model_argument_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="model.chanels is not an argument of model 'cnn'.*Did you mean 'channels'"):
-        create_model("cnn", spatial_dims=2, in_channels=1, num_classes=2, num_seg_classes=2, task="classification", chanels=[4])
+        create_model(
+            "cnn", spatial_dims=2, in_channels=1, num_classes=2, num_seg_classes=2, task="classification", chanels=[4]
+        )
 
 
 def test_unknown_model_name_suggests_the_closest():
@@ -112,3 +114,12 @@ def test_bad_devices_are_rejected(spec):
 def test_auto_device_is_available():
     device = resolve_device("auto")
     assert torch.zeros(1, device=device).device.type == device.type
+
+
+def test_unknown_optimizer_and_recipe_arguments_are_named():
+    with pytest.raises(ConfigError, match="optim.momentum is not an argument of Adam"):
+        build_optimizer({"name": "adam", "lr": 0.1, "momentum": 0.9}, [torch.nn.Parameter(torch.zeros(1))])
+    with pytest.raises(
+        ConfigError, match="augment.prb is not an argument of recipe 'flip'. Valid: prob, axes. Did you mean 'prob'"
+    ):
+        build_augment({"name": "flip", "prb": 0.5}, spatial_dims=2)

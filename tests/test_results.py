@@ -17,7 +17,10 @@ from medimg_cli.results import (
 
 
 def _rows(n: int) -> list[dict]:
-    return [{"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e, "val_accuracy": e / 10, "epoch_seconds": 0.5} for e in range(1, n + 1)]
+    return [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e, "val_accuracy": e / 10, "epoch_seconds": 0.5}
+        for e in range(1, n + 1)
+    ]
 
 
 def test_metrics_csv_round_trip_with_empty_cells(tmp_path):

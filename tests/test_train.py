@@ -30,7 +30,14 @@ def without_timing(rows):
 @pytest.mark.parametrize("model", ["cnn", "unet"])
 def test_run_folder_is_complete_for_every_task(tiny_cfg, tmp_path, task, model):
     summary = train(tiny_cfg(f"data.task={task}", f"model={model}"), tmp_path)
-    for name in ("config.yaml", "metrics.csv", "summary.json", "table.md", "checkpoints/best.pt", "checkpoints/last.pt"):
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "table.md",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    ):
         assert (tmp_path / name).is_file(), name
     rows = read_metrics_csv(tmp_path / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1.0, 2.0]
@@ -52,6 +59,18 @@ def test_live_progress_bar_on_a_terminal(tiny_cfg, tmp_path, monkeypatch, capsys
     train(tiny_cfg(), tmp_path)
     out = capsys.readouterr().out
     assert "epoch 2/2" in out and "test" in out
+
+
+def test_binary_classification_and_3d_runs(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg("data.task=classification", "data.binary=true", "trainer.epochs=1"), tmp_path / "binary")
+    assert summary["test"]["auc"] is None or 0.0 <= summary["test"]["auc"] <= 1.0
+    checkpoint = load_checkpoint(tmp_path / "binary" / "checkpoints" / "best.pt")
+    assert checkpoint["model"]["args"]["num_classes"] == 2
+    summary = train(
+        tiny_cfg("data.spatial_dims=3", "data.num_samples=24", "trainer.epochs=1", "trainer.batch_size=8"),
+        tmp_path / "3d",
+    )
+    assert 0.0 <= summary["test"]["dice"] <= 1.0
 
 
 def test_same_seed_same_metrics_other_seed_other_metrics(tiny_cfg, tmp_path):
@@ -89,7 +108,11 @@ def test_checkpoint_knows_its_model(tiny_cfg, tmp_path):
 def test_resume_continues_to_the_same_metrics(tiny_cfg, tmp_path):
     train(tiny_cfg("trainer.epochs=4"), tmp_path / "full")
     train(tiny_cfg("trainer.epochs=2"), tmp_path / "part")
-    train(tiny_cfg("trainer.epochs=4", "trainer.resume=true"), tmp_path / "part", overrides=["trainer.epochs=4", "trainer.resume=true"])
+    train(
+        tiny_cfg("trainer.epochs=4", "trainer.resume=true"),
+        tmp_path / "part",
+        overrides=["trainer.epochs=4", "trainer.resume=true"],
+    )
     full = without_timing(read_metrics_csv(tmp_path / "full" / "metrics.csv"))
     assert without_timing(read_metrics_csv(tmp_path / "part" / "metrics.csv")) == full
 
@@ -99,8 +122,11 @@ def test_resume_refuses_to_change_the_experiment(tiny_cfg, tmp_path):
     with pytest.raises(ConfigError, match="model cannot change when resuming"):
         train(tiny_cfg("trainer.resume=true", "model=unet"), tmp_path, overrides=["trainer.resume=true", "model=unet"])
     # repeating the original command line plus trainer.resume=true is fine
-    train(tiny_cfg("trainer.resume=true", "model=cnn", "trainer.epochs=2"), tmp_path,
-          overrides=["trainer.resume=true", "model=cnn", "trainer.epochs=2"])
+    train(
+        tiny_cfg("trainer.resume=true", "model=cnn", "trainer.epochs=2"),
+        tmp_path,
+        overrides=["trainer.resume=true", "model=cnn", "trainer.epochs=2"],
+    )
     assert len(read_metrics_csv(tmp_path / "metrics.csv")) == 2
 
 

@@ -8,12 +8,11 @@ torch RNG of the batch's device (saved in checkpoints, so resumed runs draw the 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 
 import torch
 
-from medimg_cli.errors import ConfigError, did_you_mean
+from medimg_cli.errors import ConfigError, check_arguments
 from medimg_cli.registry import Registry
 
 Batch = dict[str, torch.Tensor]
@@ -57,13 +56,7 @@ def build_augment(cfg: Mapping, spatial_dims: int) -> Recipe:
     """Build the recipe ``cfg["name"]`` with the other keys of ``cfg`` as its arguments."""
     factory = RECIPES.get(cfg["name"])
     args = {key: value for key, value in cfg.items() if key != "name"}
-    valid = list(inspect.signature(factory).parameters)
-    for key in args:
-        if key not in valid:
-            raise ConfigError(
-                f"augment.{key} is not a parameter of recipe '{cfg['name']}'. "
-                f"Valid: {', '.join(valid) or 'none'}.{did_you_mean(key, valid)}"
-            )
+    check_arguments("augment", f"recipe '{cfg['name']}'", factory, args)
     if "axes" in args and any(not 0 <= a < spatial_dims for a in args["axes"]):
         raise ConfigError(f"augment.axes={list(args['axes'])} must be spatial axes in 0..{spatial_dims - 1}")
     return factory(**args)

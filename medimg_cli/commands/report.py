@@ -1,6 +1,6 @@
 """``medimg report <run folder>``: print the per-epoch table of a run and rewrite its ``table.md``.
 
-    medimg report runs/2026-11-21/10-00-00 --every 10
+medimg report runs/2026-11-21/10-00-00 --every 10
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-
 from medimg_cli.hydra_app import print_error
-from medimg_cli.results import make_console, markdown_table, read_metrics_csv, rich_table, write_atomic
+from medimg_cli.results import make_console, markdown_table, read_metrics_csv, rich_table, run_title, write_atomic
 
 HELP = "print and write (table.md) the per-epoch table of a run folder"
 
@@ -33,7 +32,7 @@ def main(argv: list[str]) -> int:
     if every < 1:
         print_error("report", f"--every {every} must be >= 1")
         return 2
-    title = f"{summary.get('model', '')} on {summary.get('data', '')} ({summary.get('task', '')}), seed {summary.get('seed', '')}" if summary else str(args.run)
+    title = run_title(summary) if summary else str(args.run)
     test, best = summary.get("test"), summary.get("best_epoch")
     make_console().print(rich_table(rows, every, test, best, title=title))
     write_atomic(args.run / "table.md", markdown_table(rows, every, test, best, title=title))

@@ -13,9 +13,11 @@ and ``table.md``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,11 @@ from medimg_cli.loop import TaskLoss, evaluate, train_epoch
 from medimg_cli.metrics import task_metric_names
 from medimg_cli.models import create_model, model_args
 from medimg_cli.results import (
-    make_console,
     append_metrics_row,
+    make_console,
     markdown_table,
     rich_table,
+    run_title,
     write_atomic,
     write_json,
     write_metrics_csv,
@@ -90,9 +93,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     trainer = cfg.trainer
     val_metrics = ["val_loss"] + [f"val_{m}" for m in task_metric_names(info)]
     mode = monitor_mode(trainer.monitor, val_metrics)
-    train_batches = TensorBatches(
-        data.train, trainer.batch_size, device, shuffle=True, drop_last=True, seed=cfg.seed
-    )
+    train_batches = TensorBatches(data.train, trainer.batch_size, device, shuffle=True, drop_last=True, seed=cfg.seed)
     val_batches = TensorBatches(data.val, trainer.eval_batch_size, device)
 
     history: list[dict[str, Any]] = []
@@ -110,8 +111,16 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "%s on %s (%s, %dD, %s): %s parameters, %d/%d/%d images, run folder %s",
-        cfg.model.name, cfg.data.name, info.task, info.spatial_dims, device_name(device),
-        f"{n_params:,}", len(data.train["image"]), len(data.val["image"]), len(data.test["image"]), run_dir,
+        cfg.model.name,
+        cfg.data.name,
+        info.task,
+        info.spatial_dims,
+        device_name(device),
+        f"{n_params:,}",
+        len(data.train["image"]),
+        len(data.val["image"]),
+        len(data.test["image"]),
+        run_dir,
     )
 
     checkpoint_base = {
@@ -133,9 +142,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         disable=not console.is_terminal,
     )
     first_epoch = len(history) + 1
-    try:
+    with _exit_on_ctrl_c(run_dir, history):
         with progress:
-            bar = progress.add_task("train", total=len(train_batches), epoch=first_epoch, epochs=trainer.epochs, status="")
+            bar = progress.add_task(
+                "train", total=len(train_batches), epoch=first_epoch, epochs=trainer.epochs, status=""
+            )
             for epoch in range(first_epoch, trainer.epochs + 1):
                 progress.reset(bar, total=len(train_batches), epoch=epoch, epochs=trainer.epochs, status="")
                 epoch_start = time.perf_counter()
@@ -152,31 +163,32 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                     "seconds_per_image": val["seconds_per_image"],
                 }
                 history.append(row)
-                append_metrics_row(run_dir / "metrics.csv", row)
                 value = row[trainer.monitor]
                 if best["epoch"] is None or _improves(value, best["value"], mode):
                     best = {"epoch": epoch, "value": value}
-                    save_checkpoint(run_dir / "checkpoints" / "best.pt", {**checkpoint_base, **_state(model, epoch, history, best)})
+                    save_checkpoint(
+                        run_dir / "checkpoints" / "best.pt", {**checkpoint_base, **_state(model, epoch, history, best)}
+                    )
                 save_checkpoint(
                     run_dir / "checkpoints" / "last.pt",
-                    {**checkpoint_base, **_state(model, epoch, history, best), "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                     "wall_seconds": prior_seconds + time.perf_counter() - start},
+                    {
+                        **checkpoint_base,
+                        **_state(model, epoch, history, best),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": rng_state(),
+                        "wall_seconds": prior_seconds + time.perf_counter() - start,
+                    },
                 )
+                # after the checkpoint, so that every row in metrics.csv can be resumed from
+                append_metrics_row(run_dir / "metrics.csv", row)
                 status = f"loss {row['train_loss']:.4f}  {trainer.monitor} {value:.4f}"
                 progress.update(bar, status=status)
                 if progress.disable:
                     log.info("epoch %d/%d  %s  (%.1fs)", epoch, trainer.epochs, status, row["epoch_seconds"])
-    except KeyboardInterrupt:
-        done = len(history)
-        log.warning(
-            "interrupted; %s keeps epoch %d. Resume: medimg train hydra.run.dir=%s trainer.resume=true",
-            run_dir / "checkpoints" / "last.pt", done, run_dir,
-        )
-        raise SystemExit(130) from None
+        best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt", device)
+        model.load_state_dict(best_state["state_dict"])
+        test = evaluate(model, TensorBatches(data.test, trainer.eval_batch_size, device), loss_fn)
 
-    best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt", device)
-    model.load_state_dict(best_state["state_dict"])
-    test = evaluate(model, TensorBatches(data.test, trainer.eval_batch_size, device), loss_fn)
     summary = {
         "model": cfg.model.name,
         "data": cfg.data.name,
@@ -196,7 +208,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         "run_dir": str(run_dir),
     }
     write_json(run_dir / "summary.json", summary)
-    title = f"{cfg.model.name} on {cfg.data.name} ({info.task}), seed {cfg.seed}"
+    title = run_title(summary)
     write_atomic(
         run_dir / "table.md",
         markdown_table(history, trainer.table_every, test, best["epoch"], title=title),
@@ -204,6 +216,21 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     console.print(rich_table(history, trainer.table_every, test, best["epoch"], title=title))
     console.print(f"run folder: {run_dir}")
     return summary
+
+
+@contextlib.contextmanager
+def _exit_on_ctrl_c(run_dir: Path, history: list[dict[str, Any]]) -> Iterator[None]:
+    """Turn Ctrl-C into a short message and exit code 130; ``last.pt`` already holds the last epoch."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        log.warning(
+            "interrupted; %s keeps epoch %d. Resume: medimg train hydra.run.dir=%s trainer.resume=true",
+            run_dir / "checkpoints" / "last.pt",
+            len(history),
+            run_dir,
+        )
+        raise SystemExit(130) from None
 
 
 def _improves(value: float, best: float | None, mode: str) -> bool:

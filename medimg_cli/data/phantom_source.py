@@ -29,17 +29,19 @@ def phantom_splits(cfg: Mapping) -> Splits:
         seed=cfg["seed"],
         mask_classes=cfg["mask_classes"],
     )
+    class_names = CLASS_NAMES
+    if cfg["binary"]:  # malignant vs the rest: the binary question of most screening papers
+        arrays["label"] = (arrays["label"] == CLASS_NAMES.index("malignant")).astype(arrays["label"].dtype)
+        class_names = ("not_malignant", "malignant")
     info = DataInfo(
         task=cfg["task"],
         spatial_dims=cfg["spatial_dims"],
         in_channels=1,
-        num_classes=len(CLASS_NAMES),
+        num_classes=len(class_names),
         num_seg_classes=cfg["mask_classes"],
-        class_names=CLASS_NAMES,
+        class_names=class_names,
     )
     keys = keys_for_task(cfg["task"])
     index = split_indices(cfg["num_samples"], tuple(cfg["split"]), cfg["seed"])
-    splits = {
-        name: {key: torch.from_numpy(arrays[key][idx]) for key in keys} for name, idx in index.items()
-    }
+    splits = {name: {key: torch.from_numpy(arrays[key][idx]) for key in keys} for name, idx in index.items()}
     return Splits(**splits, info=info, fingerprint=fingerprint(arrays))

@@ -9,14 +9,13 @@ returns a dict of logits: ``class_logits`` ``(B, num_classes)`` when the task cl
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
 from medimg_cli.data import DataInfo
-from medimg_cli.errors import ConfigError, did_you_mean
+from medimg_cli.errors import ConfigError, check_arguments
 from medimg_cli.registry import Registry
 
 MODELS: Registry[type[nn.Module]] = Registry("model")
@@ -53,12 +52,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     tasks = getattr(cls, "TASKS", ())
     if kwargs.get("task") not in tasks:
         raise ConfigError(f"model '{name}' cannot do data.task={kwargs.get('task')}; it supports {', '.join(tasks)}")
-    valid = [p for p in inspect.signature(cls).parameters if p != "self"]
-    for key in kwargs:
-        if key not in valid:
-            raise ConfigError(
-                f"model.{key} is not an argument of model '{name}'. Valid: {', '.join(valid)}.{did_you_mean(key, valid)}"
-            )
+    check_arguments("model", f"model '{name}'", cls, kwargs)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, AssertionError) as error:

@@ -79,7 +79,7 @@ class CNN(nn.Module):
             mode = "bilinear" if image.dim() == 4 else "trilinear"
             fused = sum(
                 F.interpolate(lateral(f), size=size, mode=mode, align_corners=False)
-                for lateral, f in zip(self.lateral, features)
+                for lateral, f in zip(self.lateral, features, strict=True)
             )
             out["seg_logits"] = self.seg_out(F.relu(fused))
         return out
