@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
 
 from medimg_cli.errors import ConfigError, unknown_choice
@@ -33,7 +33,11 @@ def print_error(command: str | None, message: str) -> None:
 
 
 def describe(error: Exception) -> str:
-    """A short message for a Hydra or OmegaConf composition error."""
+    """A short message for a ``ConfigError`` or a Hydra or OmegaConf composition error."""
+    if isinstance(error, ConfigError):
+        return str(error)
+    if isinstance(error, MissingMandatoryValue):
+        return f"{error.full_key} has no value; pass {error.full_key}=<value>"
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
         group, _, value = error.missing_cfg_file.rpartition("/")
         return str(unknown_choice(group or "config", value, error.options))
@@ -60,10 +64,10 @@ def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) 
         nonlocal failed_jobs
         try:
             return task(cfg)
-        except ConfigError as error:
+        except (ConfigError, OmegaConfBaseException) as error:
             if user_wants_traceback:
                 raise
-            print_error(command, str(error))
+            print_error(command, describe(error))
             failed_jobs += 1
             return None
 

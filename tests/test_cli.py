@@ -68,6 +68,12 @@ def test_user_mistakes_give_one_short_message_and_exit_2(override, expected, tmp
     assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
 
 
+def test_eval_without_checkpoint_says_what_to_pass():
+    result = run_cli("eval")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "medimg eval: error: checkpoint has no value; pass checkpoint=<value>"
+
+
 def test_cfg_job_prints_the_composed_config_with_overrides():
     result = run_cli("train", "--cfg", "job", "model=unet", "+trainer.note=hello")
     assert result.returncode == 0

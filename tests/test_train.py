@@ -73,6 +73,11 @@ def test_binary_classification_and_3d_runs(tiny_cfg, tmp_path):
     assert 0.0 <= summary["test"]["dice"] <= 1.0
 
 
+def test_a_model_that_cannot_run_on_the_images_says_so(tiny_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"model 'unet' cannot run on images of shape \(1, 16, 16\)"):
+        train(tiny_cfg("model=unet", "data.image_size=16"), tmp_path)
+
+
 def test_same_seed_same_metrics_other_seed_other_metrics(tiny_cfg, tmp_path):
     train(tiny_cfg("seed=1"), tmp_path / "a")
     train(tiny_cfg("seed=1"), tmp_path / "b")
@@ -115,6 +120,17 @@ def test_resume_continues_to_the_same_metrics(tiny_cfg, tmp_path):
     )
     full = without_timing(read_metrics_csv(tmp_path / "full" / "metrics.csv"))
     assert without_timing(read_metrics_csv(tmp_path / "part" / "metrics.csv")) == full
+
+
+def test_resume_from_a_run_folder_path_writes_into_that_folder(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.epochs=1"), tmp_path / "run")
+    resume = f"trainer.resume={tmp_path / 'run' / 'checkpoints' / 'last.pt'}"
+    summary = train(
+        tiny_cfg(resume, "trainer.epochs=2"), tmp_path / "elsewhere", overrides=[resume, "trainer.epochs=2"]
+    )
+    assert summary["run_dir"] == str(tmp_path / "run")
+    assert len(read_metrics_csv(tmp_path / "run" / "metrics.csv")) == 2
+    assert not (tmp_path / "elsewhere" / "metrics.csv").exists()
 
 
 def test_resume_refuses_to_change_the_experiment(tiny_cfg, tmp_path):

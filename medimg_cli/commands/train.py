@@ -34,7 +34,7 @@ from medimg_cli.errors import ConfigError
 from medimg_cli.hydra_app import run_hydra
 from medimg_cli.loop import TaskLoss, evaluate, train_epoch
 from medimg_cli.metrics import task_metric_names
-from medimg_cli.models import create_model, model_args
+from medimg_cli.models import check_model_runs, create_model, model_args
 from medimg_cli.results import (
     append_metrics_row,
     make_console,
@@ -87,6 +87,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     info = data.info
     args = model_args(OmegaConf.to_container(cfg.model, resolve=True), info)
     model = create_model(cfg.model.name, **args).to(device)
+    check_model_runs(model, cfg.model.name, data.train["image"][:2].to(device))
     optimizer = build_optimizer(OmegaConf.to_container(cfg.optim, resolve=True), model.parameters())
     augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), info.spatial_dims)
     loss_fn = TaskLoss(info)

@@ -8,10 +8,12 @@ returns a dict of logits: ``class_logits`` ``(B, num_classes)`` when the task cl
 
 from __future__ import annotations
 
+import copy
 import importlib
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from medimg_cli.data import DataInfo
@@ -63,3 +65,28 @@ def model_names() -> list[str]:
     """All registered model names."""
     _load_all()
     return MODELS.names()
+
+
+def check_model_runs(model: nn.Module, name: str, images: torch.Tensor) -> None:
+    """Run one training-mode forward pass so that shape problems fail now, with one line.
+
+    The model's weights, buffers (batch-norm statistics) and the RNG states are left as they were.
+
+    Args:
+        model: the built model, on the training device.
+        name: its registry name, for the message.
+        images: a few samples ``(B, C, *spatial)`` with ``B >= 2``.
+    """
+    state = copy.deepcopy(model.state_dict())
+    devices = [images.device] if images.device.type == "cuda" else []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            model.train()
+            model(images)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(f"model '{name}' cannot run on images of shape {tuple(images.shape[1:])}: {reason}") from None
+    finally:
+        model.load_state_dict(state)
