@@ -21,6 +21,9 @@ TINY = [
     "device=cpu",
 ]
 
+# What every finished run folder holds (plus Hydra's .hydra/ when run through the CLI).
+RUN_FILES = ("config.yaml", "metrics.csv", "summary.json", "table.md", "checkpoints/best.pt", "checkpoints/last.pt")
+
 
 def compose_config(overrides: list[str] = (), name: str = "train") -> DictConfig:
     """The composed config ``conf/<name>.yaml`` with ``overrides``, as the CLI would build it."""

@@ -10,23 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import RUN_FILES, TINY, run_cli
 
 from medimg_cli.results import read_metrics_csv
 
-RUN_FILES = (
-    "config.yaml",
-    "metrics.csv",
-    "summary.json",
-    "table.md",
-    "checkpoints/best.pt",
-    "checkpoints/last.pt",
-    ".hydra/config.yaml",
-)
-
 
 def assert_complete(run: Path, epochs: int) -> None:
-    for name in RUN_FILES:
+    for name in (*RUN_FILES, ".hydra/config.yaml"):
         assert (run / name).is_file(), f"{run}/{name} missing"
     assert len(read_metrics_csv(run / "metrics.csv")) == epochs
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import RUN_FILES
 
 from medimg_cli.checkpoint import load_checkpoint
 from medimg_cli.commands.eval import evaluate_checkpoint
@@ -30,14 +31,7 @@ def without_timing(rows):
 @pytest.mark.parametrize("model", ["cnn", "unet"])
 def test_run_folder_is_complete_for_every_task(tiny_cfg, tmp_path, task, model):
     summary = train(tiny_cfg(f"data.task={task}", f"model={model}"), tmp_path)
-    for name in (
-        "config.yaml",
-        "metrics.csv",
-        "summary.json",
-        "table.md",
-        "checkpoints/best.pt",
-        "checkpoints/last.pt",
-    ):
+    for name in RUN_FILES:
         assert (tmp_path / name).is_file(), name
     rows = read_metrics_csv(tmp_path / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1.0, 2.0]
