@@ -210,3 +210,11 @@ def test_works_from_a_wheel_install(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(str(target)) and "name: unet" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_bad_job_in_a_sweep_is_reported_and_the_others_still_run(tmp_path):
+    result = run_cli("train", "-m", "model=unet,cnn", *TINY, "data.image_size=16", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2
+    assert "model 'unet' cannot run on images of shape (1, 16, 16)" in result.stderr
+    assert_complete(tmp_path / "1", 2)  # the cnn job
