@@ -23,7 +23,8 @@ from medimg_cli.metrics import TaskMetrics
 
 
 class TaskLoss(nn.Module):
-    """Cross-entropy for classification, Dice + CE for segmentation, their sum for multitask."""
+    """Cross-entropy for classification (binary cross-entropy per label when multi-label),
+    Dice + CE for segmentation, their sum for multitask."""
 
     def __init__(self, info: DataInfo) -> None:
         super().__init__()
@@ -33,7 +34,9 @@ class TaskLoss(nn.Module):
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scalar loss from logits and a batch with ``label`` ``(B,)`` and/or ``mask`` ``(B, 1, *spatial)``."""
         loss = torch.zeros((), device=batch["image"].device)
-        if self.info.classifies:
+        if self.info.classifies and self.info.multilabel:
+            loss = loss + F.binary_cross_entropy_with_logits(outputs["class_logits"].float(), batch["label"])
+        elif self.info.classifies:
             loss = loss + F.cross_entropy(outputs["class_logits"].float(), batch["label"])
         if self.info.segments:
             loss = loss + self.dice_ce(outputs["seg_logits"].float(), batch["mask"].long())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import DiceMetric, MeanIoU, compute_roc_auc
@@ -67,6 +68,27 @@ def roc_auc(probs: torch.Tensor, target: torch.Tensor) -> float:
         return float(compute_roc_auc(probs.cpu().float(), onehot, average="macro"))
 
 
+def multilabel_metrics(probs: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Metrics of ``(N, L)`` independent label probabilities against ``(N, L)`` 0/1 targets.
+
+    Accuracy is the mean per-label accuracy at threshold 0.5 (the MedMNIST protocol), F1 the mean
+    of the per-label binary F1, AUC the mean per-label AUC over labels with both values present.
+    """
+    pred, target = (probs > 0.5).long(), target.long()
+    tp = (pred * target).sum(0).double()
+    fp, fn = (pred * (1 - target)).sum(0).double(), ((1 - pred) * target).sum(0).double()
+    aucs = [
+        float(compute_roc_auc(probs[:, k].cpu().float(), target[:, k].cpu()))
+        for k in range(target.shape[1])
+        if target[:, k].unique().numel() == 2
+    ]
+    return {
+        "accuracy": (pred == target).float().mean().item(),
+        "f1": (2 * tp / (2 * tp + fp + fn).clamp(min=1)).mean().item(),
+        "auc": float(np.mean(aucs)) if aucs else math.nan,
+    }
+
+
 class TaskMetrics:
     """Accumulates the metrics of a task over batches of model outputs.
 
@@ -84,7 +106,8 @@ class TaskMetrics:
     def update(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
         """Add one batch: logits from the model, ``label`` ``(B,)`` and ``mask`` ``(B, 1, *spatial)``."""
         if self.info.classifies:
-            self.probs.append(outputs["class_logits"].detach().float().softmax(dim=1))
+            logits = outputs["class_logits"].detach().float()
+            self.probs.append(logits.sigmoid() if self.info.multilabel else logits.softmax(dim=1))
             self.labels.append(batch["label"])
         if self.info.segments:
             k = self.info.num_seg_classes
@@ -96,7 +119,9 @@ class TaskMetrics:
     def compute(self) -> dict[str, float]:
         """The accumulated metrics as plain floats (fractions in [0, 1])."""
         result: dict[str, float] = {}
-        if self.info.classifies:
+        if self.info.classifies and self.info.multilabel:
+            result.update(multilabel_metrics(torch.cat(self.probs), torch.cat(self.labels)))
+        elif self.info.classifies:
             probs, labels = torch.cat(self.probs), torch.cat(self.labels)
             pred = probs.argmax(dim=1)
             result["accuracy"] = accuracy(pred, labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 import medimg_cli
 from medimg_cli.augment import RECIPES, build_augment
 from medimg_cli.config import OPTIMIZERS, build_optimizer, check_numbers, resolve_device
-from medimg_cli.data import SOURCES, TASKS, build_data
+from medimg_cli.data import _SOURCE_MODULES, SOURCES, TASKS, build_data
 from medimg_cli.errors import ConfigError
 from medimg_cli.models import create_model, model_args, model_names
 
@@ -29,10 +30,13 @@ def options(group: str) -> list[str]:
 )
 def test_yaml_stem_name_and_registry_key_agree(group, registry):
     if group == "data":
-        build_data(dict(compose_config(["data.num_samples=20", "data.image_size=32"]).data))  # registers sources
+        for module in _SOURCE_MODULES.values():
+            importlib.import_module(f"medimg_cli.data.{module}")
         registry = SOURCES.names()
+        assert sorted(_SOURCE_MODULES) == registry
+    key = "source" if group == "data" else "name"  # data.name is the dataset (e.g. breastmnist)
     for option in options(group):
-        assert OmegaConf.load(CONF / group / f"{option}.yaml").name == option
+        assert OmegaConf.load(CONF / group / f"{option}.yaml")[key] == option
     assert options(group) == registry
 
 

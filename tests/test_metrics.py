@@ -106,3 +106,15 @@ def test_task_metrics_classification_keys():
     assert set(result) == {"accuracy", "f1", "auc"}
     assert result["accuracy"] == pytest.approx(0.75)
     assert result["auc"] == pytest.approx(1.0)  # positives scored above the negative
+
+
+def test_multilabel_metrics_match_sklearn():
+    from medimg_cli.metrics import multilabel_metrics
+
+    rng = np.random.default_rng(0)
+    target, probs = rng.integers(0, 2, (40, 5)), rng.random((40, 5))
+    result = multilabel_metrics(torch.tensor(probs), torch.tensor(target))
+    assert result["accuracy"] == pytest.approx(((probs > 0.5) == target).mean())
+    assert result["f1"] == pytest.approx(f1_score(target, (probs > 0.5).astype(int), average="macro"))
+    expected_auc = np.mean([roc_auc_score(target[:, k], probs[:, k]) for k in range(5)])
+    assert result["auc"] == pytest.approx(expected_auc)

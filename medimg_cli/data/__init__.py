@@ -1,7 +1,8 @@
 """Datasets: every source turns its config into the same in-memory splits.
 
 A source is a function ``(data_cfg) -> Splits`` registered under its config name
-(``conf/data/<name>.yaml`` has ``name: <name>``). Samples are dictionaries of tensors:
+(``conf/data/<source>.yaml`` has ``source: <source>``; ``name`` is the dataset, e.g. a
+MedMNIST flag such as ``breastmnist``). Samples are dictionaries of tensors:
 ``image`` ``(N, C, *spatial)`` float32, ``label`` ``(N,)`` int64, ``mask`` ``(N, 1, *spatial)``
 uint8; a split holds the keys its task needs.
 """
@@ -33,6 +34,7 @@ class DataInfo:
     num_classes: int  # image-level classes (classification and multitask)
     num_seg_classes: int  # mask classes including background (segmentation and multitask)
     class_names: tuple[str, ...]
+    multilabel: bool = False  # labels ``(N, num_classes)`` of independent 0/1 targets (e.g. ChestMNIST)
 
     @property
     def classifies(self) -> bool:
@@ -92,13 +94,16 @@ def keys_for_task(task: str) -> tuple[str, ...]:
     )
 
 
-_SOURCE_MODULES = ("phantom_source",)  # one module per source format; importing registers it
+# source (the ``data.source`` key and YAML stem) -> module that registers it; only the chosen one is imported
+_SOURCE_MODULES = {"phantom": "phantom_source", "medmnist": "medmnist_source"}
 
 
 def build_data(cfg: Mapping) -> Splits:
-    """Build the splits of the data source named ``cfg["name"]``."""
+    """Build the splits of the data source ``cfg["source"]`` (``cfg["name"]`` names the dataset)."""
     if cfg.get("task") not in TASKS:
         raise unknown_choice("data.task", cfg.get("task"), TASKS)
-    for module in _SOURCE_MODULES:
-        importlib.import_module(f"medimg_cli.data.{module}")
-    return SOURCES.get(cfg["name"])(cfg)
+    source = cfg.get("source")
+    if source not in _SOURCE_MODULES:
+        raise unknown_choice("data.source", source, _SOURCE_MODULES)
+    importlib.import_module(f"medimg_cli.data.{_SOURCE_MODULES[source]}")
+    return SOURCES.get(source)(cfg)

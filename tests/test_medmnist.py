@@ -1,0 +1,124 @@
+"""The MedMNIST source: official files from shared/data when present, generated files otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+from conftest import compose_config, run_cli
+
+from medimg_cli.commands.train import train
+from medimg_cli.data import build_data
+from medimg_cli.data.medmnist_source import npz_path
+from medimg_cli.errors import ConfigError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "breastmnist.npz").is_file(), reason=f"MedMNIST files not found in {SHARED}"
+)
+
+
+def medmnist_cfg(*overrides: str):
+    return compose_config(["data=medmnist", "device=cpu", "trainer.table_every=1", *overrides])
+
+
+def data_cfg(*overrides: str) -> dict:
+    return dict(medmnist_cfg(*overrides).data)
+
+
+@needs_shared
+def test_breastmnist_official_splits_and_labels():
+    splits = build_data(data_cfg("data.name=breastmnist", f"data.root={SHARED}", "data.download=false"))
+    assert [len(splits.split(s)["image"]) for s in ("train", "val", "test")] == [546, 78, 156]
+    assert splits.train["image"].shape[1:] == (1, 28, 28)
+    assert 0.0 <= splits.train["image"].min() and splits.train["image"].max() <= 1.0
+    assert set(splits.train["label"].unique().tolist()) == {0, 1}
+    assert splits.info.class_names == ("malignant", "normal, benign") and splits.info.spatial_dims == 2
+
+
+@needs_shared
+def test_adrenalmnist3d_is_3d():
+    splits = build_data(data_cfg("data.name=adrenalmnist3d", f"data.root={SHARED}", "data.download=false"))
+    assert [len(splits.split(s)["image"]) for s in ("train", "val", "test")] == [1188, 98, 298]
+    assert splits.train["image"].shape[1:] == (1, 28, 28, 28) and splits.info.spatial_dims == 3
+
+
+@needs_shared
+def test_train_breastmnist_and_adrenalmnist3d(tmp_path):
+    common = (f"data.root={SHARED}", "data.download=false", "trainer.epochs=2")
+    summary = train(medmnist_cfg("data.name=breastmnist", *common), tmp_path / "2d")
+    assert summary["data"] == "breastmnist" and 0.0 <= summary["test"]["auc"] <= 1.0
+    summary = train(
+        medmnist_cfg("data.name=adrenalmnist3d", *common, "model.channels=[4,8]", "model.decoder_channels=4"),
+        tmp_path / "3d",
+    )
+    assert summary["task"] == "classification" and 0.0 <= summary["test"]["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+@needs_shared
+def test_cli_reports_test_auc_and_accuracy(tmp_path):
+    result = run_cli(
+        "train", "data=medmnist", "data.name=breastmnist", f"data.root={SHARED}", "model=cnn",
+        "trainer.epochs=2", f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "AUC %" in result.stdout and "acc %" in result.stdout and "cnn on breastmnist" in result.stdout
+
+
+def _write_fake(root: Path, name: str, labels_shape: tuple[int, ...], channels: int = 1) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 40), ("val", 10), ("test", 10)):
+        shape = (n, 28, 28) + ((3,) if channels == 3 else ())
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, *labels_shape[1:]), dtype=np.uint8)
+    np.savez(root / f"{name}.npz", **arrays)
+
+
+def test_multilabel_chestmnist_trains_with_per_label_metrics(tmp_path):
+    _write_fake(tmp_path, "chestmnist", (1, 14))
+    summary = train(
+        medmnist_cfg("data.name=chestmnist", f"data.root={tmp_path}", "data.download=false", "trainer.epochs=1"),
+        tmp_path / "run",
+    )
+    assert set(summary["test"]) == {"loss", "accuracy", "f1", "auc", "seconds_per_image"}
+
+
+def test_rgb_images_become_channels_first(tmp_path):
+    _write_fake(tmp_path, "pathmnist", (1, 1), channels=3)
+    splits = build_data(data_cfg("data.name=pathmnist", f"data.root={tmp_path}", "data.download=false"))
+    assert splits.train["image"].shape[1:] == (3, 28, 28) and splits.info.num_classes == 9
+
+
+def test_file_names_follow_the_official_release():
+    assert npz_path("/d", "pathmnist", 28) == Path("/d/pathmnist.npz")
+    assert npz_path("/d", "organmnist3d", 64) == Path("/d/organmnist3d_64.npz")
+    with pytest.raises(ConfigError, match="unknown data.size '32'"):
+        npz_path("/d", "pathmnist", 32)
+
+
+def test_missing_file_offline_names_the_file_and_where_to_put_it(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=f"{tmp_path}/breastmnist.npz is missing; download https://"):
+        build_data(data_cfg("data.name=breastmnist", f"data.root={tmp_path}", "data.download=false"))
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", offline)
+    with pytest.raises(ConfigError, match="cannot be downloaded .*point data.root at a folder with breastmnist.npz"):
+        build_data(data_cfg("data.name=breastmnist", f"data.root={tmp_path}"))
+
+
+def test_bad_names_tasks_and_files_are_one_line_errors(tmp_path):
+    with pytest.raises(
+        ConfigError, match="unknown MedMNIST dataset data.name 'breastmnst'.*Did you mean 'breastmnist'"
+    ):
+        build_data(data_cfg("data.name=breastmnst", f"data.root={tmp_path}"))
+    with pytest.raises(ConfigError, match="use data.task=classification"):
+        build_data(data_cfg("data.name=breastmnist", "data.task=segmentation", f"data.root={tmp_path}"))
+    (tmp_path / "breastmnist.npz").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="is not a readable MedMNIST .npz file"):
+        build_data(data_cfg("data.name=breastmnist", f"data.root={tmp_path}", "data.download=false"))
