@@ -218,3 +218,9 @@ def test_a_bad_job_in_a_sweep_is_reported_and_the_others_still_run(tmp_path):
     assert result.returncode == 2
     assert "model 'unet' cannot run on images of shape (1, 16, 16)" in result.stderr
     assert_complete(tmp_path / "1", 2)  # the cnn job
+
+
+def test_a_required_data_key_left_out_is_named(tmp_path):
+    result = run_cli("train", "data=folder", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert "data.root has no value; pass data.root=<value>" in result.stderr

@@ -83,7 +83,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
-    data = build_data(OmegaConf.to_container(cfg.data, resolve=True))
+    data = build_data(OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True))
     info = data.info
     args = model_args(OmegaConf.to_container(cfg.model, resolve=True), info)
     model = create_model(cfg.model.name, **args).to(device)
@@ -109,6 +109,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         log.info("resuming %s after epoch %d", run_dir, state["epoch"])
     else:
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        if data.ids is not None:  # anonymous ids; reuse the split with data.splits=<this file>
+            write_json(run_dir / "splits.json", data.ids)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "%s on %s (%s, %dD, %s): %s parameters, %d/%d/%d images, run folder %s",

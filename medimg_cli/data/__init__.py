@@ -54,6 +54,7 @@ class Splits:
     test: dict[str, torch.Tensor]
     info: DataInfo
     fingerprint: str
+    ids: dict[str, list[str]] | None = None  # anonymous sample ids per split, written to splits.json
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         if name not in SPLITS:
@@ -95,7 +96,12 @@ def keys_for_task(task: str) -> tuple[str, ...]:
 
 
 # source (the ``data.source`` key and YAML stem) -> module that registers it; only the chosen one is imported
-_SOURCE_MODULES = {"phantom": "phantom_source", "medmnist": "medmnist_source"}
+_SOURCE_MODULES = {
+    "phantom": "phantom_source",
+    "medmnist": "medmnist_source",
+    "folder": "folder_source",
+    "manifest": "manifest_source",
+}
 
 
 def build_data(cfg: Mapping) -> Splits:

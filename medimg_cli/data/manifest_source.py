@@ -1,0 +1,60 @@
+"""The ``manifest`` data source: a CSV or JSON list of samples.
+
+Columns (CSV header or JSON object keys): ``image`` (required), and optionally ``label``,
+``mask``, ``patient_id``, ``split`` (train/val/test) and any metadata such as ``site``. Paths
+are relative to the manifest's folder. With ``patient_id`` and no ``split``, the automatic
+split keeps each patient's images together; a patient listed in two explicit splits is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from medimg_cli.data import SOURCES, Splits
+from medimg_cli.data.files import Record, records_to_splits
+from medimg_cli.errors import ConfigError
+
+
+def read_manifest(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV (with a header) or a JSON list of objects, values as strings ('' when empty)."""
+    if not path.is_file():
+        raise ConfigError(f"data.path={path}: manifest not found")
+    try:
+        if path.suffix.lower() == ".json":
+            rows = json.loads(path.read_text())
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValueError("expected a list of objects")
+        else:
+            with path.open(newline="") as file:
+                rows = list(csv.DictReader(file))
+    except (OSError, ValueError, csv.Error) as error:
+        raise ConfigError(f"{path}: cannot read the manifest ({error})") from None
+    return [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
+
+
+@SOURCES.register("manifest")
+def manifest_splits(cfg: Mapping) -> Splits:
+    """Build splits from the manifest at ``cfg["path"]``."""
+    path = Path(cfg["path"]).expanduser()
+    rows = read_manifest(path)
+    if rows and "image" not in rows[0]:
+        raise ConfigError(f"{path}: no 'image' column (columns: {', '.join(rows[0])})")
+    base = path.parent
+    records = [
+        Record(
+            name=row["image"],
+            image=base / row["image"],
+            label=row.get("label") or None,
+            mask=base / row["mask"] if row.get("mask") else None,
+            patient=row.get("patient_id") or None,
+            split=row.get("split") or None,
+        )
+        for row in rows
+    ]
+    for record in records:
+        if not record.image.is_file():
+            raise ConfigError(f"{path}: image {record.image} is missing")
+    return records_to_splits(records, cfg, str(path))
