@@ -101,6 +101,8 @@ _SOURCE_MODULES = {
     "medmnist": "medmnist_source",
     "folder": "folder_source",
     "manifest": "manifest_source",
+    "nifti": "nifti_source",
+    "nnunet": "nnunet_source",
 }
 
 

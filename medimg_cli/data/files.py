@@ -1,7 +1,10 @@
-"""Datasets of image files (PNG/JPEG/TIFF/BMP or ``.npy``): decode once, then the same splits.
+"""Datasets of image files: decode once, then the same splits for every source.
 
-The ``folder`` and ``manifest`` sources list their samples as ``Record`` s; ``records_to_splits``
-decodes them, resizes to ``data.image_size``, normalises, maps labels to classes, assigns
+Images are PNG/JPEG/TIFF/BMP, ``.npy`` (2D) or NIfTI volumes (3D, read with nibabel and
+reoriented to the closest canonical RAS+ orientation). The ``folder``, ``manifest``, ``nifti``
+and ``nnunet`` sources list their samples as ``Record`` s; ``records_to_splits``
+decodes them, optionally resamples volumes to ``data.spacing`` or cuts them into 2D slices
+(``data.slice_axis``), resizes to ``data.image_size``, normalises, maps labels to classes, assigns
 splits (explicit, from ``data.splits``, or grouped by patient and stratified by label), audits
 them for leakage, and returns tensors. Ids written anywhere are salted hashes of the relative
 paths, and patient ids are hashed before they are used.
@@ -25,6 +28,7 @@ from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split,
 from medimg_cli.errors import ConfigError, unknown_choice
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
+VOLUME_SUFFIXES = (".nii.gz", ".nii")
 NORMALISATIONS = ("minmax", "zscore", "none")
 
 
@@ -33,11 +37,47 @@ class Record:
     """One sample as a source lists it; paths are absolute, ``name`` is relative to the dataset root."""
 
     name: str
-    image: Path
+    images: tuple[Path, ...]  # one file per channel group (nnU-Net's _0000, _0001 ...), stacked
     label: str | None = None
     mask: Path | None = None
     patient: str | None = None
     split: str | None = None
+
+
+def full_suffix(path: Path) -> str:
+    """``.nii.gz`` for compressed NIfTI, else the lower-case suffix."""
+    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+
+
+def strip_suffix(path: Path) -> Path:
+    """``path`` without its (full) suffix."""
+    return path.with_name(path.name[: len(path.name) - len(full_suffix(path))])
+
+
+def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A NIfTI file as float32 ``(C, X, Y, Z)`` in RAS+ orientation, and its voxel spacing in mm."""
+    import nibabel as nib
+
+    try:
+        image = nib.as_closest_canonical(nib.load(path))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except Exception as error:  # nibabel raises many types for corrupt files (ImageFileError, EOFError, zlib...)
+        raise ConfigError(f"{path}: cannot read the NIfTI volume ({type(error).__name__}: {error})") from None
+    if data.ndim not in (3, 4):
+        raise ConfigError(f"{path}: expected a 3D or 4D volume, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise ConfigError(f"{path}: the volume has NaN or infinite values")
+    spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+    return (data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)), spacing
+
+
+def read_any(path: Path, channels: int) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """Any supported file as ``(C, *spatial)`` float32, with its spacing when it is a volume."""
+    if full_suffix(path) in VOLUME_SUFFIXES:
+        return read_volume(path)
+    return read_image(path, channels), None
 
 
 def read_image(path: Path, channels: int) -> np.ndarray:
@@ -63,19 +103,53 @@ def read_image(path: Path, channels: int) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Decode a label mask to int64 ``(H, W)``; a 0/255 mask becomes 0/1."""
-    mask = read_image(path, 1)[0]
+    """Decode a label mask to int64 ``(*spatial)``; a 0/255 mask becomes 0/1."""
+    mask = read_any(path, 1)[0][0]
     if set(np.unique(mask).tolist()) <= {0.0, 255.0}:
         mask = mask / 255
     return mask.astype(np.int64)
 
 
-def _resize(array: np.ndarray, size: int, mode: str) -> torch.Tensor:
-    """``(C, H, W)`` -> ``(C, size, size)``; ``nearest`` keeps mask labels exact."""
+def resize(array: np.ndarray, size: Sequence[int], nearest: bool = False) -> torch.Tensor:
+    """``(C, *spatial)`` -> ``(C, *size)``: linear interpolation (antialiased in 2D), or nearest
+    neighbour, which keeps mask labels exact."""
     tensor = torch.from_numpy(np.ascontiguousarray(array))[None].float()
-    if mode == "nearest":
-        return F.interpolate(tensor, size=(size, size), mode="nearest")[0]
-    return F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    if tuple(tensor.shape[2:]) == tuple(size):
+        return tensor[0]
+    if nearest:
+        return F.interpolate(tensor, size=tuple(size), mode="nearest-exact")[0]
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    return F.interpolate(tensor, size=tuple(size), mode=mode, antialias=len(size) == 2, align_corners=False)[0]
+
+
+def _spatial_size(cfg: Mapping, dims: int) -> tuple[int, ...]:
+    size = cfg["image_size"]
+    return tuple(size) if isinstance(size, Sequence) else (size,) * dims
+
+
+def _decode(record: Record, cfg: Mapping, task: str) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """Decode one record into ``(name, image, mask)`` samples: one, or one per slice."""
+    parts = [read_any(path, cfg["channels"]) for path in record.images]
+    image = np.concatenate([p[0] for p in parts])
+    spacing = parts[0][1]
+    mask = read_mask(record.mask)[None] if task != "classification" else None
+    if mask is not None and mask.shape[1:] != image.shape[1:]:
+        raise ConfigError(f"{record.mask}: mask shape {mask.shape[1:]} differs from image shape {image.shape[1:]}")
+    if spacing is not None and cfg.get("spacing"):  # resample the volume to the target spacing
+        shape = [round(n * s / t) for n, s, t in zip(image.shape[1:], spacing, cfg["spacing"], strict=True)]
+        image = resize(image, shape).numpy()
+        mask = resize(mask, shape, nearest=True).numpy().astype(np.int64) if mask is not None else None
+    axis = cfg.get("slice_axis")
+    if image.ndim == 4 and axis is not None:  # 2D slices of a volume, for 2D models
+        return [
+            (
+                f"{record.name}#{k}",
+                image.take(k, axis=1 + axis),
+                mask.take(k, axis=1 + axis) if mask is not None else None,
+            )
+            for k in range(image.shape[1 + axis])
+        ]
+    return [(record.name, image, mask)]
 
 
 def normalise(image: torch.Tensor, how: str) -> torch.Tensor:
@@ -92,7 +166,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
     """Decode ``records`` and build the train/val/test tensors as the data config says."""
     task = cfg["task"]
     if not records:
-        raise ConfigError(f"{source}: no images found (suffixes {', '.join(IMAGE_SUFFIXES)})")
+        raise ConfigError(f"{source}: no images found (suffixes {', '.join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)})")
     if cfg["normalize"] not in NORMALISATIONS:
         raise unknown_choice("data.normalize", cfg["normalize"], NORMALISATIONS)
     if cfg["channels"] not in (1, 3):
@@ -102,31 +176,39 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
     if task != "classification" and any(r.mask is None for r in records):
         raise ConfigError(f"{source}: data.task={task} needs a mask for every image")
 
-    size, images, masks, digests = cfg["image_size"], [], [], []
-    for record in records:
-        raw = read_image(record.image, cfg["channels"])
-        digests.append(hashlib.sha256(raw.tobytes()).hexdigest())
-        images.append(normalise(_resize(raw, size, "bilinear"), cfg["normalize"]))
-        if task != "classification":
-            mask = read_mask(record.mask)
-            if mask.shape != raw.shape[1:]:
-                raise ConfigError(f"{record.mask}: mask shape {mask.shape} differs from image shape {raw.shape[1:]}")
-            masks.append(_resize(mask[None], size, "nearest").to(torch.uint8))
-
     classes = list(cfg.get("classes") or sorted({r.label for r in records if r.label is not None}))
     for record in records:
         if record.label is not None and record.label not in classes:
-            raise ConfigError(f"{record.image}: label '{record.label}' is not in data.classes {classes}")
+            raise ConfigError(f"{record.images[0]}: label '{record.label}' is not in data.classes {classes}")
+
+    # decode every record (a volume may become several slices); slices inherit their record's split
+    images, masks, owners, digests, size = [], [], [], [], None
+    for index, record in enumerate(records):
+        samples = _decode(record, cfg, task)
+        digests.append(hashlib.sha256(b"".join(image.tobytes() for _, image, _ in samples)).hexdigest())
+        for _, image, mask in samples:
+            size = size or _spatial_size(cfg, image.ndim - 1)
+            if len(size) != image.ndim - 1:
+                raise ConfigError(f"data.image_size={list(size)} does not fit {record.images[0]} ({image.ndim - 1}D)")
+            images.append(normalise(resize(image, size), cfg["normalize"]))
+            if mask is not None:
+                masks.append(resize(mask, size, nearest=True).to(torch.uint8))
+            owners.append(index)
+    if len({tuple(i.shape) for i in images}) > 1:
+        raise ConfigError(f"{source}: images differ in channels or dimensions; use one kind of image per dataset")
     salt = cfg["salt"]
-    ids = [anonymise(r.name, salt) for r in records]
+    record_ids = [anonymise(r.name, salt) for r in records]
     patients = [anonymise(r.patient, salt) if r.patient else None for r in records]
-    splits = _assign_splits(records, ids, patients, cfg, source)
-    audit(splits, patients, digests)
+    record_splits = _assign_splits(records, record_ids, patients, cfg, source)
+    audit(record_splits, patients, digests)
+    splits = [record_splits[i] for i in owners]
+    ids = [anonymise(f"{records[i].name}#{n}", salt) if len(images) != len(records) else record_ids[i]
+           for n, i in enumerate(owners)]  # fmt: skip
 
     image_tensor = torch.stack(images)
     tensors: dict[str, torch.Tensor] = {"image": image_tensor}
     if task != "segmentation":
-        tensors["label"] = torch.tensor([classes.index(r.label) for r in records], dtype=torch.int64)
+        tensors["label"] = torch.tensor([classes.index(records[i].label) for i in owners], dtype=torch.int64)
     if task != "classification":
         tensors["mask"] = torch.stack(masks)
     by_split = {name: [i for i, s in enumerate(splits) if s == name] for name in SPLIT_NAMES}
@@ -136,8 +218,8 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
     num_seg = int(max(cfg.get("mask_classes") or 0, int(tensors["mask"].max()) + 1)) if "mask" in tensors else 0
     info = DataInfo(
         task=task,
-        spatial_dims=2,
-        in_channels=cfg["channels"],
+        spatial_dims=image_tensor.dim() - 2,
+        in_channels=image_tensor.shape[1],
         num_classes=len(classes),
         num_seg_classes=max(num_seg, 2) if num_seg else 0,
         class_names=tuple(classes),
@@ -159,7 +241,7 @@ def _assign_splits(
     if any(s is not None for s in explicit):
         bad = next((r for r in records if r.split not in SPLIT_NAMES), None)
         if bad is not None:
-            raise ConfigError(f"{source}: {bad.image} has split '{bad.split}'; use train, val or test in every row")
+            raise ConfigError(f"{source}: {bad.images[0]} has split '{bad.split}'; use train, val or test in every row")
         return explicit
     if cfg.get("splits"):
         path = Path(cfg["splits"]).expanduser()

@@ -46,7 +46,7 @@ def manifest_splits(cfg: Mapping) -> Splits:
     records = [
         Record(
             name=row["image"],
-            image=base / row["image"],
+            images=(base / row["image"],),
             label=row.get("label") or None,
             mask=base / row["mask"] if row.get("mask") else None,
             patient=row.get("patient_id") or None,
@@ -55,6 +55,6 @@ def manifest_splits(cfg: Mapping) -> Splits:
         for row in rows
     ]
     for record in records:
-        if not record.image.is_file():
-            raise ConfigError(f"{path}: image {record.image} is missing")
+        if not record.images[0].is_file():
+            raise ConfigError(f"{path}: image {record.images[0]} is missing")
     return records_to_splits(records, cfg, str(path))
