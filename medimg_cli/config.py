@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medimg_cli.errors import ConfigError, check_arguments, unknown_choice
 from medimg_cli.registry import Registry
@@ -28,12 +28,13 @@ _NUMBERS: dict[str, tuple[type, float, str]] = {
     "optim.momentum": (float, 0, "optim.momentum=0.9"),
     "data.seed": (int, 0, "data.seed=0"),
     "data.num_samples": (int, 10, "data.num_samples=700"),
-    "data.image_size": (int, 16, "data.image_size=32"),
+    "data.image_size": (int, 1, "data.image_size=32"),
     "data.spatial_dims": (int, 2, "data.spatial_dims=3"),
     "data.mask_classes": (int, 2, "data.mask_classes=3"),
 }
 _POSITIVE = {"optim.lr"}  # strictly greater than the minimum
 _BOOLEANS = ("data.binary", "optim.nesterov")
+_PER_AXIS = {"data.image_size"}  # an int, or a list with one int per spatial axis
 
 
 def check_numbers(cfg: DictConfig) -> None:
@@ -42,18 +43,23 @@ def check_numbers(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:
             continue
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is int and not (is_number and float(value).is_integer()):
-            raise ConfigError(f"{key}={value!r} must be an integer, e.g. {example}")
-        if not is_number:
-            raise ConfigError(f"{key}={value!r} must be a number, e.g. {example}")
-        if value < minimum or (key in _POSITIVE and value <= minimum):
-            bound = ">" if key in _POSITIVE else ">="
-            raise ConfigError(f"{key}={value!r} must be {bound} {minimum:g}, e.g. {example}")
+        for item in value if key in _PER_AXIS and isinstance(value, ListConfig) else [value]:
+            _check_number(key, item, kind, minimum, example)
     for key in _BOOLEANS:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be true or false")
+
+
+def _check_number(key: str, value: object, kind: type, minimum: float, example: str) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int and not (is_number and float(value).is_integer()):
+        raise ConfigError(f"{key}={value!r} must be an integer, e.g. {example}")
+    if not is_number:
+        raise ConfigError(f"{key}={value!r} must be a number, e.g. {example}")
+    if value < minimum or (key in _POSITIVE and value <= minimum):
+        bound = ">" if key in _POSITIVE else ">="
+        raise ConfigError(f"{key}={value!r} must be {bound} {minimum:g}, e.g. {example}")
 
 
 def seed_everything(seed: int) -> None:

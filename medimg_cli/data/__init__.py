@@ -103,6 +103,7 @@ _SOURCE_MODULES = {
     "manifest": "manifest_source",
     "nifti": "nifti_source",
     "nnunet": "nnunet_source",
+    "dicom": "dicom_source",
 }
 
 

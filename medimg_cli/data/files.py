@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from medimg_cli.data import DataInfo, Splits, fingerprint
+from medimg_cli.data.dicom import apply_window, read_series
 from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits
 from medimg_cli.errors import ConfigError, unknown_choice
 
@@ -42,6 +43,7 @@ class Record:
     mask: Path | None = None
     patient: str | None = None
     split: str | None = None
+    kind: str = "file"  # "dicom": ``images`` are the slice files of one series, in spatial order
 
 
 def full_suffix(path: Path) -> str:
@@ -129,13 +131,17 @@ def _spatial_size(cfg: Mapping, dims: int) -> tuple[int, ...]:
 
 def _decode(record: Record, cfg: Mapping, task: str) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     """Decode one record into ``(name, image, mask)`` samples: one, or one per slice."""
-    parts = [read_any(path, cfg["channels"]) for path in record.images]
-    image = np.concatenate([p[0] for p in parts])
-    spacing = parts[0][1]
+    if record.kind == "dicom":
+        image, spacing = read_series(record.images)
+    else:
+        parts = [read_any(path, cfg["channels"]) for path in record.images]
+        image, spacing = np.concatenate([p[0] for p in parts]), parts[0][1]
+    if cfg.get("window") is not None:  # CT window in HU -> [0, 1]
+        image = apply_window(image, cfg["window"])
     mask = read_mask(record.mask)[None] if task != "classification" else None
     if mask is not None and mask.shape[1:] != image.shape[1:]:
         raise ConfigError(f"{record.mask}: mask shape {mask.shape[1:]} differs from image shape {image.shape[1:]}")
-    if spacing is not None and cfg.get("spacing"):  # resample the volume to the target spacing
+    if spacing is not None and len(spacing) == image.ndim - 1 and cfg.get("spacing"):  # resample to the target spacing
         shape = [round(n * s / t) for n, s, t in zip(image.shape[1:], spacing, cfg["spacing"], strict=True)]
         image = resize(image, shape).numpy()
         mask = resize(mask, shape, nearest=True).numpy().astype(np.int64) if mask is not None else None

@@ -1,0 +1,159 @@
+"""DICOM series with pydicom: grouping, spatial ordering, rescaling, photometric handling.
+
+A series is the files sharing a SeriesInstanceUID. Slices are ordered by the projection of
+ImagePositionPatient on the slice normal (the cross product of the ImageOrientationPatient row
+and column cosines), never by file name or InstanceNumber, and must be evenly spaced to be
+read as a volume. Pixel
+values go through RescaleSlope/RescaleIntercept (CT in Hounsfield units); MONOCHROME1 is
+inverted so that larger always means brighter. Compressed transfer syntaxes decode through
+pydicom's pixel handlers (pylibjpeg for JPEG, JPEG-LS and JPEG 2000).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medimg_cli.errors import ConfigError, unknown_choice
+
+# CT window presets: (level, width) in HU
+WINDOWS = {"lung": (-600.0, 1500.0), "soft_tissue": (40.0, 400.0), "bone": (400.0, 1800.0), "brain": (40.0, 80.0)}
+
+
+@dataclass(frozen=True)
+class SeriesHeader:
+    """What grouping and splitting need from a series, read without pixel data."""
+
+    files: tuple[Path, ...]  # in spatial order
+    series_uid: str
+    study_uid: str
+    patient_id: str | None
+
+
+def _read_header(path: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def slice_position(ds) -> float | None:
+    """Position of a slice along its normal (mm), or ``None`` without orientation and position."""
+    orientation, position = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
+    if orientation is None or position is None:
+        return None
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    return float(np.dot(normal, np.asarray(position, float)))
+
+
+def find_series(root: Path) -> list[SeriesHeader]:
+    """Every image series under ``root`` (a folder, searched recursively, or a DICOMDIR file)."""
+    if root.is_file():  # a DICOMDIR: the files its records reference
+        from pydicom.fileset import FileSet
+
+        try:
+            paths: Iterable[Path] = [Path(instance.path) for instance in FileSet(root)]
+        except Exception as error:  # pydicom raises several types for a broken DICOMDIR
+            raise ConfigError(f"{root}: cannot read the DICOMDIR ({error})") from None
+    else:
+        paths = sorted(p for p in root.rglob("*") if p.is_file())
+    groups: dict[str, list[tuple[Path, object]]] = defaultdict(list)
+    for path in paths:
+        ds = _read_header(path)
+        if ds is None or "PixelData" not in ds and "SeriesInstanceUID" not in ds:
+            continue  # not DICOM, or a DICOMDIR/report without an image
+        if ds.get("Rows") is None or ds.get("SeriesInstanceUID") is None:
+            continue
+        groups[str(ds.SeriesInstanceUID)].append((path, ds))
+    series = []
+    for uid, members in sorted(groups.items()):
+        members = _spatial_order(members)
+        first = members[0][1]
+        series.append(
+            SeriesHeader(
+                files=tuple(p for p, _ in members),
+                series_uid=uid,
+                study_uid=str(first.get("StudyInstanceUID", "")),
+                patient_id=str(first.get("PatientID")) if first.get("PatientID") else None,
+            )
+        )
+    return series
+
+
+def _spatial_order(members: list[tuple[Path, object]]) -> list[tuple[Path, object]]:
+    """Sort slices along the slice normal; without positions, by InstanceNumber then path."""
+    positions = [slice_position(ds) for _, ds in members]
+    if len(members) > 1 and all(p is not None for p in positions):
+        return [members[i] for i in np.argsort(positions, kind="stable")]
+    return sorted(members, key=lambda m: (int(m[1].get("InstanceNumber", 0) or 0), str(m[0])))
+
+
+def slice_spacing(files: Sequence[Path]) -> float | None:
+    """The even distance between consecutive slices (mm); uneven or repeated positions are an error."""
+    import pydicom
+
+    positions = [slice_position(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
+    if len(files) < 2 or None in positions:
+        return None
+    steps = np.diff(positions)
+    if steps.min() <= 1e-3 or steps.max() - steps.min() > 0.01 * steps.max() + 1e-3:
+        raise ConfigError(
+            f"{files[0]}: its series has uneven or repeated slice positions "
+            f"(steps {steps.min():.3f} to {steps.max():.3f} mm); remove duplicate or missing slices"
+        )
+    return float(steps.mean())
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    """One file's pixels as float32 ``(frames, rows, cols[, 3])``, rescaled, MONOCHROME1 inverted."""
+    import pydicom
+    from pydicom.pixels import apply_rescale
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except Exception as error:  # truncated files, unsupported compression...: pydicom raises many types
+        raise ConfigError(f"{path}: cannot decode the DICOM pixel data ({type(error).__name__}: {error})") from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    pixels = apply_rescale(pixels, ds).astype(np.float32)
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        pixels = pixels.max() + pixels.min() - pixels
+    return pixels if frames > 1 else pixels[None]
+
+
+def read_series(files: Sequence[Path]) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A series as float32 ``(C, slices, rows, cols)`` (or ``(C, rows, cols)`` for one slice) and
+    its spacing in mm (slice spacing from the positions, else SliceThickness, else 1)."""
+    stacks = [read_pixels(path) for path in files]
+    shapes = {s.shape[1:] for s in stacks}
+    if len(shapes) > 1:
+        raise ConfigError(f"{files[0]}: its series mixes image sizes {sorted(shapes)}")
+    volume = np.concatenate(stacks)  # (slices, rows, cols[, 3])
+    volume = np.moveaxis(volume, -1, 0) if volume.ndim == 4 else volume[None]
+    import pydicom
+
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    row, col = (float(v) for v in ds.get("PixelSpacing", [1.0, 1.0]))
+    depth = slice_spacing(files) or float(ds.get("SliceThickness", 1.0) or 1.0)
+    if volume.shape[1] == 1:  # a single slice is a 2D image
+        return volume[:, 0], (row, col)
+    return volume, (depth, row, col)
+
+
+def apply_window(image: np.ndarray, window: str | Sequence[float]) -> np.ndarray:
+    """Clip to a CT window (a preset name or ``[level, width]``) and scale it to [0, 1]."""
+    if isinstance(window, str):
+        if window not in WINDOWS:
+            raise unknown_choice("data.window", window, WINDOWS)
+        level, width = WINDOWS[window]
+    else:
+        level, width = (float(v) for v in window)
+    low = level - width / 2
+    return np.clip((image - low) / width, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,146 @@
+"""DICOM reading against pydicom on shared/data/dicom, and series the tests write."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import compose_config
+from pydicom.pixels import apply_rescale
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medimg_cli.commands.train import train
+from medimg_cli.data import build_data
+from medimg_cli.data.dicom import apply_window, find_series, read_series, slice_position
+from medimg_cli.errors import ConfigError
+
+DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"
+needs_shared = pytest.mark.skipif(
+    not (DICOM / "CT_small.dcm").is_file(), reason=f"DICOM test files not found in {DICOM}"
+)
+
+
+@needs_shared
+def test_ct_small_is_in_hounsfield_units_as_pydicom_rescales_it():
+    ds = pydicom.dcmread(DICOM / "CT_small.dcm")
+    image, spacing = read_series([DICOM / "CT_small.dcm"])
+    np.testing.assert_array_equal(image[0], apply_rescale(ds.pixel_array, ds).astype(np.float32))
+    assert image.min() < -800 and spacing == pytest.approx((0.661468, 0.661468))
+
+
+@needs_shared
+def test_dicomdir_series_come_out_in_spatial_order():
+    series = find_series(DICOM / "dicomdirtests" / "DICOMDIR")
+    assert len(series) > 5
+    for header in series:
+        positions = [slice_position(pydicom.dcmread(f, stop_before_pixels=True)) for f in header.files]
+        if None not in positions:
+            assert positions == sorted(positions)
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    "compressed", ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+)
+def test_lossless_compressed_files_decode_like_the_uncompressed_one(compressed):
+    reference, _ = read_series([DICOM / "MR_small.dcm"])
+    np.testing.assert_array_equal(read_series([DICOM / compressed])[0], reference)
+
+
+@needs_shared
+def test_truncated_file_names_the_file():
+    with pytest.raises(ConfigError, match="MR_truncated.dcm: cannot decode the DICOM pixel data"):
+        read_series([DICOM / "MR_truncated.dcm"])
+
+
+def write_series(folder: Path, slices: int, patient: str, value: float = 0.0, step: float = 2.5) -> str:
+    """A CT series of ``slices`` 16x16 slices whose pixels hold their slice index (+ value),
+    written in shuffled file order with InstanceNumbers reversed. Returns its SeriesInstanceUID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid, study_uid = generate_uid(), generate_uid()
+    order = list(range(slices))
+    random.Random(patient + str(value)).shuffle(order)
+    for k in order:
+        ds = pydicom.Dataset()
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.SOPClassUID, ds.SOPInstanceUID = (
+            ds.file_meta.MediaStorageSOPClassUID,
+            ds.file_meta.MediaStorageSOPInstanceUID,
+        )
+        ds.Modality, ds.PatientID, ds.PatientName = "CT", patient, f"Doe^{patient}"
+        ds.SeriesInstanceUID, ds.StudyInstanceUID = series_uid, study_uid
+        ds.InstanceNumber = slices - k
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, -50.0 + step * k]
+        ds.PixelSpacing = [0.8, 0.8]
+        ds.Rows = ds.Columns = 16
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = np.full((16, 16), 1024 + k * 10 + value, np.int16).tobytes()
+        ds.save_as(folder / f"{random.Random(k).randint(0, 10**6)}_{k}", enforce_file_format=True)
+    return series_uid
+
+
+def test_shuffled_series_loads_in_spatial_order(tmp_path):
+    write_series(tmp_path / "s", 6, "P1")
+    (header,) = find_series(tmp_path)
+    volume, spacing = read_series(header.files)
+    assert volume.shape == (1, 6, 16, 16) and spacing == pytest.approx((2.5, 0.8, 0.8))
+    assert volume[0, :, 0, 0].tolist() == [k * 10.0 for k in range(6)]  # HU = stored - 1024
+
+
+def test_uneven_slices_and_monochrome1(tmp_path):
+    write_series(tmp_path / "s", 4, "P1")
+    next((tmp_path / "s").glob("*_1")).unlink()  # a missing slice inside the series
+    (header,) = find_series(tmp_path)
+    with pytest.raises(ConfigError, match="uneven or repeated slice positions"):
+        read_series(header.files)
+    ds = pydicom.dcmread(header.files[0])
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.PixelData = np.arange(256, dtype=np.int16).reshape(16, 16).tobytes()
+    ds.save_as(tmp_path / "mono1.dcm")
+    image, _ = read_series([tmp_path / "mono1.dcm"])
+    stored = np.arange(256, dtype=np.float32).reshape(16, 16)
+    np.testing.assert_array_equal(image[0], -769 - stored)  # HU = stored - 1024, then max + min - HU
+
+
+def test_window_presets():
+    hu = np.array([-1400.0, -600.0, 150.0, 40.0])
+    np.testing.assert_allclose(apply_window(hu, "lung"), [0.0, 0.5, 1.0, 1390 / 1500], rtol=1e-6)  # L -600, W 1500
+    np.testing.assert_allclose(apply_window(hu, [40, 400]), [0.0, 0.0, 0.775, 0.5])
+    with pytest.raises(ConfigError, match="unknown data.window 'lungs'.*Did you mean 'lung'"):
+        apply_window(hu, "lungs")
+
+
+def test_dicom_source_trains_with_patient_grouping_and_never_writes_patient_ids(tmp_path):
+    rows = ["SeriesInstanceUID,label"]
+    for i in range(12):
+        patient = f"PAT{i // 2:03d}"  # two series per patient
+        uid = write_series(tmp_path / "study" / patient / f"s{i}", 4, patient, value=300.0 * (i % 2))
+        rows.append(f"{uid},{'bright' if i % 2 else 'dark'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = compose_config(["data=dicom", f"data.root={tmp_path / 'study'}", f"data.labels={tmp_path / 'labels.csv'}",
+                          "data.image_size=[4,16,16]", "data.normalize=none", "data.window=[0,2000]",
+                          "data.split=[0.5,0.25,0.25]", "model.channels=[4,8]", "trainer.epochs=1",
+                          "trainer.batch_size=4", "device=cpu"])  # fmt: skip
+    splits = build_data(dict(cfg.data))
+    assert splits.info.spatial_dims == 3 and splits.train["image"].shape[1:] == (1, 4, 16, 16)
+    train(cfg, tmp_path / "run")
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".csv", ".md", ".yaml", ".log"):
+            assert "PAT0" not in path.read_text() and "Doe" not in path.read_text(), path
+
+
+def test_series_without_a_label_row_is_named(tmp_path):
+    write_series(tmp_path / "study" / "a", 3, "P1")
+    (tmp_path / "labels.csv").write_text("SeriesInstanceUID,label\n1.2.3,x\n")
+    cfg = compose_config(["data=dicom", f"data.root={tmp_path / 'study'}", f"data.labels={tmp_path / 'labels.csv'}"])
+    with pytest.raises(ConfigError, match="1 series have no row in data.labels"):
+        build_data(dict(cfg.data))
