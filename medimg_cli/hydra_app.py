@@ -52,13 +52,17 @@ def describe(error: Exception) -> str:
     return " ".join(lines[:3])
 
 
-def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) -> int:
-    """Compose ``conf/<command>.yaml`` from ``argv`` and call ``task``; returns the exit code."""
+def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str], config_name: str | None = None) -> int:
+    """Compose ``conf/<config_name>.yaml`` (default: the command) from ``argv`` and call ``task``.
+
+    Returns:
+        The exit code: 0, or 2 after a user mistake.
+    """
     user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
     failed_jobs = 0
 
-    @hydra.main(version_base="1.3", config_path="pkg://medimg_cli.conf", config_name=command)
+    @hydra.main(version_base="1.3", config_path="pkg://medimg_cli.conf", config_name=config_name or command)
     def entry(cfg: DictConfig) -> Any:
         # A user mistake in one job is reported here, so the other jobs of a sweep still run.
         nonlocal failed_jobs

@@ -126,10 +126,21 @@ def test_dicom_source_trains_with_patient_grouping_and_never_writes_patient_ids(
         uid = write_series(tmp_path / "study" / patient / f"s{i}", 4, patient, value=300.0 * (i % 2))
         rows.append(f"{uid},{'bright' if i % 2 else 'dark'}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    cfg = compose_config(["data=dicom", f"data.root={tmp_path / 'study'}", f"data.labels={tmp_path / 'labels.csv'}",
-                          "data.image_size=[4,16,16]", "data.normalize=none", "data.window=[0,2000]",
-                          "data.split=[0.5,0.25,0.25]", "model.channels=[4,8]", "trainer.epochs=1",
-                          "trainer.batch_size=4", "device=cpu"])  # fmt: skip
+    cfg = compose_config(
+        [
+            "data=dicom",
+            f"data.root={tmp_path / 'study'}",
+            f"data.labels={tmp_path / 'labels.csv'}",
+            "data.image_size=[4,16,16]",
+            "data.normalize=none",
+            "data.window=[0,2000]",
+            "data.split=[0.5,0.25,0.25]",
+            "model.channels=[4,8]",
+            "trainer.epochs=1",
+            "trainer.batch_size=4",
+            "device=cpu",
+        ]
+    )
     splits = build_data(dict(cfg.data))
     assert splits.info.spatial_dims == 3 and splits.train["image"].shape[1:] == (1, 4, 16, 16)
     train(cfg, tmp_path / "run")

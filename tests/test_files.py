@@ -58,9 +58,13 @@ def test_normalisations():
 
 def test_folder_labels_masks_and_resize(image_folder):
     splits = build_data(
-        data_cfg("folder", f"data.root={image_folder / 'images'}", f"data.mask_root={image_folder / 'masks'}",
-                 "data.task=multitask")
-    )  # fmt: skip
+        data_cfg(
+            "folder",
+            f"data.root={image_folder / 'images'}",
+            f"data.mask_root={image_folder / 'masks'}",
+            "data.task=multitask",
+        )
+    )
     assert splits.info.class_names == ("lesion", "normal") and splits.info.num_seg_classes == 2
     assert splits.train["image"].shape[1:] == (1, 32, 32) and splits.train["mask"].shape[1:] == (1, 32, 32)
     assert set(splits.train["mask"].unique().tolist()) == {0, 1}
@@ -135,11 +139,29 @@ def test_bad_image_files_name_the_file(image_folder, write, message):
 def test_mismatched_mask_and_missing_column_and_empty_folder(image_folder, tmp_path):
     write_png(image_folder / "masks" / "lesion" / "0.png", np.zeros((10, 10), np.uint8))
     with pytest.raises(ConfigError, match="mask shape \\(10, 10\\) differs from image shape \\(40, 48\\)"):
-        build_data(data_cfg("folder", f"data.root={image_folder / 'images'}",
-                            f"data.mask_root={image_folder / 'masks'}", "data.task=segmentation"))  # fmt: skip
+        build_data(
+            data_cfg(
+                "folder",
+                f"data.root={image_folder / 'images'}",
+                f"data.mask_root={image_folder / 'masks'}",
+                "data.task=segmentation",
+            )
+        )
     path = _manifest(tmp_path, [{"file": "a.png"}])
     with pytest.raises(ConfigError, match="no 'image' column"):
         build_data(data_cfg("manifest", f"data.path={path}"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no images found"):
         build_data(data_cfg("folder", f"data.root={tmp_path / 'empty'}"))
+
+
+def test_denoising_gaussian_and_median():
+    from medimg_cli.data.files import denoise
+
+    image = np.zeros((1, 9, 9), np.float32)
+    image[0, 4, 4] = 1.0  # an impulse: the median removes it, the Gaussian spreads it
+    assert denoise(image, "median", 1).max() == 0.0
+    smoothed = denoise(image, "gaussian", 1.0)
+    assert smoothed.sum() == pytest.approx(1.0, rel=1e-3) and smoothed[0, 4, 4] < 0.2
+    with pytest.raises(ConfigError, match="unknown data.denoise 'mean'"):
+        denoise(image, "mean", 1)

@@ -61,9 +61,14 @@ def test_train_breastmnist_and_adrenalmnist3d(tmp_path):
 @needs_shared
 def test_cli_reports_test_auc_and_accuracy(tmp_path):
     result = run_cli(
-        "train", "data=medmnist", "data.name=breastmnist", f"data.root={SHARED}", "model=cnn",
-        "trainer.epochs=2", f"hydra.run.dir={tmp_path}",
-    )  # fmt: skip
+        "train",
+        "data=medmnist",
+        "data.name=breastmnist",
+        f"data.root={SHARED}",
+        "model=cnn",
+        "trainer.epochs=2",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert result.returncode == 0, result.stderr
     assert "AUC %" in result.stdout and "acc %" in result.stdout and "cnn on breastmnist" in result.stdout
 

@@ -55,6 +55,7 @@ class Splits:
     info: DataInfo
     fingerprint: str
     ids: dict[str, list[str]] | None = None  # anonymous sample ids per split, written to splits.json
+    audit: dict[str, int] | None = None  # leakage-audit counts (patients per split, duplicates)
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         if name not in SPLITS:

@@ -138,6 +138,8 @@ def _decode(record: Record, cfg: Mapping, task: str) -> list[tuple[str, np.ndarr
         image, spacing = np.concatenate([p[0] for p in parts]), parts[0][1]
     if cfg.get("window") is not None:  # CT window in HU -> [0, 1]
         image = apply_window(image, cfg["window"])
+    if cfg.get("denoise"):
+        image = denoise(image, cfg["denoise"], cfg.get("denoise_size", 1.0))
     mask = read_mask(record.mask)[None] if task != "classification" else None
     if mask is not None and mask.shape[1:] != image.shape[1:]:
         raise ConfigError(f"{record.mask}: mask shape {mask.shape[1:]} differs from image shape {image.shape[1:]}")
@@ -156,6 +158,20 @@ def _decode(record: Record, cfg: Mapping, task: str) -> list[tuple[str, np.ndarr
             for k in range(image.shape[1 + axis])
         ]
     return [(record.name, image, mask)]
+
+
+DENOISERS = ("gaussian", "median")
+
+
+def denoise(image: np.ndarray, how: str, size: float) -> np.ndarray:
+    """Seed 001's eq. 1 noise reduction on ``(C, *spatial)``: Gaussian smoothing with sigma
+    ``size`` (pixels), or a median filter of radius ``size``, with MONAI's transforms."""
+    from monai.transforms import GaussianSmooth, MedianSmooth
+
+    if how not in DENOISERS:
+        raise unknown_choice("data.denoise", how, DENOISERS)
+    smooth = GaussianSmooth(sigma=float(size)) if how == "gaussian" else MedianSmooth(radius=int(size))
+    return np.asarray(smooth(torch.from_numpy(np.ascontiguousarray(image))), dtype=np.float32)
 
 
 def normalise(image: torch.Tensor, how: str) -> torch.Tensor:
@@ -206,10 +222,10 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
     record_ids = [anonymise(r.name, salt) for r in records]
     patients = [anonymise(r.patient, salt) if r.patient else None for r in records]
     record_splits = _assign_splits(records, record_ids, patients, cfg, source)
-    audit(record_splits, patients, digests)
+    audit_counts = audit(record_splits, patients, digests)
+    if all(p is None for p in patients):  # no patient ids: patient counts would mean nothing
+        audit_counts = {k: v for k, v in audit_counts.items() if not k.startswith("patients_")}
     splits = [record_splits[i] for i in owners]
-    ids = [anonymise(f"{records[i].name}#{n}", salt) if len(images) != len(records) else record_ids[i]
-           for n, i in enumerate(owners)]  # fmt: skip
 
     image_tensor = torch.stack(images)
     tensors: dict[str, torch.Tensor] = {"image": image_tensor}
@@ -235,7 +251,9 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         **{name: {k: v[idx] for k, v in tensors.items()} for name, idx in by_split.items()},
         info=info,
         fingerprint=fingerprint(arrays),
-        ids={name: [ids[i] for i in idx] for name, idx in by_split.items()},
+        # record-level ids (a sliced volume is one entry), so data.splits can reuse the file
+        ids={name: [i for i, s in zip(record_ids, record_splits, strict=True) if s == name] for name in SPLIT_NAMES},
+        audit=audit_counts,
     )
 
 

@@ -66,13 +66,16 @@ def grouped_split(labels: Sequence[object], groups: Sequence[str], fractions: Se
     return assignment
 
 
-def audit(splits: Sequence[str], patients: Sequence[str | None], digests: Sequence[str]) -> None:
+def audit(splits: Sequence[str], patients: Sequence[str | None], digests: Sequence[str]) -> dict[str, int]:
     """Refuse a patient in two splits; warn about byte-identical images across splits.
 
     Args:
         splits: the split of each sample.
         patients: the (hashed) patient of each sample, ``None`` when unknown.
         digests: a content hash of each decoded image.
+
+    Returns:
+        ``patients_<split>`` counts and ``duplicate_images_across_splits``, for reports.
     """
     seen: dict[str, set[str]] = defaultdict(set)
     for split, patient in zip(splits, patients, strict=True):
@@ -90,6 +93,8 @@ def audit(splits: Sequence[str], patients: Sequence[str | None], digests: Sequen
     duplicated = sum(1 for s in where.values() if len(s) > 1)
     if duplicated:
         log.warning("%d image(s) occur byte-identical in more than one split", duplicated)
+    counts = {f"patients_{name}": sum(1 for s in seen.values() if name in s) for name in SPLIT_NAMES}
+    return counts | {"duplicate_images_across_splits": duplicated}
 
 
 def read_fixed_splits(mapping: Mapping[str, Sequence[str]], ids: Sequence[str], source: str) -> list[str]:

@@ -1,0 +1,158 @@
+"""``medimg data inspect``: describe a dataset before training on it.
+
+    medimg data inspect data=medmnist data.name=breastmnist data.root=../shared/data/medmnist
+    medimg data inspect data=nifti data.root=~/ct/images data.mask_root=~/ct/masks
+
+Builds the data exactly as ``medimg train`` would (same config group, same splits and audit)
+and writes ``report.md``, ``report.json`` and ``examples.png`` into the output folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from medimg_cli.config import check_numbers
+from medimg_cli.data import SPLITS, Splits, build_data
+from medimg_cli.errors import ConfigError
+from medimg_cli.hydra_app import print_error, run_hydra
+from medimg_cli.results import make_console, write_atomic, write_json
+
+HELP = "inspect a dataset: counts, shapes, intensities, masks, leakage audit, example grid"
+SUBCOMMANDS = ("inspect",)
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in SUBCOMMANDS:
+        print_error("data", f"expected a subcommand: {', '.join(SUBCOMMANDS)} (e.g. medimg data inspect data=phantom)")
+        return 2
+    return run_hydra("data inspect", _hydra_task, argv[1:], config_name="inspect")
+
+
+def _hydra_task(cfg: DictConfig) -> dict[str, Any]:
+    return inspect(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def inspect(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Build the data of ``cfg``, write the report into ``out`` and return it."""
+    check_numbers(cfg)
+    if cfg.examples < 0:
+        raise ConfigError(f"examples={cfg.examples} must be >= 0")
+    data = build_data(OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True))
+    report = describe(data)
+    report["data"] = OmegaConf.to_container(cfg.data, resolve=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    write_atomic(out / "report.md", markdown_report(report))
+    if cfg.examples:
+        example_grid(data, cfg.examples).save(out / "examples.png")
+    console = make_console()
+    console.print(markdown_report(report))
+    console.print(f"report folder: {out}")
+    return report
+
+
+def describe(data: Splits) -> dict[str, Any]:
+    """Counts, shapes and intensity statistics per split, mask class balance and the audit."""
+    info = data.info
+    report: dict[str, Any] = {
+        "task": info.task,
+        "spatial_dims": info.spatial_dims,
+        "channels": info.in_channels,
+        "classes": list(info.class_names),
+        "fingerprint": data.fingerprint,
+        "splits": {},
+        "audit": data.audit or {},
+    }
+    for name in SPLITS:
+        split = data.split(name)
+        image = split["image"].float()
+        entry: dict[str, Any] = {
+            "images": len(image),
+            "shape": list(image.shape[1:]),
+            "intensity": {
+                "min": image.min().item(),
+                "max": image.max().item(),
+                "mean": image.mean().item(),
+                "std": image.std().item(),
+            },
+        }
+        if "label" in split and not info.multilabel:
+            counts = torch.bincount(split["label"], minlength=info.num_classes).tolist()
+            entry["per_class"] = dict(zip(info.class_names, counts, strict=True))
+        elif "label" in split:
+            entry["positives_per_label"] = dict(
+                zip(info.class_names, split["label"].sum(0).int().tolist(), strict=True)
+            )
+        if "mask" in split:
+            counts = torch.bincount(split["mask"].flatten().long(), minlength=info.num_seg_classes).double()
+            entry["mask_class_fraction"] = (counts / counts.sum()).tolist()
+        report["splits"][name] = entry
+    return report
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The report as Markdown tables."""
+    lines = [
+        f"**Dataset report**: {report['task']}, {report['spatial_dims']}D, {report['channels']} channel(s), "
+        f"fingerprint {report['fingerprint']}",
+        "",
+        "| split | images | shape | min | max | mean | sd | per class | mask class fractions |",
+        "|---|---:|---|---:|---:|---:|---:|---|---|",
+    ]
+    for name, entry in report["splits"].items():
+        stats = entry["intensity"]
+        per_class = entry.get("per_class") or entry.get("positives_per_label") or {}
+        fractions = ", ".join(f"{f:.4f}" for f in entry.get("mask_class_fraction", []))
+        lines.append(
+            f"| {name} | {entry['images']} | {'x'.join(map(str, entry['shape']))} | {stats['min']:.3g} | "
+            f"{stats['max']:.3g} | {stats['mean']:.3g} | {stats['std']:.3g} | "
+            f"{', '.join(f'{k}: {v}' for k, v in per_class.items())} | {fractions} |"
+        )
+    audit = report["audit"]
+    if "patients_train" in audit:
+        verdict = "no patient in two splits"
+    elif audit:
+        verdict = "no patient ids in this source; duplicates checked"
+    else:
+        verdict = "not needed, the source defines the splits"
+    lines += ["", f"**Leakage audit**: {verdict}"]
+    for key, value in audit.items():
+        lines.append(f"- {key.replace('_', ' ')}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def example_grid(data: Splits, per_split: int) -> Image.Image:
+    """A PNG grid: one row per split, ``per_split`` images (3D: middle slice), masks in red."""
+    rows = []
+    for name in SPLITS:
+        split = data.split(name)
+        tiles = []
+        for index in range(min(per_split, len(split["image"]))):
+            image = split["image"][index].float()
+            mask = split["mask"][index, 0] if "mask" in split else None
+            while image.dim() > 3:  # 3D: the middle slice along the first spatial axis
+                middle = image.shape[1] // 2
+                image, mask = image[:, middle], (mask[middle] if mask is not None else None)
+            gray = image.mean(0)
+            gray = (gray - gray.min()) / (gray.max() - gray.min()).clamp(min=1e-8)
+            rgb = gray[..., None].repeat(1, 1, 3).numpy()
+            if mask is not None:
+                foreground = mask.numpy() > 0
+                rgb[foreground] = 0.5 * rgb[foreground] + 0.5 * np.array([1.0, 0.0, 0.0])
+            tiles.append((rgb * 255).astype(np.uint8))
+        if tiles:
+            rows.append(np.concatenate(tiles, axis=1))
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    grid = Image.fromarray(np.concatenate(padded, axis=0))
+    scale = max(1, 256 // grid.height)
+    return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
