@@ -97,3 +97,21 @@ def test_cli_inspect_and_a_missing_subcommand(tmp_path):
     assert (tmp_path / "examples.png").is_file() and "Dataset report" in result.stdout
     result = run_cli("data")
     assert result.returncode == 2 and "expected a subcommand: inspect" in result.stderr
+
+
+def test_folder_report_and_a_corrupt_file_exits_2_from_the_cli(tmp_path):
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        for i in range(8):
+            path = tmp_path / "images" / label / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((rng.random((20, 20)) * 255).astype(np.uint8)).save(path)
+    report = run_inspect(tmp_path, "data=folder", f"data.root={tmp_path / 'images'}", "data.image_size=16")
+    assert report["classes"] == ["a", "b"] and "patients_train" not in report["audit"]
+    (tmp_path / "images" / "a" / "3.png").write_bytes(b"")  # a zero-byte PNG
+    result = run_cli(
+        "data", "inspect", "data=folder", f"data.root={tmp_path / 'images'}", f"hydra.run.dir={tmp_path}/r"
+    )
+    assert result.returncode == 2
+    assert "3.png: cannot read the image" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
