@@ -31,6 +31,12 @@ def compose_config(overrides: list[str] = (), name: str = "train") -> DictConfig
         return compose(config_name=name, overrides=list(overrides), return_hydra_config=False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Decoded-data caches of the tests go to a temporary folder, not ~/.cache/medimg."""
+    os.environ["MEDIMG_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture
 def tiny_cfg():
     """Compose the tiny train config plus extra overrides."""

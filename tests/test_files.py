@@ -165,3 +165,36 @@ def test_denoising_gaussian_and_median():
     assert smoothed.sum() == pytest.approx(1.0, rel=1e-3) and smoothed[0, 4, 4] < 0.2
     with pytest.raises(ConfigError, match="unknown data.denoise 'mean'"):
         denoise(image, "mean", 1)
+
+
+def test_decoded_data_are_cached_until_a_file_changes(image_folder, tmp_path, monkeypatch):
+    import medimg_cli.data.files as files
+
+    calls = []
+    real = files._decode
+    monkeypatch.setattr(files, "_decode", lambda *a: calls.append(1) or real(*a))
+    cfg = data_cfg("folder", f"data.root={image_folder / 'images'}", f"data.cache_dir={tmp_path / 'cache'}")
+    first = build_data(cfg)
+    assert len(calls) == 24 and len(list((tmp_path / "cache").glob("folder-*.pt"))) == 1
+    again = build_data(cfg)
+    assert len(calls) == 24  # read from the cache, not decoded
+    assert again.ids == first.ids and torch.equal(again.train["image"], first.train["image"])
+    build_data({**cfg, "seed": 5})
+    assert len(calls) == 24  # another split of the same decoded data
+    write_png(image_folder / "images" / "lesion" / "0.png", np.zeros((40, 48), np.uint8))
+    build_data(cfg)
+    assert len(calls) == 48  # a changed file invalidates the entry
+    build_data({**cfg, "normalize": "zscore"})
+    assert len(calls) == 72  # so does a preprocessing key
+
+
+def test_on_bad_file_skip_lists_the_file_and_trains_on_the_rest(image_folder, tmp_path):
+    (image_folder / "images" / "normal" / "5.png").write_bytes(b"")
+    root = f"data.root={image_folder / 'images'}"
+    cfg = compose_config(
+        ["data=folder", root, "data.image_size=32", "data.on_bad_file=skip", "trainer.epochs=1", "device=cpu"]
+    )
+    train(cfg, tmp_path / "run")
+    skipped = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
+    assert len(skipped) == 1 and "5.png: cannot read the image" in skipped[0]
+    assert sum(len(ids) for ids in json.loads((tmp_path / "run" / "splits.json").read_text()).values()) == 23

@@ -111,6 +111,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if data.ids is not None:  # anonymous ids; reuse the split with data.splits=<this file>
             write_json(run_dir / "splits.json", data.ids)
+        if data.skipped:
+            write_atomic(run_dir / "skipped.txt", "\n".join(data.skipped) + "\n")
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "%s on %s (%s, %dD, %s): %s parameters, %d/%d/%d images, run folder %s",

@@ -56,6 +56,7 @@ class Splits:
     fingerprint: str
     ids: dict[str, list[str]] | None = None  # anonymous sample ids per split, written to splits.json
     audit: dict[str, int] | None = None  # leakage-audit counts (patients per split, duplicates)
+    skipped: list[str] | None = None  # one line per bad file skipped (data.on_bad_file=skip)
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         if name not in SPLITS:

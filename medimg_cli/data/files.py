@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from medimg_cli.data import DataInfo, Splits, fingerprint
+from medimg_cli.data.cache import cached
 from medimg_cli.data.dicom import apply_window, read_series
 from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits
 from medimg_cli.errors import ConfigError, unknown_choice
@@ -31,6 +33,8 @@ from medimg_cli.errors import ConfigError, unknown_choice
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 NORMALISATIONS = ("minmax", "zscore", "none")
+BAD_FILE_POLICIES = ("error", "skip")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -203,21 +207,16 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         if record.label is not None and record.label not in classes:
             raise ConfigError(f"{record.images[0]}: label '{record.label}' is not in data.classes {classes}")
 
-    # decode every record (a volume may become several slices); slices inherit their record's split
-    images, masks, owners, digests, size = [], [], [], [], None
-    for index, record in enumerate(records):
-        samples = _decode(record, cfg, task)
-        digests.append(hashlib.sha256(b"".join(image.tobytes() for _, image, _ in samples)).hexdigest())
-        for _, image, mask in samples:
-            size = size or _spatial_size(cfg, image.ndim - 1)
-            if len(size) != image.ndim - 1:
-                raise ConfigError(f"data.image_size={list(size)} does not fit {record.images[0]} ({image.ndim - 1}D)")
-            images.append(normalise(resize(image, size), cfg["normalize"]))
-            if mask is not None:
-                masks.append(resize(mask, size, nearest=True).to(torch.uint8))
-            owners.append(index)
-    if len({tuple(i.shape) for i in images}) > 1:
-        raise ConfigError(f"{source}: images differ in channels or dimensions; use one kind of image per dataset")
+    decoded = cached(cfg, _source_files(records), lambda: _decode_all(records, cfg, task, source))
+    kept = decoded["kept"]
+    if decoded["skipped"]:
+        log.warning(
+            "skipped %d bad file(s) (data.on_bad_file=skip); first: %s", len(decoded["skipped"]), decoded["skipped"][0]
+        )
+    records = [records[i] for i in kept]
+    images, masks, owners, digests = decoded["images"], decoded["masks"], decoded["owners"], decoded["digests"]
+    if not records:
+        raise ConfigError(f"{source}: every file was skipped as bad")
     salt = cfg["salt"]
     record_ids = [anonymise(r.name, salt) for r in records]
     patients = [anonymise(r.patient, salt) if r.patient else None for r in records]
@@ -227,12 +226,12 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         audit_counts = {k: v for k, v in audit_counts.items() if not k.startswith("patients_")}
     splits = [record_splits[i] for i in owners]
 
-    image_tensor = torch.stack(images)
+    image_tensor = images
     tensors: dict[str, torch.Tensor] = {"image": image_tensor}
     if task != "segmentation":
         tensors["label"] = torch.tensor([classes.index(records[i].label) for i in owners], dtype=torch.int64)
     if task != "classification":
-        tensors["mask"] = torch.stack(masks)
+        tensors["mask"] = masks
     by_split = {name: [i for i, s in enumerate(splits) if s == name] for name in SPLIT_NAMES}
     for name, indices in by_split.items():
         if not indices:
@@ -254,7 +253,54 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         # record-level ids (a sliced volume is one entry), so data.splits can reuse the file
         ids={name: [i for i, s in zip(record_ids, record_splits, strict=True) if s == name] for name in SPLIT_NAMES},
         audit=audit_counts,
+        skipped=decoded["skipped"],
     )
+
+
+def _source_files(records: Sequence[Record]) -> list[Path]:
+    return [p for r in records for p in (*r.images, *((r.mask,) if r.mask else ()))]
+
+
+def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str) -> dict:
+    """Decode every record (a volume may become several slices) into stacked tensors.
+
+    Returns:
+        ``images`` ``(N, C, *size)``, ``masks`` ``(N, 1, *size)`` or ``None``, ``owners`` (the
+        index into ``kept`` of each sample), ``kept`` (indices of the records decoded),
+        ``digests`` (a content hash per kept record) and ``skipped`` (one message per bad file
+        when ``data.on_bad_file=skip``).
+    """
+    if cfg.get("on_bad_file", "error") not in BAD_FILE_POLICIES:
+        raise unknown_choice("data.on_bad_file", cfg["on_bad_file"], BAD_FILE_POLICIES)
+    images, masks, owners, kept, digests, skipped, size = [], [], [], [], [], [], None
+    for index, record in enumerate(records):
+        try:
+            samples = _decode(record, cfg, task)
+        except ConfigError as error:
+            if cfg.get("on_bad_file", "error") != "skip":
+                raise
+            skipped.append(str(error))
+            continue
+        digests.append(hashlib.sha256(b"".join(image.tobytes() for _, image, _ in samples)).hexdigest())
+        for _, image, mask in samples:
+            size = size or _spatial_size(cfg, image.ndim - 1)
+            if len(size) != image.ndim - 1:
+                raise ConfigError(f"data.image_size={list(size)} does not fit {record.images[0]} ({image.ndim - 1}D)")
+            images.append(normalise(resize(image, size), cfg["normalize"]))
+            if mask is not None:
+                masks.append(resize(mask, size, nearest=True).to(torch.uint8))
+            owners.append(len(kept))
+        kept.append(index)
+    if len({tuple(i.shape) for i in images}) > 1:
+        raise ConfigError(f"{source}: images differ in channels or dimensions; use one kind of image per dataset")
+    return {
+        "images": torch.stack(images) if images else torch.zeros(0),
+        "masks": torch.stack(masks) if masks else None,
+        "owners": owners,
+        "kept": kept,
+        "digests": digests,
+        "skipped": skipped,
+    }
 
 
 def _assign_splits(

@@ -1,0 +1,60 @@
+"""An on-disk cache of decoded, preprocessed datasets, so files are decoded once.
+
+The key is a SHA-256 of the preprocessing config and of every source file's path, size and
+modification time: changing a file or a preprocessing key decodes again; changing the split,
+the seed or the training config does not. Entries are ``torch.save`` files written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+# data keys that decide what decoding produces; split, seed, salt and splits do not
+DECODE_KEYS = (
+    "source", "task", "image_size", "spacing", "slice_axis", "channels", "normalize", "denoise",
+    "denoise_size", "window", "on_bad_file", "label_key",
+)  # fmt: skip
+
+
+def cache_key(cfg: Mapping, files: Iterable[Path]) -> str:
+    """The key of a decoded dataset: its decode config and its files' paths, sizes and mtimes."""
+    digest = hashlib.sha256(json.dumps({k: cfg.get(k) for k in DECODE_KEYS}, sort_keys=True, default=str).encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def cached(cfg: Mapping, files: Iterable[Path], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``compute()``'s result from ``cfg["cache_dir"]`` when present, else computed and stored.
+
+    Caching is off when ``cfg["cache"]`` is false or the config has no ``cache_dir``.
+    """
+    if not cfg.get("cache") or not cfg.get("cache_dir"):
+        return compute()
+    folder = Path(cfg["cache_dir"]).expanduser()
+    path = folder / f"{cfg['source']}-{cache_key(cfg, files)}.pt"
+    if path.is_file():
+        try:
+            result = torch.load(path, weights_only=True)
+            log.info("decoded data from the cache %s", path)
+            return result
+        except Exception as error:  # a damaged entry is decoded again, not fatal
+            log.warning("ignoring the unreadable cache entry %s (%s)", path, type(error).__name__)
+    result = compute()
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "wb") as file:
+        torch.save(result, file)
+    os.replace(tmp, path)
+    return result
