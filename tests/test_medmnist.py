@@ -7,6 +7,7 @@ from urllib.error import URLError
 
 import numpy as np
 import pytest
+import torch
 from conftest import compose_config, run_cli
 
 from medimg_cli.commands.train import train
@@ -127,3 +128,11 @@ def test_bad_names_tasks_and_files_are_one_line_errors(tmp_path):
     (tmp_path / "breastmnist.npz").write_bytes(b"not a zip")
     with pytest.raises(ConfigError, match="is not a readable MedMNIST .npz file"):
         build_data(data_cfg("data.name=breastmnist", f"data.root={tmp_path}", "data.download=false"))
+
+
+@needs_shared
+def test_grayscale_as_three_channels_for_imagenet_backbones():
+    splits = build_data(data_cfg("data.name=breastmnist", f"data.root={SHARED}", "data.channels=3"))
+    image = splits.train["image"]
+    assert image.shape[1:] == (3, 28, 28) and splits.info.in_channels == 3
+    assert torch.equal(image[:, 0], image[:, 2])

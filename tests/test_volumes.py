@@ -160,3 +160,8 @@ def test_decathlon_layout_with_4d_images(tmp_path):
     cfg = compose_config(["data=nnunet", f"data.root={tmp_path}", "data.image_size=16", "data.split=[0.5,0.25,0.25]"])
     splits = build_data(dict(cfg.data))
     assert splits.info.in_channels == 2 and splits.train["image"].shape[1:] == (2, 16, 16, 16)
+
+
+def test_volumes_as_three_channels(nifti_dataset):
+    splits = build_data(dict(compose_config(nifti_overrides(nifti_dataset, "data.channels=3")).data))
+    assert splits.info.in_channels == 3 and splits.train["image"].shape[1:] == (3, 16, 16, 16)

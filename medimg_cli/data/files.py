@@ -92,8 +92,6 @@ def read_image(path: Path, channels: int) -> np.ndarray:
         if path.suffix.lower() == ".npy":
             array = np.load(path).astype(np.float32)
             array = array[None] if array.ndim == 2 else array
-            if array.shape[0] != channels:
-                raise ValueError(f"has {array.shape[0]} channels, data.channels={channels}")
             return array
         with Image.open(path) as image:
             mode = "RGB" if channels == 3 else ("I" if image.mode.startswith("I") else "L")
@@ -140,6 +138,8 @@ def _decode(record: Record, cfg: Mapping, task: str) -> list[tuple[str, np.ndarr
     else:
         parts = [read_any(path, cfg["channels"]) for path in record.images]
         image, spacing = np.concatenate([p[0] for p in parts]), parts[0][1]
+    if cfg["channels"] == 3 and image.shape[0] == 1:  # grayscale as RGB, for ImageNet backbones
+        image = np.repeat(image, 3, axis=0)
     if cfg.get("window") is not None:  # CT window in HU -> [0, 1]
         image = apply_window(image, cfg["window"])
     if cfg.get("denoise"):

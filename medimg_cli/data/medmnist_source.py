@@ -68,12 +68,15 @@ def fetch(root: str | Path, name: str, size: int, download: bool) -> Path:
     return path
 
 
-def _images(array: np.ndarray, channels: int, spatial_dims: int) -> np.ndarray:
-    """uint8 ``(N, *spatial[, 3])`` -> float32 ``(N, C, *spatial)`` in [0, 1]."""
+def _images(array: np.ndarray, channels: int, spatial_dims: int, wanted: int) -> np.ndarray:
+    """uint8 ``(N, *spatial[, 3])`` -> float32 ``(N, wanted, *spatial)`` in [0, 1]; grayscale is
+    repeated when 3 channels are wanted (ImageNet backbones)."""
     if array.ndim == spatial_dims + 1:
         array = array[:, None]
     elif channels == 3:
         array = np.moveaxis(array, -1, 1)
+    if wanted == 3 and array.shape[1] == 1:
+        array = np.repeat(array, 3, axis=1)
     return array.astype(np.float32) / 255.0
 
 
@@ -86,6 +89,9 @@ def medmnist_splits(cfg: Mapping) -> Splits:
         raise ConfigError(f"MedMNIST has image labels only; use data.task=classification (got {cfg['task']})")
     path = fetch(cfg["root"], name, cfg["size"], cfg["download"])
     spatial_dims = 3 if name.endswith("3d") else 2
+    channels = cfg.get("channels") or info["n_channels"]
+    if channels not in (1, 3) or (channels == 1 and info["n_channels"] == 3):
+        raise ConfigError(f"data.channels={channels}: {name} has {info['n_channels']} channel(s); use null or 3")
     multilabel = info["task"].startswith("multi-label")
     try:
         with np.load(path) as npz:
@@ -100,14 +106,14 @@ def medmnist_splits(cfg: Mapping) -> Splits:
         labels = arrays[f"{split}_labels"]
         labels = labels.reshape(len(labels), -1) if multilabel else labels.reshape(-1)
         splits[split] = {
-            "image": torch.from_numpy(_images(arrays[f"{split}_images"], info["n_channels"], spatial_dims)),
+            "image": torch.from_numpy(_images(arrays[f"{split}_images"], info["n_channels"], spatial_dims, channels)),
             "label": torch.from_numpy(labels.astype(np.float32 if multilabel else np.int64)),
         }
     class_names = tuple(info["label"][key] for key in sorted(info["label"], key=int))
     data_info = DataInfo(
         task="classification",
         spatial_dims=spatial_dims,
-        in_channels=info["n_channels"],
+        in_channels=channels,
         num_classes=len(class_names),
         num_seg_classes=0,
         class_names=class_names,
