@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -45,8 +46,16 @@ def test_manifest_report_counts_patients(tmp_path):
             path = tmp_path / "images" / label / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray((rng.random((20, 20)) * 255).astype(np.uint8)).save(path)
-    manifest = _manifest(tmp_path, _patient_rows(tmp_path))
+    rows = _patient_rows(tmp_path)
+    for i, row in enumerate(rows):
+        row["site"], row["note"] = f"hospital{i % 2}", f"free text {i}"
+    manifest = _manifest(tmp_path, rows)
     report = run_inspect(tmp_path, "data=manifest", f"data.path={manifest}", "data.image_size=16")
+    sites = Counter()
+    for entry in report["splits"].values():
+        sites.update(entry["metadata"]["site"])
+        assert "note" not in entry["metadata"]  # 24 distinct values: not a subgroup column
+    assert sites == {"hospital0": 12, "hospital1": 12}
     assert sum(report["audit"][f"patients_{s}"] for s in ("train", "val", "test")) == 8
     assert "no patient in two splits" in (tmp_path / "out" / "report.md").read_text()
 

@@ -10,6 +10,7 @@ and writes ``report.md``, ``report.json`` and ``examples.png`` into the output f
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from medimg_cli.results import make_console, write_atomic, write_json
 
 HELP = "inspect a dataset: counts, shapes, intensities, masks, leakage audit, example grid"
 SUBCOMMANDS = ("inspect",)
+MAX_METADATA_VALUES = 20  # columns with more distinct values (ids, dates...) are not reported
 log = logging.getLogger(__name__)
 
 
@@ -95,8 +97,17 @@ def describe(data: Splits) -> dict[str, Any]:
         if "mask" in split:
             counts = torch.bincount(split["mask"].flatten().long(), minlength=info.num_seg_classes).double()
             entry["mask_class_fraction"] = (counts / counts.sum()).tolist()
+        if data.meta:  # value counts of low-cardinality metadata columns (site, scanner, sex...)
+            entry["metadata"] = {c: dict(Counter(data.meta[name][c])) for c in _subgroup_columns(data.meta)}
         report["splits"][name] = entry
     return report
+
+
+def _subgroup_columns(meta: dict[str, dict[str, list[str]]]) -> list[str]:
+    """Metadata columns with few distinct values over the whole dataset (not ids or free text)."""
+    columns = next(iter(meta.values()))
+    distinct = {c: {v for split in meta.values() for v in split[c]} for c in columns}
+    return [c for c in columns if len(distinct[c]) <= MAX_METADATA_VALUES]
 
 
 def markdown_report(report: dict[str, Any]) -> str:
@@ -127,6 +138,9 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines += ["", f"**Leakage audit**: {verdict}"]
     for key, value in audit.items():
         lines.append(f"- {key.replace('_', ' ')}: {value}")
+    for name, entry in report["splits"].items():
+        for column, counts in entry.get("metadata", {}).items():
+            lines.append(f"- {name} {column}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     return "\n".join(lines) + "\n"
 
 

@@ -57,6 +57,7 @@ class Splits:
     ids: dict[str, list[str]] | None = None  # anonymous sample ids per split, written to splits.json
     audit: dict[str, int] | None = None  # leakage-audit counts (patients per split, duplicates)
     skipped: list[str] | None = None  # one line per bad file skipped (data.on_bad_file=skip)
+    meta: dict[str, dict[str, list[str]]] | None = None  # per split: metadata column -> value per sample
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         if name not in SPLITS:

@@ -48,6 +48,7 @@ class Record:
     patient: str | None = None
     split: str | None = None
     kind: str = "file"  # "dicom": ``images`` are the slice files of one series, in spatial order
+    meta: tuple[tuple[str, str], ...] = ()  # other manifest columns (site, scanner, sex...)
 
 
 def full_suffix(path: Path) -> str:
@@ -254,7 +255,17 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         ids={name: [i for i, s in zip(record_ids, record_splits, strict=True) if s == name] for name in SPLIT_NAMES},
         audit=audit_counts,
         skipped=decoded["skipped"],
+        meta=_metadata(records, owners, by_split),
     )
+
+
+def _metadata(records: Sequence[Record], owners: list[int], by_split: dict[str, list[int]]) -> dict | None:
+    """``{split: {column: [value per sample]}}`` for the metadata columns, or ``None`` without any."""
+    columns = sorted({key for r in records for key, _ in r.meta})
+    if not columns:
+        return None
+    values = [dict(records[i].meta) for i in owners]
+    return {name: {c: [values[i].get(c, "") for i in idx] for c in columns} for name, idx in by_split.items()}
 
 
 def _source_files(records: Sequence[Record]) -> list[Path]:

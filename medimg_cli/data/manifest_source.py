@@ -1,8 +1,9 @@
 """The ``manifest`` data source: a CSV or JSON list of samples.
 
 Columns (CSV header or JSON object keys): ``image`` (required), and optionally ``label``,
-``mask``, ``patient_id``, ``split`` (train/val/test) and any metadata such as ``site``. Paths
-are relative to the manifest's folder. With ``patient_id`` and no ``split``, the automatic
+``mask``, ``patient_id``, ``split`` (train/val/test) and any metadata such as ``site``, which
+travels with each sample (``Splits.meta``) for subgroup analyses. Paths are relative to the
+manifest's folder. With ``patient_id`` and no ``split``, the automatic
 split keeps each patient's images together; a patient listed in two explicit splits is refused.
 """
 
@@ -35,6 +36,9 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
     return [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
 
 
+KNOWN_COLUMNS = ("image", "label", "mask", "patient_id", "split")
+
+
 @SOURCES.register("manifest")
 def manifest_splits(cfg: Mapping) -> Splits:
     """Build splits from the manifest at ``cfg["path"]``."""
@@ -51,6 +55,7 @@ def manifest_splits(cfg: Mapping) -> Splits:
             mask=base / row["mask"] if row.get("mask") else None,
             patient=row.get("patient_id") or None,
             split=row.get("split") or None,
+            meta=tuple((k, v) for k, v in row.items() if k not in KNOWN_COLUMNS),
         )
         for row in rows
     ]
