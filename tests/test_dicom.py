@@ -5,16 +5,18 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
 from conftest import compose_config
 from pydicom.pixels import apply_rescale
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medimg_cli.commands.train import train
 from medimg_cli.data import build_data
-from medimg_cli.data.dicom import apply_window, find_series, read_series, slice_position
+from medimg_cli.data.dicom import apply_window, find_series, read_series, series_affine, slice_position
 from medimg_cli.errors import ConfigError
 
 DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"
@@ -91,9 +93,60 @@ def write_series(folder: Path, slices: int, patient: str, value: float = 0.0, st
 def test_shuffled_series_loads_in_spatial_order(tmp_path):
     write_series(tmp_path / "s", 6, "P1")
     (header,) = find_series(tmp_path)
-    volume, spacing = read_series(header.files)
-    assert volume.shape == (1, 6, 16, 16) and spacing == pytest.approx((2.5, 0.8, 0.8))
-    assert volume[0, :, 0, 0].tolist() == [k * 10.0 for k in range(6)]  # HU = stored - 1024
+    volume, spacing = read_series(header.files)  # RAS+: (x, y, z), slices along z
+    assert volume.shape == (1, 16, 16, 6) and spacing == pytest.approx((0.8, 0.8, 2.5))
+    assert volume[0, 0, 0, :].tolist() == [k * 10.0 for k in range(6)]  # HU = stored - 1024
+
+
+def _mark(files: list[Path], value: int) -> None:
+    """Set a bright block (rows 2-5, cols 3-7 of slices 1-3) in a written series."""
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array.copy()
+        if 1 <= k <= 3:
+            pixels[2:6, 3:8] = value
+        ds.PixelData = pixels.astype(np.int16).tobytes()
+        ds.save_as(path)
+
+
+def test_series_orientation_matches_nibabel_canonical(tmp_path):
+    write_series(tmp_path / "s", 6, "P1")
+    (header,) = find_series(tmp_path)
+    _mark(list(header.files), 3000)
+    volume, _ = read_series(header.files)
+    stored = np.stack([pydicom.dcmread(f).pixel_array for f in header.files]).astype(np.float32) - 1024
+    affine = series_affine(header.files)
+    reference = nib.as_closest_canonical(nib.Nifti1Image(stored, affine)).get_fdata()
+    np.testing.assert_array_equal(volume[0], reference)
+    # LPS columns/rows run opposite to RAS x/y: column 3 -> x 12, row 2 -> y 13
+    assert volume[0, 12, 13, 1] == 3000 - 1024 and volume[0, 11, 13, 1] == 3000 - 1024
+
+
+def test_nifti_masks_of_dicom_series_line_up(tmp_path):
+    rows = ["SeriesInstanceUID,mask"]
+    for i in range(8):
+        uid = write_series(tmp_path / "study" / f"s{i}", 6, f"P{i}")
+        (header,) = [h for h in find_series(tmp_path / "study" / f"s{i}")]
+        _mark(list(header.files), 3000)
+        mask = np.zeros((6, 16, 16), np.uint8)  # as stored: (slices, rows, cols)
+        mask[1:4, 2:6, 3:8] = 1
+        nib.save(nib.Nifti1Image(mask, series_affine(header.files)), tmp_path / f"mask{i}.nii.gz")
+        rows.append(f"{uid},mask{i}.nii.gz")
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    cfg = compose_config(
+        [
+            "data=dicom",
+            f"data.root={tmp_path / 'study'}",
+            f"data.labels={tmp_path / 'index.csv'}",
+            "data.task=segmentation",
+            "data.image_size=[16,16,6]",
+            "data.normalize=none",
+            "data.split=[0.5,0.25,0.25]",
+        ]
+    )
+    splits = build_data(dict(cfg.data))
+    image, mask = splits.train["image"], splits.train["mask"]
+    assert mask.sum() > 0 and torch.equal(mask.bool(), image > 1000)  # the mask covers exactly the bright block
 
 
 def test_uneven_slices_and_monochrome1(tmp_path):
@@ -131,7 +184,7 @@ def test_dicom_source_trains_with_patient_grouping_and_never_writes_patient_ids(
             "data=dicom",
             f"data.root={tmp_path / 'study'}",
             f"data.labels={tmp_path / 'labels.csv'}",
-            "data.image_size=[4,16,16]",
+            "data.image_size=[16,16,4]",
             "data.normalize=none",
             "data.window=[0,2000]",
             "data.split=[0.5,0.25,0.25]",
@@ -142,7 +195,7 @@ def test_dicom_source_trains_with_patient_grouping_and_never_writes_patient_ids(
         ]
     )
     splits = build_data(dict(cfg.data))
-    assert splits.info.spatial_dims == 3 and splits.train["image"].shape[1:] == (1, 4, 16, 16)
+    assert splits.info.spatial_dims == 3 and splits.train["image"].shape[1:] == (1, 16, 16, 4)
     train(cfg, tmp_path / "run")
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file() and path.suffix in (".json", ".csv", ".md", ".yaml", ".log"):

@@ -91,7 +91,7 @@ def test_dicom_report(tmp_path):
         f"data.root={tmp_path / 'study'}",
         f"data.labels={tmp_path / 'labels.csv'}",
         "data.label_key=PatientID",
-        "data.image_size=[3,16,16]",
+        "data.image_size=[16,16,3]",
         "data.split=[0.5,0.25,0.25]",
     )
     assert report["spatial_dims"] == 3 and report["audit"]["patients_train"] == 4

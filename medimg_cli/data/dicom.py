@@ -3,7 +3,8 @@
 A series is the files sharing a SeriesInstanceUID. Slices are ordered by the projection of
 ImagePositionPatient on the slice normal (the cross product of the ImageOrientationPatient row
 and column cosines), never by file name or InstanceNumber, and must be evenly spaced to be
-read as a volume. Pixel
+read as a volume. Volumes get their RAS affine from the geometry and are reoriented to the
+closest canonical orientation, so a DICOM series and a NIfTI mask of it line up. Pixel
 values go through RescaleSlope/RescaleIntercept (CT in Hounsfield units); MONOCHROME1 is
 inverted so that larger always means brighter. Compressed transfer syntaxes decode through
 pydicom's pixel handlers (pylibjpeg for JPEG, JPEG-LS and JPEG 2000).
@@ -128,9 +129,39 @@ def read_pixels(path: Path) -> np.ndarray:
     return pixels if frames > 1 else pixels[None]
 
 
+def series_affine(files: Sequence[Path]) -> np.ndarray | None:
+    """The RAS affine of a volume stored as ``(slices, rows, cols)`` in spatial order, or ``None``
+    without orientation/position. DICOM positions are LPS; NIfTI's world is RAS."""
+    import pydicom
+
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    orientation, position = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
+    if orientation is None or position is None:
+        return None
+    along_cols, along_rows = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    row_spacing, col_spacing = (float(v) for v in ds.get("PixelSpacing", [1.0, 1.0]))
+    depth = slice_spacing(files) or float(ds.get("SliceThickness", 1.0) or 1.0)
+    lps = np.eye(4)
+    lps[:3, 0] = np.cross(along_cols, along_rows) * depth  # slice axis
+    lps[:3, 1] = along_rows * row_spacing  # row index moves along the column cosine
+    lps[:3, 2] = along_cols * col_spacing
+    lps[:3, 3] = np.asarray(position, float)
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Reorient ``(C, slices, rows, cols)`` with ``affine`` to nibabel's closest canonical (RAS+)
+    axes, as the NIfTI source does; returns ``(C, X, Y, Z)`` and the spacing of those axes."""
+    import nibabel as nib
+
+    image = nib.as_closest_canonical(nib.Nifti1Image(np.moveaxis(array, 0, -1), affine))
+    spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+    return np.moveaxis(np.asarray(image.dataobj), -1, 0), spacing
+
+
 def read_series(files: Sequence[Path]) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A series as float32 ``(C, slices, rows, cols)`` (or ``(C, rows, cols)`` for one slice) and
-    its spacing in mm (slice spacing from the positions, else SliceThickness, else 1)."""
+    """A series as float32 ``(C, X, Y, Z)`` in RAS+ orientation like a NIfTI volume (or
+    ``(C, rows, cols)`` for one slice), and its spacing in mm along those axes."""
     stacks = [read_pixels(path) for path in files]
     shapes = {s.shape[1:] for s in stacks}
     if len(shapes) > 1:
@@ -141,10 +172,12 @@ def read_series(files: Sequence[Path]) -> tuple[np.ndarray, tuple[float, ...]]:
 
     ds = pydicom.dcmread(files[0], stop_before_pixels=True)
     row, col = (float(v) for v in ds.get("PixelSpacing", [1.0, 1.0]))
-    depth = slice_spacing(files) or float(ds.get("SliceThickness", 1.0) or 1.0)
     if volume.shape[1] == 1:  # a single slice is a 2D image
         return volume[:, 0], (row, col)
-    return volume, (depth, row, col)
+    affine = series_affine(files)
+    if affine is None:  # no geometry: keep the stored order
+        return volume, (float(ds.get("SliceThickness", 1.0) or 1.0), row, col)
+    return to_canonical(volume, affine)
 
 
 def apply_window(image: np.ndarray, window: str | Sequence[float]) -> np.ndarray:

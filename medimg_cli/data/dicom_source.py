@@ -1,11 +1,12 @@
-"""The ``dicom`` data source: a folder (or DICOMDIR) of DICOM series with labels from a CSV.
+"""The ``dicom`` data source: a folder (or DICOMDIR) of DICOM series with labels and masks from a CSV.
 
     medimg train data=dicom data.root=~/study data.labels=~/study/labels.csv data.window=lung
 
-Each series (SeriesInstanceUID) is one sample: a 3D volume, or a 2D image for single-slice
-series (CR, DX, secondary capture). ``data.labels`` is a CSV with a ``label`` column and a key
-column named by ``data.label_key`` (SeriesInstanceUID, StudyInstanceUID or PatientID). Splits are
-grouped by PatientID; patient ids are hashed before use and never written.
+Each series (SeriesInstanceUID) is one sample: a 3D volume in RAS+ orientation, or a 2D image
+for single-slice series (CR, DX, secondary capture). ``data.labels`` is a CSV with a key column
+named by ``data.label_key`` (SeriesInstanceUID, StudyInstanceUID or PatientID) and a ``label``
+column, a ``mask`` column (a NIfTI label volume of the series, relative to the CSV), or both.
+Splits are grouped by PatientID; patient ids are hashed before use and never written.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ from medimg_cli.errors import ConfigError, unknown_choice
 LABEL_KEYS = {"SeriesInstanceUID": "series_uid", "StudyInstanceUID": "study_uid", "PatientID": "patient_id"}
 
 
-def read_labels(path: Path, key: str) -> dict[str, str]:
-    """``{key value: label}`` from a CSV with columns ``key`` and ``label``."""
+def read_index(path: Path, key: str) -> dict[str, dict[str, str]]:
+    """``{key value: row}`` from a CSV with the key column and ``label`` and/or ``mask`` columns."""
     try:
         with path.expanduser().open(newline="") as file:
             rows = list(csv.DictReader(file))
     except OSError as error:
         raise ConfigError(f"data.labels={path}: cannot read ({error})") from None
-    if not rows or key not in rows[0] or "label" not in rows[0]:
-        raise ConfigError(f"data.labels={path}: needs the columns {key} and label")
-    return {row[key]: row["label"] for row in rows}
+    if not rows or key not in rows[0] or not {"label", "mask"} & set(rows[0]):
+        raise ConfigError(f"data.labels={path}: needs the column {key} and a label and/or mask column")
+    return {row[key]: row for row in rows}
 
 
 @SOURCES.register("dicom")
@@ -40,26 +41,38 @@ def dicom_splits(cfg: Mapping) -> Splits:
     root = Path(cfg["root"]).expanduser()
     if not root.exists():
         raise ConfigError(f"data.root={root} does not exist")
-    if cfg["task"] != "classification":
-        raise ConfigError("DICOM masks (DICOM-SEG, NIfTI) are not supported yet; use data.task=classification")
     if cfg["label_key"] not in LABEL_KEYS:
         raise unknown_choice("data.label_key", cfg["label_key"], LABEL_KEYS)
     if not cfg.get("labels"):
-        raise ConfigError("data.labels has no value; pass data.labels=<CSV with a key column and a label column>")
-    labels = read_labels(Path(cfg["labels"]), cfg["label_key"])
+        raise ConfigError("data.labels has no value; pass data.labels=<CSV with a key column and label/mask columns>")
+    index_path = Path(cfg["labels"]).expanduser()
+    index = read_index(index_path, cfg["label_key"])
     series = find_series(root)
     if not series:
         raise ConfigError(f"data.root={root}: no DICOM image series found")
 
-    def label_of(header: SeriesHeader) -> str | None:
-        return labels.get(getattr(header, LABEL_KEYS[cfg["label_key"]]) or "")
+    def row_of(header: SeriesHeader) -> dict[str, str] | None:
+        return index.get(getattr(header, LABEL_KEYS[cfg["label_key"]]) or "")
 
-    unlabelled = [s for s in series if label_of(s) is None]
-    if unlabelled:
+    unlisted = [s for s in series if row_of(s) is None]
+    if unlisted:
         raise ConfigError(
-            f"{len(unlabelled)} series have no row in data.labels (e.g. the series of {unlabelled[0].files[0]})"
+            f"{len(unlisted)} series have no row in data.labels (e.g. the series of {unlisted[0].files[0]})"
         )
+
+    def mask_of(header: SeriesHeader) -> Path | None:
+        mask = row_of(header).get("mask")
+        return index_path.parent / mask if mask else None
+
     records = [
-        Record(name=s.series_uid, images=s.files, label=label_of(s), patient=s.patient_id, kind="dicom") for s in series
+        Record(
+            name=s.series_uid,
+            images=s.files,
+            label=row_of(s).get("label") or None,
+            mask=mask_of(s),
+            patient=s.patient_id,
+            kind="dicom",
+        )
+        for s in series
     ]
     return records_to_splits(records, cfg, str(root))
