@@ -62,7 +62,7 @@ def write_series(folder: Path, slices: int, patient: str, value: float = 0.0, st
     """A CT series of ``slices`` 16x16 slices whose pixels hold their slice index (+ value),
     written in shuffled file order with InstanceNumbers reversed. Returns its SeriesInstanceUID."""
     folder.mkdir(parents=True, exist_ok=True)
-    series_uid, study_uid = generate_uid(), generate_uid()
+    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
     order = list(range(slices))
     random.Random(patient + str(value)).shuffle(order)
     for k in order:
@@ -76,6 +76,9 @@ def write_series(folder: Path, slices: int, patient: str, value: float = 0.0, st
             ds.file_meta.MediaStorageSOPInstanceUID,
         )
         ds.Modality, ds.PatientID, ds.PatientName = "CT", patient, f"Doe^{patient}"
+        ds.PatientBirthDate, ds.PatientSex, ds.StudyDate, ds.StudyTime = "19700101", "O", "20260101", "120000"
+        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
+        ds.FrameOfReferenceUID, ds.SliceThickness = frame_uid, step
         ds.SeriesInstanceUID, ds.StudyInstanceUID = series_uid, study_uid
         ds.InstanceNumber = slices - k
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -208,3 +211,44 @@ def test_series_without_a_label_row_is_named(tmp_path):
     cfg = compose_config(["data=dicom", f"data.root={tmp_path / 'study'}", f"data.labels={tmp_path / 'labels.csv'}"])
     with pytest.raises(ConfigError, match="1 series have no row in data.labels"):
         build_data(dict(cfg.data))
+
+
+def test_dicom_seg_masks_line_up_like_nifti_masks(tmp_path):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    uid = write_series(tmp_path / "study" / "s0", 6, "P0")
+    (header,) = find_series(tmp_path / "study")
+    _mark(list(header.files), 3000)
+    sources = [pydicom.dcmread(f) for f in header.files]
+    stored = np.zeros((6, 16, 16), bool)
+    stored[1:4, 2:6, 3:8] = True
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="lesion",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=stored,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=hd.UID(),
+        series_number=2,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medimg tests",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+    )
+    seg.save_as(tmp_path / "seg.dcm")
+    from medimg_cli.data.dicom import read_segmentation
+
+    mask = read_segmentation(tmp_path / "seg.dcm", header.files)
+    volume, _ = read_series(header.files)
+    assert uid and mask.shape == volume.shape and np.array_equal(mask[0] == 1, volume[0] > 1000)
+    with pytest.raises(ConfigError, match="cannot read it as a DICOM-SEG of its series"):
+        read_segmentation(header.files[0], header.files)

@@ -180,6 +180,30 @@ def read_series(files: Sequence[Path]) -> tuple[np.ndarray, tuple[float, ...]]:
     return to_canonical(volume, affine)
 
 
+def read_segmentation(path: Path, files: Sequence[Path]) -> np.ndarray:
+    """A DICOM-SEG of a series as an int64 label map ``(1, X, Y, Z)``, aligned like ``read_series``.
+
+    highdicom maps the SEG's frames to the series' slices by their SOPInstanceUIDs; segment
+    numbers become label values, and slices the SEG does not cover are background.
+    """
+    import highdicom as hd
+    import pydicom
+
+    try:
+        seg = hd.seg.segread(path)
+        uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+        labels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=uids, combine_segments=True, assert_missing_frames_are_empty=True
+        )
+    except Exception as error:  # not a SEG, or one of another series: highdicom raises several types
+        raise ConfigError(
+            f"{path}: cannot read it as a DICOM-SEG of its series ({type(error).__name__}: {error})"
+        ) from None
+    affine = series_affine(files)
+    stored = labels.astype(np.float32)[None]
+    return (to_canonical(stored, affine)[0] if affine is not None else stored).round().astype(np.int64)
+
+
 def apply_window(image: np.ndarray, window: str | Sequence[float]) -> np.ndarray:
     """Clip to a CT window (a preset name or ``[level, width]``) and scale it to [0, 1]."""
     if isinstance(window, str):

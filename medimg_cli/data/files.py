@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from medimg_cli.data import DataInfo, Splits, fingerprint
 from medimg_cli.data.cache import cached
-from medimg_cli.data.dicom import apply_window, read_series
+from medimg_cli.data.dicom import apply_window, read_segmentation, read_series
 from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits
 from medimg_cli.errors import ConfigError, unknown_choice
 
@@ -145,7 +145,12 @@ def _decode(record: Record, cfg: Mapping, task: str) -> list[tuple[str, np.ndarr
         image = apply_window(image, cfg["window"])
     if cfg.get("denoise"):
         image = denoise(image, cfg["denoise"], cfg.get("denoise_size", 1.0))
-    mask = read_mask(record.mask)[None] if task != "classification" else None
+    if task == "classification":
+        mask = None
+    elif record.kind == "dicom" and full_suffix(record.mask) not in VOLUME_SUFFIXES:
+        mask = read_segmentation(record.mask, record.images)
+    else:
+        mask = read_mask(record.mask)[None]
     if mask is not None and mask.shape[1:] != image.shape[1:]:
         raise ConfigError(f"{record.mask}: mask shape {mask.shape[1:]} differs from image shape {image.shape[1:]}")
     if spacing is not None and len(spacing) == image.ndim - 1 and cfg.get("spacing"):  # resample to the target spacing
