@@ -74,6 +74,7 @@ def test_volume_sources_report(tmp_path):
         "data.image_size=16",
     )
     assert report["spatial_dims"] == 3 and len(report["splits"]["train"]["mask_class_fraction"]) == 2
+    assert report["native_spacing_mm"] == {"min": [1.0, 1.0, 1.0], "max": [1.0, 1.0, 1.0]}
     root = _nnunet(tmp_path / "nn")
     report = run_inspect(tmp_path, "data=nnunet", f"data.root={root}", "data.image_size=16")
     assert report["channels"] == 2
@@ -95,6 +96,7 @@ def test_dicom_report(tmp_path):
         "data.split=[0.5,0.25,0.25]",
     )
     assert report["spatial_dims"] == 3 and report["audit"]["patients_train"] == 4
+    assert report["native_spacing_mm"]["max"] == pytest.approx([0.8, 0.8, 2.5])
     for name in ("report.json", "report.md"):
         assert "PATIENTX" not in (tmp_path / "out" / name).read_text()
 

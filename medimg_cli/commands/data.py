@@ -74,6 +74,10 @@ def describe(data: Splits) -> dict[str, Any]:
         "splits": {},
         "audit": data.audit or {},
     }
+    known = [s for s in data.spacings or [] if s]
+    if known:  # native voxel spacing before resizing, per axis
+        axes = np.asarray(known)
+        report["native_spacing_mm"] = {"min": axes.min(0).tolist(), "max": axes.max(0).tolist()}
     for name in SPLITS:
         split = data.split(name)
         image = split["image"].float()
@@ -115,6 +119,11 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines = [
         f"**Dataset report**: {report['task']}, {report['spatial_dims']}D, {report['channels']} channel(s), "
         f"fingerprint {report['fingerprint']}",
+    ]
+    if "native_spacing_mm" in report:
+        spacing = report["native_spacing_mm"]
+        lines.append(f"Native voxel spacing (mm, before resizing): min {spacing['min']}, max {spacing['max']}")
+    lines += [
         "",
         "| split | images | shape | min | max | mean | sd | per class | mask class fractions |",
         "|---|---:|---|---:|---:|---:|---:|---|---|",

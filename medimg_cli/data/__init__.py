@@ -58,6 +58,7 @@ class Splits:
     audit: dict[str, int] | None = None  # leakage-audit counts (patients per split, duplicates)
     skipped: list[str] | None = None  # one line per bad file skipped (data.on_bad_file=skip)
     meta: dict[str, dict[str, list[str]]] | None = None  # per split: metadata column -> value per sample
+    spacings: list[list[float] | None] | None = None  # native voxel spacing (mm) of each record, before resizing
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         if name not in SPLITS:

@@ -132,8 +132,11 @@ def _spatial_size(cfg: Mapping, dims: int) -> tuple[int, ...]:
     return tuple(size) if isinstance(size, Sequence) else (size,) * dims
 
 
-def _decode(record: Record, cfg: Mapping, task: str) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
-    """Decode one record into ``(name, image, mask)`` samples: one, or one per slice."""
+def _decode(
+    record: Record, cfg: Mapping, task: str
+) -> tuple[list[tuple[str, np.ndarray, np.ndarray | None]], tuple[float, ...] | None]:
+    """Decode one record into ``(name, image, mask)`` samples (one, or one per slice) and the
+    record's native voxel spacing in mm (``None`` for plain image files)."""
     if record.kind == "dicom":
         image, spacing = read_series(record.images)
     else:
@@ -159,7 +162,7 @@ def _decode(record: Record, cfg: Mapping, task: str) -> list[tuple[str, np.ndarr
         mask = resize(mask, shape, nearest=True).numpy().astype(np.int64) if mask is not None else None
     axis = cfg.get("slice_axis")
     if image.ndim == 4 and axis is not None:  # 2D slices of a volume, for 2D models
-        return [
+        slices = [
             (
                 f"{record.name}#{k}",
                 image.take(k, axis=1 + axis),
@@ -167,7 +170,8 @@ def _decode(record: Record, cfg: Mapping, task: str) -> list[tuple[str, np.ndarr
             )
             for k in range(image.shape[1 + axis])
         ]
-    return [(record.name, image, mask)]
+        return slices, spacing
+    return [(record.name, image, mask)], spacing
 
 
 DENOISERS = ("gaussian", "median")
@@ -260,6 +264,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         ids={name: [i for i, s in zip(record_ids, record_splits, strict=True) if s == name] for name in SPLIT_NAMES},
         audit=audit_counts,
         skipped=decoded["skipped"],
+        spacings=decoded.get("spacings"),
         meta=_metadata(records, owners, by_split),
     )
 
@@ -283,15 +288,15 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
     Returns:
         ``images`` ``(N, C, *size)``, ``masks`` ``(N, 1, *size)`` or ``None``, ``owners`` (the
         index into ``kept`` of each sample), ``kept`` (indices of the records decoded),
-        ``digests`` (a content hash per kept record) and ``skipped`` (one message per bad file
-        when ``data.on_bad_file=skip``).
+        ``digests`` (a content hash per kept record), ``spacings`` (native spacing per kept record)
+        and ``skipped`` (one message per bad file when ``data.on_bad_file=skip``).
     """
     if cfg.get("on_bad_file", "error") not in BAD_FILE_POLICIES:
         raise unknown_choice("data.on_bad_file", cfg["on_bad_file"], BAD_FILE_POLICIES)
-    images, masks, owners, kept, digests, skipped, size = [], [], [], [], [], [], None
+    images, masks, owners, kept, digests, skipped, spacings, size = [], [], [], [], [], [], [], None
     for index, record in enumerate(records):
         try:
-            samples = _decode(record, cfg, task)
+            samples, spacing = _decode(record, cfg, task)
         except ConfigError as error:
             if cfg.get("on_bad_file", "error") != "skip":
                 raise
@@ -307,6 +312,7 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
                 masks.append(resize(mask, size, nearest=True).to(torch.uint8))
             owners.append(len(kept))
         kept.append(index)
+        spacings.append(list(spacing) if spacing else None)
     if len({tuple(i.shape) for i in images}) > 1:
         raise ConfigError(f"{source}: images differ in channels or dimensions; use one kind of image per dataset")
     return {
@@ -316,6 +322,7 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
         "kept": kept,
         "digests": digests,
         "skipped": skipped,
+        "spacings": spacings,
     }
 
 
