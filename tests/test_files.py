@@ -198,3 +198,15 @@ def test_on_bad_file_skip_lists_the_file_and_trains_on_the_rest(image_folder, tm
     skipped = (tmp_path / "run" / "skipped.txt").read_text().splitlines()
     assert len(skipped) == 1 and "5.png: cannot read the image" in skipped[0]
     assert sum(len(ids) for ids in json.loads((tmp_path / "run" / "splits.json").read_text()).values()) == 23
+
+
+def test_nan_pixels_are_refused_with_the_file_name(tmp_path):
+    for label in ("a", "b"):
+        for i in range(4):
+            (tmp_path / label).mkdir(exist_ok=True)
+            np.save(tmp_path / label / f"{i}.npy", np.ones((8, 8), np.float32))
+    bad = np.ones((8, 8), np.float32)
+    bad[2, 2] = np.nan
+    np.save(tmp_path / "b" / "2.npy", bad)
+    with pytest.raises(ConfigError, match="b/2.npy: the image has NaN or infinite values"):
+        build_data(data_cfg("folder", f"data.root={tmp_path}", "data.image_size=8"))

@@ -90,18 +90,18 @@ def read_any(path: Path, channels: int) -> tuple[np.ndarray, tuple[float, ...] |
 def read_image(path: Path, channels: int) -> np.ndarray:
     """Decode an image file to float32 ``(channels, H, W)`` with its original intensities."""
     try:
-        if path.suffix.lower() == ".npy":
+        if path.suffix.lower() == ".npy":  # (H, W) or channels-first (C, H, W)
             array = np.load(path).astype(np.float32)
             array = array[None] if array.ndim == 2 else array
-            return array
-        with Image.open(path) as image:
-            mode = "RGB" if channels == 3 else ("I" if image.mode.startswith("I") else "L")
-            array = np.asarray(image.convert(mode), dtype=np.float32)
+        else:
+            with Image.open(path) as image:
+                mode = "RGB" if channels == 3 else ("I" if image.mode.startswith("I") else "L")
+                array = np.asarray(image.convert(mode), dtype=np.float32)
+            array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except (OSError, ValueError, UnidentifiedImageError) as error:
         raise ConfigError(f"{path}: cannot read the image ({error})") from None
-    array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
     if not np.isfinite(array).all():
         raise ConfigError(f"{path}: the image has NaN or infinite values")
     return array
