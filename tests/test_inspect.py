@@ -17,6 +17,15 @@ from test_volumes import _nnunet, phantom_volume, write_nifti
 from medimg_cli.commands.data import inspect
 
 
+def write_class_folder(root, per_class: int) -> None:
+    """Random 20x20 PNGs in class folders ``a`` and ``b``."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray((rng.random((20, 20)) * 255).astype(np.uint8)).save(root / label / f"{i}.png")
+
+
 def run_inspect(tmp_path, *overrides: str) -> dict:
     report = inspect(compose_config(list(overrides), name="inspect"), tmp_path / "out")
     for name in ("report.md", "report.json", "examples.png"):
@@ -40,12 +49,7 @@ def test_medmnist_report(tmp_path):
 
 
 def test_manifest_report_counts_patients(tmp_path):
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        for i in range(12):
-            path = tmp_path / "images" / label / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((rng.random((20, 20)) * 255).astype(np.uint8)).save(path)
+    write_class_folder(tmp_path / "images", per_class=12)
     rows = _patient_rows(tmp_path)
     for i, row in enumerate(rows):
         row["site"], row["note"] = f"hospital{i % 2}", f"free text {i}"
@@ -111,12 +115,7 @@ def test_cli_inspect_and_a_missing_subcommand(tmp_path):
 
 
 def test_folder_report_and_a_corrupt_file_exits_2_from_the_cli(tmp_path):
-    rng = np.random.default_rng(0)
-    for label in ("a", "b"):
-        for i in range(8):
-            path = tmp_path / "images" / label / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((rng.random((20, 20)) * 255).astype(np.uint8)).save(path)
+    write_class_folder(tmp_path / "images", per_class=8)
     report = run_inspect(tmp_path, "data=folder", f"data.root={tmp_path / 'images'}", "data.image_size=16")
     assert report["classes"] == ["a", "b"] and "patients_train" not in report["audit"]
     (tmp_path / "images" / "a" / "3.png").write_bytes(b"")  # a zero-byte PNG
