@@ -16,7 +16,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medimg_cli.commands.train import train
 from medimg_cli.data import build_data
-from medimg_cli.data.dicom import apply_window, find_series, read_series, series_affine, slice_position
+from medimg_cli.data.dicom import (
+    apply_window,
+    find_series,
+    read_headers,
+    read_series,
+    series_affine,
+    slice_position,
+)
 from medimg_cli.errors import ConfigError
 
 DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom"
@@ -118,7 +125,7 @@ def test_series_orientation_matches_nibabel_canonical(tmp_path):
     _mark(list(header.files), 3000)
     volume, _ = read_series(header.files)
     stored = np.stack([pydicom.dcmread(f).pixel_array for f in header.files]).astype(np.float32) - 1024
-    affine = series_affine(header.files)
+    affine = series_affine(read_headers(header.files))
     reference = nib.as_closest_canonical(nib.Nifti1Image(stored, affine)).get_fdata()
     np.testing.assert_array_equal(volume[0], reference)
     # LPS columns/rows run opposite to RAS x/y: column 3 -> x 12, row 2 -> y 13
@@ -133,7 +140,7 @@ def test_nifti_masks_of_dicom_series_line_up(tmp_path):
         _mark(list(header.files), 3000)
         mask = np.zeros((6, 16, 16), np.uint8)  # as stored: (slices, rows, cols)
         mask[1:4, 2:6, 3:8] = 1
-        nib.save(nib.Nifti1Image(mask, series_affine(header.files)), tmp_path / f"mask{i}.nii.gz")
+        nib.save(nib.Nifti1Image(mask, series_affine(read_headers(header.files))), tmp_path / f"mask{i}.nii.gz")
         rows.append(f"{uid},mask{i}.nii.gz")
     (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
     cfg = compose_config(
@@ -252,3 +259,15 @@ def test_dicom_seg_masks_line_up_like_nifti_masks(tmp_path):
     assert uid and mask.shape == volume.shape and np.array_equal(mask[0] == 1, volume[0] > 1000)
     with pytest.raises(ConfigError, match="cannot read it as a DICOM-SEG of its series"):
         read_segmentation(header.files[0], header.files)
+
+
+def test_monochrome1_is_inverted_over_the_whole_series(tmp_path):
+    write_series(tmp_path / "s", 4, "P1")
+    (header,) = find_series(tmp_path)
+    for path in header.files:
+        ds = pydicom.dcmread(path)
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.save_as(path)
+    volume, _ = read_series(header.files)
+    # slices hold HU 0, 10, 20, 30; inverted over the series they read 30, 20, 10, 0
+    assert volume[0, 0, 0, :].tolist() == [30.0, 20.0, 10.0, 0.0]

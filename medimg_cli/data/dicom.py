@@ -96,51 +96,39 @@ def _spatial_order(members: list[tuple[Path, object]]) -> list[tuple[Path, objec
     return sorted(members, key=lambda m: (int(m[1].get("InstanceNumber", 0) or 0), str(m[0])))
 
 
-def slice_spacing(files: Sequence[Path]) -> float | None:
-    """The even distance between consecutive slices (mm); uneven or repeated positions are an error."""
+def read_headers(files: Sequence[Path]) -> list:
+    """The headers of ``files`` without their pixel data."""
     import pydicom
 
-    positions = [slice_position(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
-    if len(files) < 2 or None in positions:
+    return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+
+
+def slice_spacing(headers: Sequence, where: Path) -> float | None:
+    """The even distance between consecutive slices (mm); uneven or repeated positions are an
+    error naming ``where``. ``None`` for one slice or without positions."""
+    positions = [slice_position(ds) for ds in headers]
+    if len(headers) < 2 or None in positions:
         return None
     steps = np.diff(positions)
     if steps.min() <= 1e-3 or steps.max() - steps.min() > 0.01 * steps.max() + 1e-3:
         raise ConfigError(
-            f"{files[0]}: its series has uneven or repeated slice positions "
+            f"{where}: its series has uneven or repeated slice positions "
             f"(steps {steps.min():.3f} to {steps.max():.3f} mm); remove duplicate or missing slices"
         )
     return float(steps.mean())
 
 
-def read_pixels(path: Path) -> np.ndarray:
-    """One file's pixels as float32 ``(frames, rows, cols[, 3])``, rescaled, MONOCHROME1 inverted."""
-    import pydicom
-    from pydicom.pixels import apply_rescale
-
-    try:
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except Exception as error:  # truncated files, unsupported compression...: pydicom raises many types
-        raise ConfigError(f"{path}: cannot decode the DICOM pixel data ({type(error).__name__}: {error})") from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    pixels = apply_rescale(pixels, ds).astype(np.float32)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
-        pixels = pixels.max() + pixels.min() - pixels
-    return pixels if frames > 1 else pixels[None]
-
-
-def series_affine(files: Sequence[Path]) -> np.ndarray | None:
-    """The RAS affine of a volume stored as ``(slices, rows, cols)`` in spatial order, or ``None``
-    without orientation/position. DICOM positions are LPS; NIfTI's world is RAS."""
-    import pydicom
-
-    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+def series_affine(headers: Sequence, where: Path | None = None) -> np.ndarray | None:
+    """The RAS affine of a volume stored as ``(slices, rows, cols)`` in the spatial order of
+    ``headers``, or ``None`` without orientation/position. DICOM positions are LPS; NIfTI's
+    world is RAS."""
+    ds = headers[0]
     orientation, position = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
     if orientation is None or position is None:
         return None
     along_cols, along_rows = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
     row_spacing, col_spacing = (float(v) for v in ds.get("PixelSpacing", [1.0, 1.0]))
-    depth = slice_spacing(files) or float(ds.get("SliceThickness", 1.0) or 1.0)
+    depth = slice_spacing(headers, where or Path("series")) or float(ds.get("SliceThickness", 1.0) or 1.0)
     lps = np.eye(4)
     lps[:3, 0] = np.cross(along_cols, along_rows) * depth  # slice axis
     lps[:3, 1] = along_rows * row_spacing  # row index moves along the column cosine
@@ -159,24 +147,41 @@ def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tup
     return np.moveaxis(np.asarray(image.dataobj), -1, 0), spacing
 
 
+def _read_file(path: Path):
+    """One file read once: its dataset and its rescaled pixels ``(frames, rows, cols[, 3])``."""
+    import pydicom
+    from pydicom.pixels import apply_rescale
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except Exception as error:  # truncated files, unsupported compression...: pydicom raises many types
+        raise ConfigError(f"{path}: cannot decode the DICOM pixel data ({type(error).__name__}: {error})") from None
+    pixels = apply_rescale(pixels, ds).astype(np.float32)
+    return ds, pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[None]
+
+
 def read_series(files: Sequence[Path]) -> tuple[np.ndarray, tuple[float, ...]]:
     """A series as float32 ``(C, X, Y, Z)`` in RAS+ orientation like a NIfTI volume (or
-    ``(C, rows, cols)`` for one slice), and its spacing in mm along those axes."""
-    stacks = [read_pixels(path) for path in files]
+    ``(C, rows, cols)`` for one slice), and its spacing in mm along those axes.
+
+    Each file is read once: pixels and geometry come from the same datasets. MONOCHROME1 is
+    inverted over the whole series, so every slice keeps the same intensity scale.
+    """
+    datasets, stacks = zip(*(_read_file(path) for path in files), strict=True)
     shapes = {s.shape[1:] for s in stacks}
     if len(shapes) > 1:
         raise ConfigError(f"{files[0]}: its series mixes image sizes {sorted(shapes)}")
     volume = np.concatenate(stacks)  # (slices, rows, cols[, 3])
+    if datasets[0].get("PhotometricInterpretation") == "MONOCHROME1":
+        volume = volume.max() + volume.min() - volume
     volume = np.moveaxis(volume, -1, 0) if volume.ndim == 4 else volume[None]
-    import pydicom
-
-    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
-    row, col = (float(v) for v in ds.get("PixelSpacing", [1.0, 1.0]))
+    row, col = (float(v) for v in datasets[0].get("PixelSpacing", [1.0, 1.0]))
     if volume.shape[1] == 1:  # a single slice is a 2D image
         return volume[:, 0], (row, col)
-    affine = series_affine(files)
+    affine = series_affine(datasets, files[0])
     if affine is None:  # no geometry: keep the stored order
-        return volume, (float(ds.get("SliceThickness", 1.0) or 1.0), row, col)
+        return volume, (float(datasets[0].get("SliceThickness", 1.0) or 1.0), row, col)
     return to_canonical(volume, affine)
 
 
@@ -187,19 +192,20 @@ def read_segmentation(path: Path, files: Sequence[Path]) -> np.ndarray:
     numbers become label values, and slices the SEG does not cover are background.
     """
     import highdicom as hd
-    import pydicom
 
+    headers = read_headers(files)
     try:
         seg = hd.seg.segread(path)
-        uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
         labels = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=uids, combine_segments=True, assert_missing_frames_are_empty=True
+            source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in headers],
+            combine_segments=True,
+            assert_missing_frames_are_empty=True,
         )
     except Exception as error:  # not a SEG, or one of another series: highdicom raises several types
         raise ConfigError(
             f"{path}: cannot read it as a DICOM-SEG of its series ({type(error).__name__}: {error})"
         ) from None
-    affine = series_affine(files)
+    affine = series_affine(headers, files[0])
     stored = labels.astype(np.float32)[None]
     return (to_canonical(stored, affine)[0] if affine is not None else stored).round().astype(np.int64)
 
