@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medimg_cli.data import build_data, split_indices
+from medimg_cli.data import build_data
 from medimg_cli.data.phantom import generate_phantom
+from medimg_cli.data.splits import split_indices
 from medimg_cli.errors import ConfigError
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medimg_cli.errors import ConfigError, unknown_choice
+from medimg_cli.errors import unknown_choice
 from medimg_cli.registry import Registry
 
 TASKS = ("classification", "segmentation", "multitask")
@@ -77,19 +77,6 @@ def fingerprint(arrays: Mapping[str, np.ndarray]) -> str:
         digest.update(f"{key}:{array.dtype}:{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()[:16]
-
-
-def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
-    """Shuffle ``range(n)`` with ``seed`` and cut it into train/val/test by ``fractions``."""
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ConfigError(f"data.split={list(fractions)} must be three positive fractions summing to 1")
-    order = np.random.default_rng(seed).permutation(n)
-    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
-    return {
-        "train": order[:n_train],
-        "val": order[n_train : n_train + n_val],
-        "test": order[n_train + n_val :],
-    }
 
 
 def keys_for_task(task: str) -> tuple[str, ...]:

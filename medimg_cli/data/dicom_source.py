@@ -5,7 +5,8 @@
 Each series (SeriesInstanceUID) is one sample: a 3D volume in RAS+ orientation, or a 2D image
 for single-slice series (CR, DX, secondary capture). ``data.labels`` is a CSV with a key column
 named by ``data.label_key`` (SeriesInstanceUID, StudyInstanceUID or PatientID) and a ``label``
-column, a ``mask`` column (a NIfTI label volume of the series, relative to the CSV), or both.
+column, a ``mask`` column (a DICOM-SEG of the series or a NIfTI label volume in its geometry,
+relative to the CSV), or both.
 Splits are grouped by PatientID; patient ids are hashed before use and never written.
 """
 

@@ -1,8 +1,9 @@
 """Datasets of image files: decode once, then the same splits for every source.
 
 Images are PNG/JPEG/TIFF/BMP, ``.npy`` (2D) or NIfTI volumes (3D, read with nibabel and
-reoriented to the closest canonical RAS+ orientation). The ``folder``, ``manifest``, ``nifti``
-and ``nnunet`` sources list their samples as ``Record`` s; ``records_to_splits``
+reoriented to the closest canonical RAS+ orientation) or DICOM series. The ``folder``,
+``manifest``, ``nifti``, ``nnunet`` and ``dicom`` sources list their samples as ``Record`` s;
+``records_to_splits``
 decodes them, optionally resamples volumes to ``data.spacing`` or cuts them into 2D slices
 (``data.slice_axis``), resizes to ``data.image_size``, normalises, maps labels to classes, assigns
 splits (explicit, from ``data.splits``, or grouped by patient and stratified by label), audits
@@ -134,8 +135,8 @@ def _spatial_size(cfg: Mapping, dims: int) -> tuple[int, ...]:
 
 def _decode(
     record: Record, cfg: Mapping, task: str
-) -> tuple[list[tuple[str, np.ndarray, np.ndarray | None]], tuple[float, ...] | None]:
-    """Decode one record into ``(name, image, mask)`` samples (one, or one per slice) and the
+) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], tuple[float, ...] | None]:
+    """Decode one record into ``(image, mask)`` samples (one, or one per slice) and the
     record's native voxel spacing in mm (``None`` for plain image files)."""
     if record.kind == "dicom":
         image, spacing = read_series(record.images)
@@ -163,15 +164,11 @@ def _decode(
     axis = cfg.get("slice_axis")
     if image.ndim == 4 and axis is not None:  # 2D slices of a volume, for 2D models
         slices = [
-            (
-                f"{record.name}#{k}",
-                image.take(k, axis=1 + axis),
-                mask.take(k, axis=1 + axis) if mask is not None else None,
-            )
+            (image.take(k, axis=1 + axis), mask.take(k, axis=1 + axis) if mask is not None else None)
             for k in range(image.shape[1 + axis])
         ]
         return slices, spacing
-    return [(record.name, image, mask)], spacing
+    return [(image, mask)], spacing
 
 
 DENOISERS = ("gaussian", "median")
@@ -236,8 +233,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         audit_counts = {k: v for k, v in audit_counts.items() if not k.startswith("patients_")}
     splits = [record_splits[i] for i in owners]
 
-    image_tensor = images
-    tensors: dict[str, torch.Tensor] = {"image": image_tensor}
+    tensors: dict[str, torch.Tensor] = {"image": images}
     if task != "segmentation":
         tensors["label"] = torch.tensor([classes.index(records[i].label) for i in owners], dtype=torch.int64)
     if task != "classification":
@@ -249,8 +245,8 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
     num_seg = int(max(cfg.get("mask_classes") or 0, int(tensors["mask"].max()) + 1)) if "mask" in tensors else 0
     info = DataInfo(
         task=task,
-        spatial_dims=image_tensor.dim() - 2,
-        in_channels=image_tensor.shape[1],
+        spatial_dims=images.dim() - 2,
+        in_channels=images.shape[1],
         num_classes=len(classes),
         num_seg_classes=max(num_seg, 2) if num_seg else 0,
         class_names=tuple(classes),
@@ -264,7 +260,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         ids={name: [i for i, s in zip(record_ids, record_splits, strict=True) if s == name] for name in SPLIT_NAMES},
         audit=audit_counts,
         skipped=decoded["skipped"],
-        spacings=decoded.get("spacings"),
+        spacings=decoded["spacings"],
         meta=_metadata(records, owners, by_split),
     )
 
@@ -302,8 +298,8 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
                 raise
             skipped.append(str(error))
             continue
-        digests.append(hashlib.sha256(b"".join(image.tobytes() for _, image, _ in samples)).hexdigest())
-        for _, image, mask in samples:
+        digests.append(hashlib.sha256(b"".join(image.tobytes() for image, _ in samples)).hexdigest())
+        for image, mask in samples:
             size = size or _spatial_size(cfg, image.ndim - 1)
             if len(size) != image.ndim - 1:
                 raise ConfigError(f"data.image_size={list(size)} does not fit {record.images[0]} ({image.ndim - 1}D)")

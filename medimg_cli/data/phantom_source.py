@@ -6,8 +6,9 @@ from collections.abc import Mapping
 
 import torch
 
-from medimg_cli.data import SOURCES, DataInfo, Splits, fingerprint, keys_for_task, split_indices
+from medimg_cli.data import SOURCES, DataInfo, Splits, fingerprint, keys_for_task
 from medimg_cli.data.phantom import CLASS_NAMES, generate_phantom
+from medimg_cli.data.splits import split_indices
 from medimg_cli.errors import ConfigError
 
 

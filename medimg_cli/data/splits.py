@@ -24,6 +24,24 @@ def anonymise(value: str, salt: str) -> str:
     return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:16]
 
 
+def check_fractions(fractions: Sequence[float]) -> None:
+    """``data.split`` must be three positive shares of train, val and test summing to 1."""
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError(f"data.split={list(fractions)} must be three positive fractions summing to 1")
+
+
+def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
+    """Shuffle ``range(n)`` with ``seed`` and cut it into train/val/test by ``fractions``."""
+    check_fractions(fractions)
+    order = np.random.default_rng(seed).permutation(n)
+    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+    return {
+        "train": order[:n_train],
+        "val": order[n_train : n_train + n_val],
+        "test": order[n_train + n_val :],
+    }
+
+
 def grouped_split(labels: Sequence[object], groups: Sequence[str], fractions: Sequence[float], seed: int) -> list[str]:
     """Assign each sample to train/val/test so that every group lies in one split.
 
@@ -40,8 +58,7 @@ def grouped_split(labels: Sequence[object], groups: Sequence[str], fractions: Se
     Returns:
         The split name of each sample, in input order.
     """
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ConfigError(f"data.split={list(fractions)} must be three positive fractions summing to 1")
+    check_fractions(fractions)
     members: dict[str, list[int]] = defaultdict(list)
     for index, group in enumerate(groups):
         members[group].append(index)
