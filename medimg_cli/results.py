@@ -160,12 +160,7 @@ def rich_table(
 ) -> Table:
     """The per-epoch table for the terminal (``*`` marks the best epoch)."""
     headers, body = _table_cells(rows, every, test, best_epoch)
-    table = Table(title=title, caption="* best validation epoch; test = best checkpoint on the test split")
-    for header in headers:
-        table.add_column(header, justify="right", no_wrap=True)
-    for index, cells in enumerate(body):
-        table.add_row(*cells, end_section=test is not None and index == len(body) - 2)
-    return table
+    return grid_rich(headers, body, title, _CAPTION, sections=(len(body) - 2,) if test is not None else ())
 
 
 def markdown_table(
@@ -177,8 +172,35 @@ def markdown_table(
 ) -> str:
     """The same table as ``rich_table``, in Markdown."""
     headers, body = _table_cells(rows, every, test, best_epoch)
+    return grid_markdown(headers, body, title, "\\" + _CAPTION)
+
+
+_CAPTION = "* best validation epoch; test = best checkpoint on the test split"
+
+
+def grid_rich(
+    headers: Sequence[str],
+    body: Sequence[Sequence[str]],
+    title: str | None = None,
+    caption: str | None = None,
+    sections: Sequence[int] = (),
+) -> Table:
+    """A right-aligned rich table of text cells; a rule follows each row index in ``sections``."""
+    table = Table(title=title, caption=caption)
+    for header in headers:
+        table.add_column(header, justify="right", no_wrap=True)
+    for index, cells in enumerate(body):
+        table.add_row(*cells, end_section=index in sections)
+    return table
+
+
+def grid_markdown(
+    headers: Sequence[str], body: Sequence[Sequence[str]], title: str | None = None, caption: str | None = None
+) -> str:
+    """The same table as ``grid_rich``, in Markdown (bold title above, caption below)."""
     lines = [f"**{title}**", ""] if title else []
     lines += ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    lines += ["", "\\* best validation epoch; test = best checkpoint on the test split"]
+    if caption:
+        lines += ["", caption]
     return "\n".join(lines) + "\n"

@@ -35,8 +35,11 @@ from medimg_cli.hydra_app import run_hydra
 from medimg_cli.loop import TaskLoss, evaluate, train_epoch
 from medimg_cli.metrics import task_metric_names
 from medimg_cli.models import check_model_runs, create_model, model_args
+from medimg_cli.models.transfer import forward_flops, freeze, layer_cells, load_pretrained, transfer_rows
 from medimg_cli.results import (
     append_metrics_row,
+    grid_markdown,
+    grid_rich,
     make_console,
     markdown_table,
     rich_table,
@@ -85,10 +88,18 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
 
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True))
     info = data.info
-    args = model_args(OmegaConf.to_container(cfg.model, resolve=True), info)
-    model = create_model(cfg.model.name, **args).to(device)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    args = model_args(model_cfg, info)
+    model = create_model(cfg.model.name, **args)
+    # pretrained weights only for a new run: a resumed one gets every weight from last.pt
+    loaded = set() if resume else load_pretrained(model, cfg.model.name, model_cfg.get("pretrained"), info.spatial_dims)
+    frozen = freeze(model, model_cfg.get("freeze"))
+    model.to(device)
     check_model_runs(model, cfg.model.name, data.train["image"][:2].to(device))
-    optimizer = build_optimizer(OmegaConf.to_container(cfg.optim, resolve=True), model.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError(f"model.freeze={cfg.model.freeze} freezes every parameter; leave the head trainable")
+    optimizer = build_optimizer(OmegaConf.to_container(cfg.optim, resolve=True), trainable)
     augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), info.spatial_dims)
     loss_fn = TaskLoss(info)
     trainer = cfg.trainer
@@ -113,15 +124,27 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
             write_json(run_dir / "splits.json", data.ids)
         if data.skipped:
             write_atomic(run_dir / "skipped.txt", "\n".join(data.skipped) + "\n")
-    n_params = sum(p.numel() for p in model.parameters())
+    layers = (resume["checkpoint"].get("layers") if resume else None) or transfer_rows(model, loaded, frozen)
+    size = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "flops_per_image": forward_flops(model, info.in_channels, info.image_size, device),
+    }
+    console = make_console()
+    if resume is None:
+        headers, body = layer_cells(layers)
+        title = f"{cfg.model.name}: layer groups, pretrained weights ({cfg.model.get('pretrained')}) and fine-tuning"
+        write_atomic(run_dir / "model.md", grid_markdown(headers, body, title, _size_line(size)))
+        if loaded or frozen:
+            console.print(grid_rich(headers, body, title, sections=(len(body) - 2,)))
     log.info(
-        "%s on %s (%s, %dD, %s): %s parameters, %d/%d/%d images, run folder %s",
+        "%s on %s (%s, %dD, %s): %s, %d/%d/%d images, run folder %s",
         cfg.model.name,
         cfg.data.name,
         info.task,
         info.spatial_dims,
         device_name(device),
-        f"{n_params:,}",
+        _size_line(size),
         len(data.train["image"]),
         len(data.val["image"]),
         len(data.test["image"]),
@@ -130,12 +153,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
 
     checkpoint_base = {
         "model": {"name": cfg.model.name, "args": args},
+        "layers": layers,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "data_fingerprint": data.fingerprint,
     }
     start = time.perf_counter()
     prior_seconds = resume["checkpoint"].get("wall_seconds", 0.0) if resume else 0.0
-    console = make_console()
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
         BarColumn(),
@@ -204,7 +227,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         "best_epoch": best["epoch"],
         "best": next(r for r in history if r["epoch"] == best["epoch"]),
         "test": test,
-        "parameters": n_params,
+        **size,
+        "layers": layers,
         "device": device_name(device),
         "versions": versions(),
         "git_commit": git_commit(),
@@ -236,6 +260,13 @@ def _exit_on_ctrl_c(run_dir: Path, history: list[dict[str, Any]]) -> Iterator[No
             run_dir,
         )
         raise SystemExit(130) from None
+
+
+def _size_line(size: dict[str, int]) -> str:
+    return (
+        f"{size['parameters']:,} parameters ({size['trainable_parameters']:,} trained), "
+        f"{size['flops_per_image'] / 1e9:.3g} GFLOPs forward per image"
+    )
 
 
 def _improves(value: float, best: float | None, mode: str) -> bool:

@@ -9,6 +9,7 @@ uint8; a split holds the keys its task needs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 from collections.abc import Callable, Mapping
@@ -35,6 +36,7 @@ class DataInfo:
     num_seg_classes: int  # mask classes including background (segmentation and multitask)
     class_names: tuple[str, ...]
     multilabel: bool = False  # labels ``(N, num_classes)`` of independent 0/1 targets (e.g. ChestMNIST)
+    image_size: tuple[int, ...] = ()  # spatial size of every image, set by ``build_data``
 
     @property
     def classifies(self) -> bool:
@@ -106,4 +108,6 @@ def build_data(cfg: Mapping) -> Splits:
     if source not in _SOURCE_MODULES:
         raise unknown_choice("data.source", source, _SOURCE_MODULES)
     importlib.import_module(f"medimg_cli.data.{_SOURCE_MODULES[source]}")
-    return SOURCES.get(source)(cfg)
+    splits = SOURCES.get(source)(cfg)
+    splits.info = dataclasses.replace(splits.info, image_size=tuple(splits.train["image"].shape[2:]))
+    return splits

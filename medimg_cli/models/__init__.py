@@ -1,15 +1,19 @@
 """Model registry: ``model=<name>`` builds the network registered under that name.
 
 Every model takes the data-derived keyword arguments ``spatial_dims``, ``in_channels``,
-``num_classes``, ``num_seg_classes`` and ``task``, plus the flat keys of its YAML file, and
-returns a dict of logits: ``class_logits`` ``(B, num_classes)`` when the task classifies and
-``seg_logits`` ``(B, num_seg_classes, *spatial)`` when it segments.
+``num_classes``, ``num_seg_classes`` and ``task`` (and ``image_size`` when its signature has
+it), plus the keys of its YAML file except ``name``, ``pretrained`` and ``freeze`` (which
+``medimg_cli.models.transfer`` applies after building). It returns a dict of logits:
+``class_logits`` ``(B, num_classes)`` when the task classifies and ``seg_logits``
+``(B, num_seg_classes, *spatial)`` when it segments; ``layer_groups()`` names its parameter
+groups (encoder first, then ``head`` / ``decoder``), and ``TASKS`` lists the tasks it can do.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +25,8 @@ from medimg_cli.errors import ConfigError, check_arguments
 from medimg_cli.registry import Registry
 
 MODELS: Registry[type[nn.Module]] = Registry("model")
-_MODULES = ("cnn", "unet")  # one module per family; importing registers it
+_MODULES = ("cnn", "backbones", "unet", "unetr", "transformer", "hybrid")  # one per family; importing registers
+TRANSFER_KEYS = ("pretrained", "freeze")  # applied to the built model, not passed to it
 
 
 def _load_all() -> None:
@@ -31,7 +36,7 @@ def _load_all() -> None:
 
 def model_args(cfg: Mapping, info: DataInfo) -> dict[str, Any]:
     """The full keyword arguments of a model: its config keys plus what the data determines."""
-    args = {key: value for key, value in cfg.items() if key != "name"}
+    args = {key: value for key, value in cfg.items() if key not in ("name", *TRANSFER_KEYS)}
     args.update(
         spatial_dims=info.spatial_dims,
         in_channels=info.in_channels,
@@ -39,6 +44,9 @@ def model_args(cfg: Mapping, info: DataInfo) -> dict[str, Any]:
         num_seg_classes=info.num_seg_classes,
         task=info.task,
     )
+    _load_all()
+    if "image_size" in inspect.signature(MODELS.get(cfg["name"])).parameters:
+        args["image_size"] = tuple(info.image_size)
     return args
 
 

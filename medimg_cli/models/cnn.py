@@ -9,13 +9,11 @@ then a 1x1 convolution to ``num_seg_classes`` logits.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from monai.networks.blocks import Convolution
-from monai.networks.layers import Conv, Pool
+from monai.networks.layers import Pool
 from torch import nn
 
 from medimg_cli.models import MODELS
-from medimg_cli.models.heads import ClassificationHead
+from medimg_cli.models.heads import ClassificationHead, LightDecoder, double_conv, task_groups
 
 
 @MODELS.register("cnn")
@@ -48,22 +46,23 @@ class CNN(nn.Module):
     ) -> None:
         super().__init__()
         self.task = task
-        stages, width = [], in_channels
-        for out in channels:
-            stages.append(
-                nn.Sequential(
-                    Convolution(spatial_dims, width, out, kernel_size=3, norm="batch", act="relu"),
-                    Convolution(spatial_dims, out, out, kernel_size=3, norm="batch", act="relu"),
-                )
-            )
-            width = out
-        self.stages = nn.ModuleList(stages)
+        widths = [in_channels, *channels]
+        self.stages = nn.ModuleList(
+            double_conv(spatial_dims, a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        width = widths[-1]
         self.pool = Pool[Pool.MAX, spatial_dims](kernel_size=2)
         self.head = ClassificationHead(width, num_classes, dropout) if task != "segmentation" else None
-        if task != "classification":
-            conv = Conv[Conv.CONV, spatial_dims]
-            self.lateral = nn.ModuleList(conv(c, decoder_channels, kernel_size=1) for c in channels)
-            self.seg_out = conv(decoder_channels, num_seg_classes, kernel_size=1)
+        self.decoder = (
+            LightDecoder(spatial_dims, channels, num_seg_classes, decoder_channels)
+            if task != "classification"
+            else None
+        )
+
+    def layer_groups(self) -> dict[str, list[str]]:
+        """Group name -> parameter-name prefixes, encoder first (see ``medimg_cli.models.transfer``)."""
+        groups = {f"stage{i + 1}": [f"stages.{i}"] for i in range(len(self.stages))}
+        return groups | task_groups(self)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, C, *spatial)`` image -> dict of logits (see ``medimg_cli.models``)."""
@@ -74,12 +73,6 @@ class CNN(nn.Module):
         out = {}
         if self.head is not None:
             out["class_logits"] = self.head(x)
-        if self.task != "classification":
-            size = image.shape[2:]
-            mode = "bilinear" if image.dim() == 4 else "trilinear"
-            fused = sum(
-                F.interpolate(lateral(f), size=size, mode=mode, align_corners=False)
-                for lateral, f in zip(self.lateral, features, strict=True)
-            )
-            out["seg_logits"] = self.seg_out(F.relu(fused))
+        if self.decoder is not None:
+            out["seg_logits"] = self.decoder(features, image.shape[2:])
         return out
