@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import urllib.error
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 import torchvision
 from conftest import TINY, compose_config
 
+from medimg_cli.commands.eval import evaluate_checkpoint
 from medimg_cli.commands.train import train
 from medimg_cli.data import TASKS, DataInfo
 from medimg_cli.errors import ConfigError
@@ -26,7 +28,7 @@ SMALL = {
     "attention_unet": {"channels": [8, 16, 32], "strides": [2, 2]},
     "transformer": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "mlp_dim": 64, "patch_size": 8},
     "unetr": {"hidden_size": 32, "num_heads": 2, "mlp_dim": 64, "feature_size": 8},
-    "swin_unetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2]},
+    "swin_unetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4},
     "hybrid": {"channels": [8, 16, 32], "attention_layers": 1, "num_heads": 2},
 }
 SIZE = {"swin_unetr": 64}  # swin_unetr needs 64 or more per side; 32 for everything else
@@ -97,6 +99,11 @@ def test_medimg_train_runs_every_model_and_task(name, task, tmp_path):
     assert summary["parameters"] >= summary["trainable_parameters"] > 0
     assert summary["flops_per_image"] > 0
     assert (tmp_path / "model.md").is_file()
+    # the checkpoint alone rebuilds the model (image_size and all) and reproduces the test metrics
+    metrics = evaluate_checkpoint(tmp_path / "checkpoints" / "best.pt", "test", "cpu")
+    for key in ("loss", "accuracy", "dice"):
+        if key in summary["test"]:
+            assert metrics[key] == pytest.approx(summary["test"][key], abs=1e-6), key
 
 
 def test_flops_match_a_hand_count():
@@ -257,3 +264,22 @@ def test_swin_unetr_on_too_small_images_says_what_size_it_needs():
             task="segmentation",
             image_size=(32, 32),
         )
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_cifar_stem_keeps_more_resolution_for_28_pixel_images(name, dims):
+    size = (28,) * dims  # MedMNIST
+    args = dict(spatial_dims=dims, in_channels=1, num_classes=3, num_seg_classes=2, task="multitask", stem="cifar")
+    if name == "efficientnet_b0" and dims == 3:
+        with pytest.raises(ConfigError, match="stem=cifar is not available"):
+            create_model(name, **args)
+        return
+    model = create_model(name, **args).eval()
+    x = torch.randn(2, 1, *size)
+    assert model(x)["seg_logits"].shape == (2, 2, *size)
+    for paths in model.stages:
+        for path in paths:
+            x = model.backbone.get_submodule(path)(x)
+    reduction = 16 if name == "efficientnet_b0" else 8  # the standard stems reduce by 32
+    assert x.shape[2:] == (math.ceil(28 / reduction),) * dims or x.shape[2:] == (28 // reduction,) * dims

@@ -9,7 +9,9 @@ resolution at least once:
     image (B, C, *S) -> stem (B, c0, *S/4) -> stage1 ... stage4 (B, c4, *S/32)
 
 ``stem=cifar`` replaces the stride-2 stem (and its max pooling) by a stride-1 3x3
-convolution, as the MedMNIST benchmark does for 28-pixel images; resolution then ends at S/8.
+convolution, as the MedMNIST benchmark does for 28-pixel images; resolution then ends at S/8
+(S/16 for efficientnet_b0, which has no stem pooling; not available for its 3D version).
+With the standard stem, densenet121 needs at least 32 pixels per side.
 Classification: global average pooling, dropout, linear on stage4. Masks: the light decoder
 (``medimg_cli.models.heads.LightDecoder``) over all five stages.
 """
@@ -90,13 +92,12 @@ def _efficientnet_b0(spatial_dims: int, in_channels: int, cifar: bool) -> tuple[
         stages = [["features.0"], ["features.1", "features.2"], ["features.3"], ["features.4", "features.5"]]
         stages.append(["features.6", "features.7", "features.8"])
         return net, stages, [32, 24, 40, 112, 1280]
+    if cifar:  # MONAI pads every block for the sizes a stride-2 stem gives; a stride-1 stem breaks that
+        raise ValueError("model.stem=cifar is not available for the 3D efficientnet_b0; use model.stem=standard")
     net = monai_nets.EfficientNetBN(
         "efficientnet-b0", pretrained=False, spatial_dims=3, in_channels=in_channels, num_classes=1
     )
     net._fc = nn.Identity()
-    if cifar:
-        net._conv_stem.stride = (1, 1, 1)
-        net._conv_stem_padding = nn.ConstantPad3d(1, 0.0)
     stages = [["_conv_stem_padding", "_conv_stem", "_bn0", "_swish"], ["_blocks.0", "_blocks.1"], ["_blocks.2"]]
     stages += [
         ["_blocks.3", "_blocks.4"],
