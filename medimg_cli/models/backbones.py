@@ -146,6 +146,8 @@ class Backbone(nn.Module):
             raise ValueError(f"model.stem={stem!r} must be one of {', '.join(STEMS)}")
         self.task = task
         self.backbone, self.stages, channels = type(self).BUILD(spatial_dims, in_channels, stem == "cifar")
+        # the stage modules, resolved once; a plain list, so they stay registered under backbone only
+        self._stage_modules = [[self.backbone.get_submodule(path) for path in paths] for paths in self.stages]
         self.head = ClassificationHead(channels[-1], num_classes, dropout) if task != "segmentation" else None
         self.decoder = (
             LightDecoder(spatial_dims, channels, num_seg_classes, decoder_channels)
@@ -162,9 +164,9 @@ class Backbone(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, C, *spatial)`` image -> dict of logits (see ``medimg_cli.models``)."""
         features, x = [], image
-        for paths in self.stages:
-            for path in paths:
-                x = self.backbone.get_submodule(path)(x)
+        for modules in self._stage_modules:
+            for module in modules:
+                x = module(x)
             features.append(x)
         out = {}
         if self.head is not None:
