@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-from medimg_cli.augment import Recipe
+from medimg_cli.augment import Augmenter
 from medimg_cli.data import DataInfo
 from medimg_cli.data.batches import TensorBatches
 from medimg_cli.metrics import TaskMetrics
@@ -55,7 +55,7 @@ def train_epoch(
     epoch: int,
     loss_fn: TaskLoss,
     optimizer: torch.optim.Optimizer,
-    augment: Recipe,
+    augment: Augmenter,
     on_batch: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
     """Train for one epoch; returns ``train_loss`` (sample-weighted mean) and throughput."""

@@ -100,7 +100,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     if not trainable:
         raise ConfigError(f"model.freeze={cfg.model.freeze} freezes every parameter; leave the head trainable")
     optimizer = build_optimizer(OmegaConf.to_container(cfg.optim, resolve=True), trainable)
-    augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), info.spatial_dims)
+    augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), info)
     loss_fn = TaskLoss(info)
     trainer = cfg.trainer
     val_metrics = ["val_loss"] + [f"val_{m}" for m in task_metric_names(info)]
