@@ -24,6 +24,7 @@ from medimg_cli.config import check_numbers
 from medimg_cli.data import SPLITS, Splits, build_data
 from medimg_cli.errors import ConfigError
 from medimg_cli.hydra_app import print_error, run_hydra
+from medimg_cli.pictures import grid_image, tile
 from medimg_cli.results import make_console, write_atomic, write_json
 
 HELP = "inspect a dataset: counts, shapes, intensities, masks, leakage audit, example grid"
@@ -158,24 +159,6 @@ def example_grid(data: Splits, per_split: int) -> Image.Image:
     rows = []
     for name in SPLITS:
         split = data.split(name)
-        tiles = []
-        for index in range(min(per_split, len(split["image"]))):
-            image = split["image"][index].float()
-            mask = split["mask"][index, 0] if "mask" in split else None
-            while image.dim() > 3:  # 3D: the middle slice along the first spatial axis
-                middle = image.shape[1] // 2
-                image, mask = image[:, middle], (mask[middle] if mask is not None else None)
-            gray = image.mean(0)
-            gray = (gray - gray.min()) / (gray.max() - gray.min()).clamp(min=1e-8)
-            rgb = gray[..., None].repeat(1, 1, 3).numpy()
-            if mask is not None:
-                foreground = mask.numpy() > 0
-                rgb[foreground] = 0.5 * rgb[foreground] + 0.5 * np.array([1.0, 0.0, 0.0])
-            tiles.append((rgb * 255).astype(np.uint8))
-        if tiles:
-            rows.append(np.concatenate(tiles, axis=1))
-    width = max(r.shape[1] for r in rows)
-    padded = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    grid = Image.fromarray(np.concatenate(padded, axis=0))
-    scale = max(1, 256 // grid.height)
-    return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+        count = min(per_split, len(split["image"]))
+        rows.append([tile(split["image"][i], split["mask"][i, 0] if "mask" in split else None) for i in range(count)])
+    return grid_image(rows)
