@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' writers of NIfTI files and
 
 from test_dicom import write_series  # noqa: E402
 from test_volumes import write_nifti  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 
 def make_nifti(folder: Path, n: int, size: int) -> None:
@@ -49,16 +48,6 @@ def make_dicom(folder: Path, n: int, slices: int) -> Path:
         rows.append(f"{uid},{'a' if i % 2 else 'b'}")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     return folder / "labels.csv"
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -134,7 +123,7 @@ def main() -> None:
                 ("medimg cached", lambda cfg=cfg, warm_dir=warm_dir: build_data({**cfg, "cache_dir": str(warm_dir)})),
                 ("MONAI LoadImage + Dataset, one epoch", monai_pass),
             ):
-                seconds = timed(fn, args.repeats)
+                seconds = median_seconds(fn, args.repeats, warmup=False)  # cold passes must stay cold
                 rows.append(
                     {
                         "data": name,
