@@ -3,7 +3,8 @@
 A job is a sub-folder with ``summary.json`` and ``.hydra/overrides.yaml``. Jobs are grouped by
 the overrides whose values differ between jobs, except ``seed`` (or by explicit keys), so
 ``augment=none,flip seed=0,1,2`` gives two rows of three runs each. Cells are the test
-metrics of each job's best checkpoint, as mean +- sample standard deviation in percent.
+metrics of each job's best checkpoint, as mean +- sample standard deviation in percent, next
+to the model's parameter count.
 """
 
 from __future__ import annotations
@@ -51,11 +52,16 @@ def summarize(jobs: Sequence[dict[str, Any]], by: Sequence[str]) -> tuple[list[s
     for job in jobs:
         groups.setdefault(tuple(job["overrides"].get(k, "") for k in by), []).append(job)
     metrics = [m for m in METRICS if any(job["summary"]["test"].get(m) is not None for job in jobs)]
-    headers = [*by, "runs", *(HEADERS[m] for m in metrics), "train min"]
+    sized = all("parameters" in job["summary"] for job in jobs)  # runs written before sizes were recorded lack it
+    headers = [*by, "runs", *(["parameters"] if sized else []), *(HEADERS[m] for m in metrics), "train min"]
     body, records = [], []
     for key, members in groups.items():
         record: dict[str, Any] = dict(zip(by, key, strict=True)) | {"runs": len(members)}
         cells = [*key, str(len(members))]
+        if sized:  # equal within a group unless the grouping hides a size key
+            sizes = sorted({job["summary"]["parameters"] for job in members})
+            record["parameters"] = sizes[0] if len(sizes) == 1 else None
+            cells.append(f"{sizes[0]:,}" if len(sizes) == 1 else f"{sizes[0]:,}-{sizes[-1]:,}")
         for metric in metrics:
             values = [100 * job["summary"]["test"][metric] for job in members]
             mean = statistics.fmean(values)

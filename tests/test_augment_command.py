@@ -99,7 +99,7 @@ def test_augment_without_a_subcommand_says_which_exist():
 def _fake_job(folder: Path, overrides: list[str], test: dict[str, float]) -> None:
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    summary = {"test": test, "wall_seconds": 60.0, "device": "cpu (test)"}
+    summary = {"test": test, "wall_seconds": 60.0, "device": "cpu (test)", "parameters": 74309}
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
@@ -112,8 +112,8 @@ def test_sweep_report_groups_seeds_into_mean_and_sd(tmp_path):
     result = run_cli("report", str(tmp_path))
     assert result.returncode == 0, result.stderr
     table = (tmp_path / "summary.md").read_text()
-    assert "| none | 2 | 82.0 ± 2.8 | 1.0 |" in table  # sd of 80 and 84 is 2.83
-    assert "| flip | 2 | 86.0 ± 1.4 | 1.0 |" in table
+    assert "| none | 2 | 74,309 | 82.0 ± 2.8 | 1.0 |" in table  # sd of 80 and 84 is 2.83
+    assert "| flip | 2 | 74,309 | 86.0 ± 1.4 | 1.0 |" in table
     assert "1 unfinished job(s) left out" in table
     rows = {row["augment"]: row for row in read_csv(tmp_path / "summary.csv")}
     assert float(rows["none"]["accuracy_mean"]) == pytest.approx(82.0)
