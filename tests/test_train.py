@@ -81,6 +81,15 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tiny_cfg, tmp_path):
     assert a != c
 
 
+def test_deterministic_mode_changes_nothing_on_cpu(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.deterministic=true"), tmp_path / "a")
+    assert torch.are_deterministic_algorithms_enabled()
+    train(tiny_cfg(), tmp_path / "b")
+    assert not torch.are_deterministic_algorithms_enabled()
+    a, b = (without_timing(read_metrics_csv(tmp_path / x / "metrics.csv")) for x in "ab")
+    assert a == b
+
+
 def test_pinned_loss_of_a_tiny_deterministic_run(tiny_cfg, tmp_path):
     """Guards the whole chain (phantom, split, init, batches, loss) against silent changes."""
     train(tiny_cfg("data.task=classification", "trainer.epochs=1"), tmp_path)
