@@ -1,9 +1,11 @@
 """The training and evaluation steps shared by ``medimg train`` and ``medimg eval``.
 
-One epoch of training: for each batch, augment on the device, forward, task loss, backward,
-optimizer step. The loss is summed on the device and read once per epoch, so the step has no
-host-device synchronisation. Evaluation runs the model in eval mode without gradients and
-times the forward passes with device synchronisation for the seconds-per-image figure.
+One epoch of training: for each batch, augment on the device, forward (under the run's
+``Speed``: autocast, memory layout), task loss in fp32, backward, optimizer step (through the
+gradient scaler, which only acts for fp16). The loss is summed on the device and read once per
+epoch, so the step has no host-device synchronisation. Evaluation runs the model in eval mode
+without gradients and times the forward passes with device synchronisation for the
+seconds-per-image figure.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from torch import nn
 
 from medimg_cli.augment import Augmenter
 from medimg_cli.data import DataInfo
-from medimg_cli.data.batches import TensorBatches
+from medimg_cli.data.batches import StreamBatches, TensorBatches
 from medimg_cli.metrics import TaskMetrics
+from medimg_cli.speed import Speed
+
+Batches = TensorBatches | StreamBatches
 
 
 class TaskLoss(nn.Module):
@@ -51,24 +56,34 @@ def synchronize(device: torch.device) -> None:
 
 def train_epoch(
     model: nn.Module,
-    batches: TensorBatches,
+    batches: Batches,
     epoch: int,
     loss_fn: TaskLoss,
     optimizer: torch.optim.Optimizer,
     augment: Augmenter,
+    speed: Speed,
+    scaler: torch.amp.GradScaler,
     on_batch: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
-    """Train for one epoch; returns ``train_loss`` (sample-weighted mean) and throughput."""
+    """Train for one epoch; returns ``train_loss`` (sample-weighted mean) and throughput.
+
+    Args:
+        model: what to call (``speed.prepare``'s result).
+        scaler: ``speed.scaler()``, kept across epochs (and in ``last.pt``) for fp16.
+    """
     model.train()
     total, count = torch.zeros((), device=batches.device), 0
     synchronize(batches.device)
     start = time.perf_counter()
     for batch in batches.epoch(epoch):
         batch = augment(batch)
-        loss = loss_fn(model(batch["image"]), batch)
+        with speed.autocast():
+            outputs = model(speed.layout(batch["image"]))
+        loss = loss_fn(outputs, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         size = batch["image"].shape[0]
         total += loss.detach() * size
         count += size
@@ -79,7 +94,7 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: TensorBatches, loss_fn: TaskLoss) -> dict[str, float]:
+def evaluate(model: nn.Module, batches: Batches, loss_fn: TaskLoss, speed: Speed) -> dict[str, float]:
     """Loss, task metrics and ``seconds_per_image`` (forward passes only) on one split."""
     model.eval()
     metrics = TaskMetrics(loss_fn.info)
@@ -87,7 +102,8 @@ def evaluate(model: nn.Module, batches: TensorBatches, loss_fn: TaskLoss) -> dic
     for batch in batches.epoch():
         synchronize(batches.device)
         start = time.perf_counter()
-        outputs = model(batch["image"])
+        with speed.autocast():
+            outputs = model(speed.layout(batch["image"]))
         synchronize(batches.device)
         seconds += time.perf_counter() - start
         size = batch["image"].shape[0]

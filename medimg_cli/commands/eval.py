@@ -23,6 +23,7 @@ from medimg_cli.data.batches import TensorBatches
 from medimg_cli.hydra_app import run_hydra
 from medimg_cli.loop import TaskLoss, evaluate
 from medimg_cli.results import make_console, write_json
+from medimg_cli.speed import Speed
 
 HELP = "evaluate a checkpoint on a split (checkpoint=<run>/checkpoints/best.pt split=test)"
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ def evaluate_checkpoint(
     data = build_data(config["data"])
     if data.fingerprint != payload["data_fingerprint"]:
         log.warning("the rebuilt data differ from the data this model was trained on (fingerprint)")
+    # the run's layout in fp32, as training evaluated, so the test split reproduces summary.json
     model = model_from_checkpoint(payload).to(torch_device)
+    speed = Speed.from_config(config["trainer"], torch_device, model, compile=False).for_evaluation()
+    model = speed.prepare(model)
     size = batch_size or config["trainer"]["eval_batch_size"]
-    return evaluate(model, TensorBatches(data.split(split), size, torch_device), TaskLoss(data.info))
+    return evaluate(model, TensorBatches(data.split(split), size, torch_device), TaskLoss(data.info), speed)

@@ -29,7 +29,7 @@ from medimg_cli.augment import build_augment
 from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from medimg_cli.config import build_optimizer, check_numbers, monitor_mode, resolve_device, seed_everything
 from medimg_cli.data import build_data
-from medimg_cli.data.batches import TensorBatches
+from medimg_cli.data.batches import choose_loader, make_batches
 from medimg_cli.errors import ConfigError
 from medimg_cli.hydra_app import run_hydra
 from medimg_cli.loop import TaskLoss, evaluate, train_epoch
@@ -49,6 +49,7 @@ from medimg_cli.results import (
     write_metrics_csv,
 )
 from medimg_cli.runinfo import device_name, git_commit, versions
+from medimg_cli.speed import Speed, configure_backends
 
 HELP = "train a model; Hydra overrides pick data, model, augment, optim, trainer"
 log = logging.getLogger(__name__)
@@ -85,6 +86,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    trainer = cfg.trainer
+    # checkpoints written before these keys existed lack them
+    configure_backends(device, trainer.get("deterministic", False), trainer.get("cudnn_benchmark", "auto"))
 
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True))
     info = data.info
@@ -102,11 +106,19 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     optimizer = build_optimizer(OmegaConf.to_container(cfg.optim, resolve=True), trainable)
     augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), info)
     loss_fn = TaskLoss(info)
-    trainer = cfg.trainer
     val_metrics = ["val_loss"] + [f"val_{m}" for m in task_metric_names(info)]
     mode = monitor_mode(trainer.monitor, val_metrics)
-    train_batches = TensorBatches(data.train, trainer.batch_size, device, shuffle=True, drop_last=True, seed=cfg.seed)
-    val_batches = TensorBatches(data.val, trainer.eval_batch_size, device)
+    speed = Speed.from_config(trainer, device, model)
+    runner, scaler = speed.prepare(model), speed.scaler()  # runner shares model's parameters
+    loader, workers = choose_loader(
+        trainer.get("loader", "memory"), trainer.get("workers", 0), (data.train, data.val, data.test), device
+    )
+
+    def batches(split: dict, size: int, **plan: Any) -> Any:
+        return make_batches(split, size, device, loader, workers, **plan)
+
+    train_batches = batches(data.train, trainer.batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
+    val_batches = batches(data.val, trainer.eval_batch_size)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "value": None}
@@ -114,6 +126,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         state = resume["checkpoint"]
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         history, best = state["history"], state["best"]
         write_metrics_csv(run_dir / "metrics.csv", history)  # drop rows of an unfinished epoch
@@ -138,12 +152,14 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         if loaded or frozen:
             console.print(grid_rich(headers, body, title, sections=(len(body) - 2,)))
     log.info(
-        "%s on %s (%s, %dD, %s): %s, %d/%d/%d images, run folder %s",
+        "%s on %s (%s, %dD, %s; %s, %s loader): %s, %d/%d/%d images, run folder %s",
         cfg.model.name,
         cfg.data.name,
         info.task,
         info.spatial_dims,
         device_name(device),
+        speed.describe(),
+        loader,
         _size_line(size),
         len(data.train["image"]),
         len(data.val["image"]),
@@ -179,9 +195,17 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                 progress.reset(bar, total=len(train_batches), epoch=epoch, epochs=trainer.epochs, status="")
                 epoch_start = time.perf_counter()
                 stats = train_epoch(
-                    model, train_batches, epoch, loss_fn, optimizer, augment, lambda: progress.advance(bar)
+                    runner,
+                    train_batches,
+                    epoch,
+                    loss_fn,
+                    optimizer,
+                    augment,
+                    speed,
+                    scaler,
+                    lambda: progress.advance(bar),
                 )
-                val = evaluate(model, val_batches, loss_fn)
+                val = evaluate(runner, val_batches, loss_fn, speed.for_evaluation())
                 row = {
                     "epoch": epoch,
                     "train_loss": stats["train_loss"],
@@ -203,6 +227,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                         **checkpoint_base,
                         **_state(model, epoch, history, best),
                         "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
                         "rng": rng_state(),
                         "wall_seconds": prior_seconds + time.perf_counter() - start,
                     },
@@ -215,7 +240,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                     log.info("epoch %d/%d  %s  (%.1fs)", epoch, trainer.epochs, status, row["epoch_seconds"])
         best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt", device)
         model.load_state_dict(best_state["state_dict"])
-        test = evaluate(model, TensorBatches(data.test, trainer.eval_batch_size, device), loss_fn)
+        test = evaluate(runner, batches(data.test, trainer.eval_batch_size), loss_fn, speed.for_evaluation())
 
     summary = {
         "model": cfg.model.name,

@@ -1,0 +1,113 @@
+"""Speed options: each gives the plain fp32 path's results, up to float rounding.
+
+No timings are asserted here; ``medimg benchmark speed`` and ``benchmarks/`` measure them.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from test_train import without_timing
+
+from medimg_cli.commands.eval import evaluate_checkpoint
+from medimg_cli.commands.train import train
+from medimg_cli.data.batches import StreamBatches, TensorBatches, choose_loader
+from medimg_cli.errors import ConfigError
+from medimg_cli.results import read_metrics_csv
+from medimg_cli.speed import Speed, resolve_precision
+
+HAS_COMPILER = shutil.which("cc") is not None or shutil.which("gcc") is not None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_batches_are_the_memory_batches(workers):
+    tensors = {"image": torch.randn(45, 1, 4, 4), "label": torch.arange(45)}
+    plan = {"shuffle": True, "drop_last": True, "seed": 3}
+    memory = TensorBatches(tensors, 8, torch.device("cpu"), **plan)
+    stream = StreamBatches(tensors, 8, torch.device("cpu"), workers=workers, **plan)
+    assert len(memory) == len(stream) == 5  # 45 // 8, the incomplete batch dropped
+    for epoch in (1, 2):
+        pairs = list(zip(memory.epoch(epoch), stream.epoch(epoch), strict=True))
+        assert len(pairs) == 5
+        for a, b in pairs:
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    first = torch.cat([b["label"] for b in memory.epoch(1)])
+    assert not torch.equal(first, torch.cat([b["label"] for b in memory.epoch(2)]))  # reshuffled
+
+
+def _metrics(tiny_cfg, folder, *overrides):
+    train(tiny_cfg("trainer.epochs=3", "augment=strong", *overrides), folder)
+    return without_timing(read_metrics_csv(folder / "metrics.csv"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "tolerance"),
+    [
+        (["trainer.loader=stream", "trainer.workers=2"], 0),  # the same batches and draws: exact
+        (["trainer.cudnn_benchmark=true"], 0),  # no cuDNN on CPU
+        (["trainer.channels_last=true"], 1e-3),  # other kernels round differently, and 3 epochs amplify it
+        (["trainer.precision=bf16"], 3e-2),  # bf16 keeps 8 bits of mantissa
+        pytest.param(
+            ["trainer.compile=default"],
+            1e-3,
+            marks=[pytest.mark.slow, pytest.mark.skipif(not HAS_COMPILER, reason="torch.compile needs a C compiler")],
+        ),
+    ],
+    ids=["stream", "cudnn_benchmark", "channels_last", "bf16", "compile"],
+)
+def test_each_speed_option_gives_the_plain_results(tiny_cfg, tmp_path, monkeypatch, overrides, tolerance):
+    if "trainer.compile=default" in overrides:
+        import torch._inductor.config
+
+        # compiled dropout draws from inductor's own generator; this makes it use eager's, to compare
+        monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    plain = _metrics(tiny_cfg, tmp_path / "plain")
+    fast = _metrics(tiny_cfg, tmp_path / "fast", *overrides)
+    if tolerance == 0:
+        assert fast == plain
+        return
+    for a, b in zip(fast, plain, strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert a[key] == pytest.approx(b[key], rel=tolerance), key
+
+
+def test_eval_reproduces_the_test_metrics_of_a_bf16_channels_last_run(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg("trainer.precision=bf16", "trainer.channels_last=true"), tmp_path)
+    metrics = evaluate_checkpoint(tmp_path / "checkpoints" / "best.pt", "test", "cpu")
+    for key, value in summary["test"].items():
+        if key != "seconds_per_image":
+            assert metrics[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_auto_settings_resolve_per_device_and_model_size(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    small, big = torch.nn.Linear(10, 10), torch.nn.Linear(1000, 1000)
+    assert resolve_precision("auto", cpu, 10**8) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto", cuda, 10**6) == "bf16"
+    assert resolve_precision("auto", cuda, 10**6 - 1) == "fp32"  # launch-bound small models: fp32 measured faster
+    assert resolve_precision("fp16", cuda, 1) == "fp16"
+    assert Speed.from_config({"precision": "auto"}, cpu, big).precision == "fp32"
+    assert Speed.from_config({}, cpu, small) == Speed(cpu)  # an old checkpoint's config: the plain path
+    assert Speed(cpu, "bf16", True).for_evaluation() == Speed(cpu, "fp32", True)
+    assert choose_loader("auto", "auto", [{"image": torch.zeros(4, 1, 8, 8)}], cpu)[0] == "memory"
+    assert choose_loader("stream", 3, [], cpu) == ("stream", 3)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.precision=fp8", "unknown trainer.precision 'fp8'"),
+        ("trainer.precision=fp16", "trainer.precision=fp16 needs a GPU"),
+        ("trainer.compile=fastest", "unknown trainer.compile 'fastest'"),
+        ("trainer.channels_last=maybe", "trainer.channels_last='maybe' must be true or false"),
+        ("trainer.loader=disk", "unknown trainer.loader 'disk'"),
+        ("trainer.workers=-1", "trainer.workers=-1 must be auto or a whole number"),
+        ("trainer.cudnn_benchmark=sometimes", "trainer.cudnn_benchmark='sometimes' must be auto, true or false"),
+    ],
+)
+def test_bad_speed_settings_are_one_clear_error(tiny_cfg, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        train(tiny_cfg(override, "trainer.epochs=1"), tmp_path)
