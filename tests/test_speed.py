@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from test_augment_command import read_csv
 from test_train import without_timing
 
 from medimg_cli.commands.eval import evaluate_checkpoint
@@ -111,3 +112,35 @@ def test_auto_settings_resolve_per_device_and_model_size(monkeypatch):
 def test_bad_speed_settings_are_one_clear_error(tiny_cfg, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         train(tiny_cfg(override, "trainer.epochs=1"), tmp_path)
+
+
+def test_benchmark_speed_writes_a_row_per_model_size_and_setting(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli(
+        "benchmark", "speed", "models=[cnn]", "image_sizes=[16]", "settings=[fp32,fp32+channels_last]",
+        "steps=2", "repeats=1", "batch_size=4", "eval_batch_size=8", "device=cpu", f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(tmp_path / "speed.csv")
+    assert [(r["model"], r["image_size"], r["setting"]) for r in rows] == [
+        ("cnn", "16", "fp32"),
+        ("cnn", "16", "fp32+channels_last"),
+    ]
+    for row in rows:
+        rate, gflops = float(row["train_images_per_second"]), float(row["gflops_per_image"])
+        assert rate > 0 and float(row["inference_images_per_second"]) > 0 and float(row["latency_ms"]) > 0
+        assert float(row["seconds_per_image"]) == pytest.approx(1 / float(row["inference_images_per_second"]))
+        assert float(row["train_tflops"]) == pytest.approx(3 * gflops * rate / 1000)
+        assert int(row["parameters"]) == 74_309  # the multitask cnn of conf/model/cnn.yaml (README, Models)
+    assert "| cnn | 16 | fp32+channels_last |" in (tmp_path / "speed.md").read_text()
+
+
+def test_benchmark_mistakes_are_one_line():
+    from conftest import run_cli
+
+    bad = run_cli("benchmark", "speed", "settings=[fp32+turbo]", "device=cpu")
+    assert bad.returncode == 2 and "unknown settings: option of 'fp32+turbo' 'turbo'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) <= 2
+    none = run_cli("benchmark")
+    assert none.returncode == 2 and "expected a subcommand: speed" in none.stderr
