@@ -33,7 +33,7 @@ _NUMBERS: dict[str, tuple[type, float, str]] = {
     "data.mask_classes": (int, 2, "data.mask_classes=3"),
 }
 _POSITIVE = {"optim.lr"}  # strictly greater than the minimum
-_BOOLEANS = ("data.binary", "optim.nesterov", "trainer.deterministic", "trainer.channels_last")
+_BOOLEANS = ("data.binary", "optim.nesterov", "trainer.deterministic")
 _PER_AXIS = {"data.image_size"}  # an int, or a list with one int per spatial axis
 
 

@@ -58,16 +58,18 @@ class Speed:
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; fp16 also scales the loss).
         channels_last: channels-last memory layout for the model and images.
         compile: a ``torch.compile`` mode, or ``None``.
+        spatial_dims: 2 or 3 (channels-last is NHWC in 2D, NDHWC in 3D).
     """
 
     device: torch.device
     precision: str = "fp32"
     channels_last: bool = False
     compile: str | None = None
+    spatial_dims: int = 2
 
     @classmethod
     def from_config(
-        cls, trainer: Mapping[str, Any], device: torch.device, model: nn.Module, compile: bool = True
+        cls, trainer: Mapping[str, Any], device: torch.device, model: nn.Module, spatial_dims: int, compile: bool = True
     ) -> Speed:
         """Read the ``trainer`` keys (absent ones take the plain fp32 path, as older checkpoints need).
 
@@ -75,6 +77,7 @@ class Speed:
             trainer: the ``trainer`` config group.
             device: the device the model runs on.
             model: the model (its size decides ``precision=auto``).
+            spatial_dims: 2 or 3, of the data.
             compile: honour ``trainer.compile`` (``medimg eval`` runs one pass and skips it).
         """
         parameters = sum(p.numel() for p in model.parameters())
@@ -85,9 +88,13 @@ class Speed:
         if mode not in (False, None, *COMPILE_MODES):
             raise unknown_choice("trainer.compile", str(mode), ("false", *COMPILE_MODES))
         channels_last = trainer.get("channels_last", False)
+        if channels_last == "auto":
+            # measured on a 2-core CPU: +8-19% training and +29-101% inference images/s for the CNN,
+            # the hybrid and ResNet-18 in 2D; on the H100 the gain depends on the model
+            channels_last = device.type == "cpu" and spatial_dims == 2
         if not isinstance(channels_last, bool):
-            raise ConfigError(f"trainer.channels_last={channels_last!r} must be true or false")
-        return cls(device, precision, channels_last, (mode or None) if compile else None)
+            raise ConfigError(f"trainer.channels_last={channels_last!r} must be auto, true or false")
+        return cls(device, precision, channels_last, (mode or None) if compile else None, spatial_dims)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The mixed-precision context of forward passes (a no-op for fp32)."""
@@ -112,7 +119,7 @@ class Speed:
         ``model`` itself and their keys do not change.
         """
         if self.channels_last:
-            model.to(memory_format=torch.channels_last)  # 5-D weights are left as they are
+            model.to(memory_format=torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d)
         if self.compile is None:
             return model
         return torch.compile(model, mode=self.compile)

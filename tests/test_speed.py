@@ -39,7 +39,8 @@ def test_stream_batches_are_the_memory_batches(workers):
 
 
 def _metrics(tiny_cfg, folder, *overrides):
-    train(tiny_cfg("trainer.epochs=3", "augment=strong", *overrides), folder)
+    # the plain path: fp32, contiguous layout (auto would pick channels-last on this CPU)
+    train(tiny_cfg("trainer.epochs=3", "augment=strong", "trainer.channels_last=false", *overrides), folder)
     return without_timing(read_metrics_csv(folder / "metrics.csv"))
 
 
@@ -90,8 +91,10 @@ def test_auto_settings_resolve_per_device_and_model_size(monkeypatch):
     assert resolve_precision("auto", cuda, 10**6) == "bf16"
     assert resolve_precision("auto", cuda, 10**6 - 1) == "fp32"  # launch-bound small models: fp32 measured faster
     assert resolve_precision("fp16", cuda, 1) == "fp16"
-    assert Speed.from_config({"precision": "auto"}, cpu, big).precision == "fp32"
-    assert Speed.from_config({}, cpu, small) == Speed(cpu)  # an old checkpoint's config: the plain path
+    assert Speed.from_config({"precision": "auto"}, cpu, big, 2).precision == "fp32"
+    assert Speed.from_config({}, cpu, small, 2) == Speed(cpu)  # an old checkpoint's config: the plain path
+    assert Speed.from_config({"channels_last": "auto"}, cpu, small, 2).channels_last
+    assert not Speed.from_config({"channels_last": "auto"}, cpu, small, 3).channels_last  # not measured in 3D
     assert Speed(cpu, "bf16", True).for_evaluation() == Speed(cpu, "fp32", True)
     assert choose_loader("auto", "auto", [{"image": torch.zeros(4, 1, 8, 8)}], cpu)[0] == "memory"
     assert choose_loader("stream", 3, [], cpu) == ("stream", 3)
@@ -103,7 +106,7 @@ def test_auto_settings_resolve_per_device_and_model_size(monkeypatch):
         ("trainer.precision=fp8", "unknown trainer.precision 'fp8'"),
         ("trainer.precision=fp16", "trainer.precision=fp16 needs a GPU"),
         ("trainer.compile=fastest", "unknown trainer.compile 'fastest'"),
-        ("trainer.channels_last=maybe", "trainer.channels_last='maybe' must be true or false"),
+        ("trainer.channels_last=maybe", "trainer.channels_last='maybe' must be auto, true or false"),
         ("trainer.loader=disk", "unknown trainer.loader 'disk'"),
         ("trainer.workers=-1", "trainer.workers=-1 must be auto or a whole number"),
         ("trainer.cudnn_benchmark=sometimes", "trainer.cudnn_benchmark='sometimes' must be auto, true or false"),

@@ -74,7 +74,7 @@ def parse_setting(setting: str) -> dict[str, Any]:
     precision, *options = str(setting).split("+")
     if precision not in PRECISIONS:
         raise unknown_choice("settings: precision", precision, PRECISIONS)
-    keys: dict[str, Any] = {"precision": precision}
+    keys: dict[str, Any] = {"precision": precision, "channels_last": False}
     for option in options:
         if option not in OPTIONS:
             raise unknown_choice(f"settings: option of '{setting}'", option, list(OPTIONS))
@@ -106,7 +106,7 @@ def measure(name: str, size: int, setting: str, cfg: DictConfig, device: torch.d
     model_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml"))
     model_cfg |= OmegaConf.to_container(cfg.model_args).get(name, {})
     model = create_model(name, **model_args(model_cfg, info)).to(device)
-    speed = Speed.from_config(parse_setting(setting), device, model)
+    speed = Speed.from_config(parse_setting(setting), device, model, dims)
     runner = speed.prepare(model)
     batches = max(cfg.batch_size * cfg.steps, cfg.eval_batch_size)
     data = {

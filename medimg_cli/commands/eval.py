@@ -66,7 +66,8 @@ def evaluate_checkpoint(
         log.warning("the rebuilt data differ from the data this model was trained on (fingerprint)")
     # the run's layout in fp32, as training evaluated, so the test split reproduces summary.json
     model = model_from_checkpoint(payload).to(torch_device)
-    speed = Speed.from_config(config["trainer"], torch_device, model, compile=False).for_evaluation()
+    speed = Speed.from_config(config["trainer"], torch_device, model, data.info.spatial_dims, compile=False)
+    speed = speed.for_evaluation()
     model = speed.prepare(model)
     size = batch_size or config["trainer"]["eval_batch_size"]
     return evaluate(model, TensorBatches(data.split(split), size, torch_device), TaskLoss(data.info), speed)

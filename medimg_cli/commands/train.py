@@ -108,7 +108,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     loss_fn = TaskLoss(info)
     val_metrics = ["val_loss"] + [f"val_{m}" for m in task_metric_names(info)]
     mode = monitor_mode(trainer.monitor, val_metrics)
-    speed = Speed.from_config(trainer, device, model)
+    speed = Speed.from_config(trainer, device, model, info.spatial_dims)
     runner, scaler = speed.prepare(model), speed.scaler()  # runner shares model's parameters
     loader, workers = choose_loader(
         trainer.get("loader", "memory"), trainer.get("workers", 0), (data.train, data.val, data.test), device
