@@ -147,3 +147,13 @@ def test_benchmark_mistakes_are_one_line():
     assert len(bad.stderr.strip().splitlines()) <= 2
     none = run_cli("benchmark")
     assert none.returncode == 2 and "expected a subcommand: speed" in none.stderr
+
+
+def test_a_run_resumes_with_the_other_loader_to_the_same_metrics(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.epochs=3"), tmp_path / "full")
+    train(tiny_cfg("trainer.epochs=2"), tmp_path / "part")
+    switch = ["trainer.epochs=3", "trainer.resume=true", "trainer.loader=stream", "trainer.workers=2"]
+    summary = train(tiny_cfg(*switch), tmp_path / "part", overrides=switch)
+    assert summary["speed"] == "fp32, channels_last, stream loader"  # resolved: channels-last is auto's CPU choice
+    full, part = (without_timing(read_metrics_csv(tmp_path / x / "metrics.csv")) for x in ("full", "part"))
+    assert part == full

@@ -54,7 +54,15 @@ from medimg_cli.speed import Speed, configure_backends
 HELP = "train a model; Hydra overrides pick data, model, augment, optim, trainer"
 log = logging.getLogger(__name__)
 # Keys a resumed run may change; anything else would make it a different experiment.
-RESUMABLE_KEYS = ("trainer.resume", "trainer.epochs", "trainer.table_every", "device")
+# The loaders give identical batches, so they may change too.
+RESUMABLE_KEYS = (
+    "trainer.resume",
+    "trainer.epochs",
+    "trainer.table_every",
+    "device",
+    "trainer.loader",
+    "trainer.workers",
+)
 
 
 def main(argv: list[str]) -> int:
@@ -255,6 +263,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         **size,
         "layers": layers,
         "device": device_name(device),
+        "speed": f"{speed.describe()}, {loader} loader",  # the resolved auto settings
         "versions": versions(),
         "git_commit": git_commit(),
         "wall_seconds": prior_seconds + time.perf_counter() - start,
