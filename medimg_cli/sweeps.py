@@ -46,11 +46,41 @@ def varying_keys(jobs: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in keys if k != "seed" and len({job["overrides"].get(k) for job in jobs}) > 1]
 
 
-def summarize(jobs: Sequence[dict[str, Any]], by: Sequence[str]) -> tuple[list[str], list[list[str]], list[dict]]:
-    """Headers, Markdown cells and CSV records: one row per group of ``by`` values, in first-seen order."""
+def sweep_order(folder: Path) -> dict[str, list[str]]:
+    """Each swept key's values in command-line order (``augment=none,flip`` -> ``[none, flip]``).
+
+    Read from the sweep's ``multirun.yaml``; empty when it is absent. A folder that several
+    sweeps wrote into keeps the last sweep's file.
+    """
+    path = folder / "multirun.yaml"
+    if not path.is_file():
+        return {}
+    order = {}
+    for item in OmegaConf.select(OmegaConf.load(path), "hydra.overrides.task", default=None) or []:
+        key, _, value = str(item).lstrip("+~").partition("=")
+        if "," in value and not value.startswith(("[", "{")):  # a sweep, not one list value
+            order[key] = value.split(",")
+    return order
+
+
+def summarize(
+    jobs: Sequence[dict[str, Any]], by: Sequence[str], order: dict[str, list[str]] | None = None
+) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Headers, Markdown cells and CSV records: one row per group of ``by`` values.
+
+    Rows follow ``order`` (``sweep_order``: the command line's order of each key's values), then
+    first-seen order for values it does not list.
+    """
+    order = order or {}
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for job in jobs:
         groups.setdefault(tuple(job["overrides"].get(k, "") for k in by), []).append(job)
+
+    def rank(key: tuple) -> tuple[int, ...]:
+        listed = [order.get(k, []) for k in by]
+        return tuple(values.index(v) if v in values else len(values) for values, v in zip(listed, key, strict=True))
+
+    groups = dict(sorted(groups.items(), key=lambda item: rank(item[0])))  # stable: ties keep first-seen order
     metrics = [m for m in METRICS if any(job["summary"]["test"].get(m) is not None for job in jobs)]
     sized = all("parameters" in job["summary"] for job in jobs)  # runs written before sizes were recorded lack it
     headers = [*by, "runs", *(["parameters"] if sized else []), *(HEADERS[m] for m in metrics), "train min"]

@@ -118,3 +118,17 @@ def test_sweep_report_groups_seeds_into_mean_and_sd(tmp_path):
     rows = {row["augment"]: row for row in read_csv(tmp_path / "summary.csv")}
     assert float(rows["none"]["accuracy_mean"]) == pytest.approx(82.0)
     assert float(rows["none"]["accuracy_sd"]) == pytest.approx(8**0.5)  # sample sd of 80 and 84
+
+
+def test_sweep_report_rows_follow_the_command_line_order(tmp_path):
+    for recipe in ("none", "flip"):
+        _fake_job(tmp_path / f"{recipe}0", [f"augment={recipe}", "seed=0"], {"accuracy": 0.8})
+    assert run_cli("report", str(tmp_path)).returncode == 0
+    table = (tmp_path / "summary.md").read_text()
+    assert table.index("| flip |") < table.index("| none |")  # no multirun.yaml: folder order
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task:\n    - model=cnn\n    - augment=none,flip\n    - seed=0\n"
+    )
+    assert run_cli("report", str(tmp_path)).returncode == 0
+    table = (tmp_path / "summary.md").read_text()
+    assert table.index("| none |") < table.index("| flip |")

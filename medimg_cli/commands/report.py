@@ -23,7 +23,7 @@ from medimg_cli.results import (
     run_title,
     write_atomic,
 )
-from medimg_cli.sweeps import read_jobs, records_csv, summarize, varying_keys
+from medimg_cli.sweeps import read_jobs, records_csv, summarize, sweep_order, varying_keys
 
 HELP = "print and write the per-epoch table of a run, or the mean +- sd table of a sweep folder"
 
@@ -68,7 +68,7 @@ def _sweep(folder: Path, by: list[str] | None, out: Path) -> int:
     """Print and write ``summary.md`` / ``summary.csv`` of a sweep folder."""
     jobs, unfinished = read_jobs(folder)
     by = by or varying_keys(jobs) or ["seed"]
-    headers, body, records = summarize(jobs, by)
+    headers, body, records = summarize(jobs, by, sweep_order(folder))
     devices = sorted({job["summary"]["device"] for job in jobs})
     title = f"{len(jobs)} runs of {folder.name}: test metrics, mean ± sd over seeds"
     caption = f"device: {', '.join(devices)}" + (
