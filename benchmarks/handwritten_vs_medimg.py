@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from medimg_cli.commands.benchmark import matmul_tflops  # noqa: E402
 from medimg_cli.commands.train import train  # noqa: E402
 from medimg_cli.data import DataInfo  # noqa: E402
+from medimg_cli.loop import synchronize  # noqa: E402
 from medimg_cli.models import create_model  # noqa: E402
 from medimg_cli.models.transfer import forward_flops  # noqa: E402
 from medimg_cli.results import read_metrics_csv  # noqa: E402
@@ -103,7 +104,7 @@ def handwritten(path: Path, epochs: int, batch: int, device: torch.device, seed:
             optimizer.step()
             loss.item()  # the usual per-step logging
             seen += len(images)
-        _sync(device)
+        synchronize(device)
         rates.append(seen / (time.perf_counter() - start))
         _accuracy(model, val_loader, device)
         epoch_seconds.append(time.perf_counter() - start)
@@ -130,11 +131,6 @@ def _accuracy(model, loader, device) -> float:
         right += int((logits.argmax(1).cpu() == labels).sum())
         total += len(labels)
     return right / total
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def medimg(root: Path, epochs: int, batch: int, device: torch.device, seed: int, extra: list[str]) -> dict:

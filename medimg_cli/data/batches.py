@@ -48,9 +48,9 @@ class _Plan:
         full, rest = divmod(self.size, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
-    def chunks(self, epoch: int) -> list[torch.Tensor]:
-        """The index tensor of every batch of ``epoch``."""
-        order = epoch_order(self.size, self.seed, epoch, self.shuffle)
+    def chunks(self, epoch: int, device: torch.device | None = None) -> list[torch.Tensor]:
+        """The index tensor of every batch of ``epoch`` (on ``device``: one copy for the whole epoch)."""
+        order = epoch_order(self.size, self.seed, epoch, self.shuffle).to(device)
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
 
 
@@ -84,8 +84,8 @@ class TensorBatches:
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         """Yield the batches of one epoch as dictionaries of ``(B, ...)`` tensors."""
-        for index in self.plan.chunks(epoch):
-            index = index.to(self.device)
+        # the order goes to the device once per epoch: a copy per batch would wait for the GPU each step
+        for index in self.plan.chunks(epoch, self.device):
             yield {key: value.index_select(0, index) for key, value in self.tensors.items()}
 
 
