@@ -108,11 +108,11 @@ def measure(name: str, size: int, setting: str, cfg: DictConfig, device: torch.d
     model = create_model(name, **model_args(model_cfg, info)).to(device)
     speed = Speed.from_config(parse_setting(setting), device, model, dims)
     runner = speed.prepare(model)
-    batches = max(cfg.batch_size * cfg.steps, cfg.eval_batch_size)
+    samples = max(cfg.batch_size * cfg.steps, 2 * cfg.eval_batch_size)  # inference times two full batches
     data = {
-        "image": torch.randn(batches, cfg.in_channels, *info.image_size),
-        "label": torch.randint(0, 3, (batches,)),
-        "mask": torch.randint(0, 2, (batches, 1, *info.image_size), dtype=torch.uint8),
+        "image": torch.randn(samples, cfg.in_channels, *info.image_size),
+        "label": torch.randint(0, 3, (samples,)),
+        "mask": torch.randint(0, 2, (samples, 1, *info.image_size), dtype=torch.uint8),
     }
     loss_fn, none = TaskLoss(info), build_augment({"name": "none"}, info)
     optimizer, scaler = torch.optim.Adam(model.parameters(), lr=1e-3), speed.scaler()
