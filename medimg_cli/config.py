@@ -26,13 +26,15 @@ _NUMBERS: dict[str, tuple[type, float, str]] = {
     "optim.lr": (float, 0, "optim.lr=0.001"),
     "optim.weight_decay": (float, 0, "optim.weight_decay=0.0001"),
     "optim.momentum": (float, 0, "optim.momentum=0.9"),
+    "scheduler.gamma": (float, 0, "scheduler.gamma=0.1"),
+    "scheduler.eta_min": (float, 0, "scheduler.eta_min=0"),
     "data.seed": (int, 0, "data.seed=0"),
     "data.num_samples": (int, 10, "data.num_samples=700"),
     "data.image_size": (int, 1, "data.image_size=32"),
     "data.spatial_dims": (int, 2, "data.spatial_dims=3"),
     "data.mask_classes": (int, 2, "data.mask_classes=3"),
 }
-_POSITIVE = {"optim.lr"}  # strictly greater than the minimum
+_POSITIVE = {"optim.lr", "scheduler.gamma"}  # strictly greater than the minimum
 _BOOLEANS = ("data.binary", "optim.nesterov", "trainer.deterministic")
 _PER_AXIS = {"data.image_size"}  # an int, or a list with one int per spatial axis
 
@@ -100,6 +102,10 @@ OPTIMIZERS.register("adam")(torch.optim.Adam)
 OPTIMIZERS.register("adamw")(torch.optim.AdamW)
 OPTIMIZERS.register("sgd")(torch.optim.SGD)
 
+SCHEDULERS: Registry[type[torch.optim.lr_scheduler.LRScheduler]] = Registry("scheduler")
+SCHEDULERS.register("multistep")(torch.optim.lr_scheduler.MultiStepLR)
+SCHEDULERS.register("cosine")(torch.optim.lr_scheduler.CosineAnnealingLR)
+
 
 def build_optimizer(cfg: Mapping, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """The optimizer ``cfg["name"]`` with the other keys of ``cfg`` as its arguments."""
@@ -109,6 +115,30 @@ def build_optimizer(cfg: Mapping, params: Iterable[torch.nn.Parameter]) -> torch
     if "betas" in args:
         args["betas"] = tuple(args["betas"])
     return cls(params, **args)
+
+
+def build_scheduler(
+    cfg: Mapping, optimizer: torch.optim.Optimizer, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The per-epoch learning-rate schedule ``cfg["name"]`` (``None`` for ``none``).
+
+    ``multistep`` multiplies the rate by ``gamma`` after each epoch in ``milestones``;
+    ``cosine`` anneals it to ``eta_min`` over ``epochs``.
+    """
+    name = cfg["name"]
+    args = {key: value for key, value in cfg.items() if key != "name"}
+    if name == "none":
+        return None
+    cls = SCHEDULERS.get(name)
+    check_arguments("scheduler", cls.__name__, cls, args)
+    if name == "cosine":
+        args["T_max"] = epochs
+    if "milestones" in args:
+        milestones = list(args["milestones"])
+        if not all(isinstance(m, int) and 1 <= m for m in milestones):
+            raise ConfigError(f"scheduler.milestones={milestones} must be epoch numbers >= 1, e.g. [50,75]")
+        args["milestones"] = milestones
+    return cls(optimizer, **args)
 
 
 def monitor_mode(metric: str, valid: Iterable[str]) -> str:

@@ -94,10 +94,17 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, loss_fn: TaskLoss, speed: Speed) -> dict[str, float]:
-    """Loss, task metrics and ``seconds_per_image`` (forward passes only) on one split."""
+def evaluate(
+    model: nn.Module, batches: Batches, loss_fn: TaskLoss, speed: Speed, metrics: TaskMetrics | None = None
+) -> dict[str, float]:
+    """Loss, task metrics and ``seconds_per_image`` (forward passes only) on one split.
+
+    Args:
+        metrics: an empty ``TaskMetrics`` to accumulate into, for callers that want its per-case
+            values (``metrics.cases()``) afterwards.
+    """
     model.eval()
-    metrics = TaskMetrics(loss_fn.info)
+    metrics = metrics if metrics is not None else TaskMetrics(loss_fn.info)
     total, count, seconds = 0.0, 0, 0.0
     for batch in batches.epoch():
         synchronize(batches.device)

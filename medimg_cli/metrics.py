@@ -116,6 +116,18 @@ class TaskMetrics:
             self.dice(pred, true)
             self.iou(pred, true)
 
+    def cases(self) -> dict[str, torch.Tensor]:
+        """Per-case values on the CPU: ``label`` ``(N,)`` (``(N, L)`` multi-label) and ``probs``
+        ``(N, K)`` when classifying, ``dice`` and ``iou`` ``(N,)`` (mean over foreground classes)
+        when segmenting. The means of ``dice`` and ``iou`` are ``compute``'s values."""
+        found: dict[str, torch.Tensor] = {}
+        if self.info.classifies:
+            found["label"], found["probs"] = torch.cat(self.labels).cpu(), torch.cat(self.probs).cpu()
+        if self.info.segments:
+            found["dice"] = self.dice.get_buffer().mean(dim=1).cpu()
+            found["iou"] = self.iou.get_buffer().mean(dim=1).cpu()
+        return found
+
     def compute(self) -> dict[str, float]:
         """The accumulated metrics as plain floats (fractions in [0, 1])."""
         result: dict[str, float] = {}

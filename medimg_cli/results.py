@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -89,6 +90,51 @@ def read_metrics_csv(path: Path) -> list[dict[str, float | None]]:
     """Rows of ``metrics.csv`` with numbers as floats and empty cells as ``None``."""
     with path.open(newline="") as file:
         return [{k: (float(v) if v else None) for k, v in row.items()} for row in csv.DictReader(file)]
+
+
+def cases_csv(cases: Mapping[str, Any]) -> str:
+    """CSV text of ``TaskMetrics.cases()``: one row per case, in split order.
+
+    Columns: ``case`` (the position in the split; no identifiers), ``label`` (``label_<k>`` per
+    label when multi-label), ``prediction`` and ``p_<k>`` (class probabilities), ``dice``, ``iou``.
+    """
+    columns: dict[str, list] = {}
+    count = len(next(iter(cases.values())))
+    columns["case"] = list(range(count))
+    if "label" in cases:
+        labels, probs = cases["label"], cases["probs"]
+        if labels.ndim == 2:
+            columns |= {f"label_{k}": labels[:, k].int().tolist() for k in range(labels.shape[1])}
+        else:
+            columns["label"] = labels.tolist()
+            columns["prediction"] = probs.argmax(dim=1).tolist()
+        columns |= {f"p_{k}": probs[:, k].tolist() for k in range(probs.shape[1])}
+    for key in ("dice", "iou"):
+        if key in cases:
+            columns[key] = cases[key].tolist()
+    lines = [",".join(columns)]
+    lines += [",".join(_csv_value(column[i]) for column in columns.values()) for i in range(count)]
+    return "\n".join(lines) + "\n"
+
+
+def read_cases_csv(path: Path) -> dict[str, np.ndarray]:
+    """``test_predictions.csv`` back as arrays: ``label`` ``(N,)`` or ``(N, L)``, ``probs``
+    ``(N, K)``, ``dice``, ``iou`` ``(N,)`` (only those present)."""
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    names = list(rows[0]) if rows else []
+    table = {name: np.array([float(row[name]) if row[name] else np.nan for row in rows]) for name in names}
+    found: dict[str, np.ndarray] = {}
+    label_columns = [n for n in names if n.startswith("label_")]
+    if "label" in table:
+        found["label"] = table["label"].astype(int)
+    elif label_columns:
+        found["label"] = np.stack([table[n] for n in label_columns], axis=1).astype(int)
+    probs = [n for n in names if n.startswith("p_")]
+    if probs:
+        found["probs"] = np.stack([table[n] for n in probs], axis=1)
+    found |= {key: table[key] for key in ("dice", "iou") if key in table}
+    return found
 
 
 def _without_nan(value: Any) -> Any:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import platform
+import resource
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -44,3 +46,12 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """Peak memory in MiB so far and what it counts: tensors allocated on a CUDA device, else the
+    process's peak resident set (which includes the Python and library code, some 0.5 GiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA allocated"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**20 if sys.platform == "darwin" else 2**10), "process RSS"

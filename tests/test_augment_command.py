@@ -1,9 +1,8 @@
-"""``medimg augment preview|export`` on the phantom and a MedMNIST file, and sweep reports."""
+"""``medimg augment preview|export`` on the phantom and a MedMNIST file."""
 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -94,41 +93,3 @@ def test_preview_and_export_on_a_medmnist_file(tmp_path):
 def test_augment_without_a_subcommand_says_which_exist():
     result = run_cli("augment")
     assert result.returncode == 2 and "expected a subcommand: preview, export" in result.stderr
-
-
-def _fake_job(folder: Path, overrides: list[str], test: dict[str, float]) -> None:
-    (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    summary = {"test": test, "wall_seconds": 60.0, "device": "cpu (test)", "parameters": 74309}
-    (folder / "summary.json").write_text(json.dumps(summary))
-
-
-def test_sweep_report_groups_seeds_into_mean_and_sd(tmp_path):
-    for recipe, accuracies in (("none", (0.80, 0.84)), ("flip", (0.85, 0.87))):
-        for seed, accuracy in enumerate(accuracies):
-            _fake_job(tmp_path / f"{recipe}{seed}", [f"augment={recipe}", f"seed={seed}"], {"accuracy": accuracy})
-    (tmp_path / "broken" / ".hydra").mkdir(parents=True)  # unfinished: overrides but no summary
-    (tmp_path / "broken" / ".hydra" / "overrides.yaml").write_text("- augment=paper\n- seed=0\n")
-    result = run_cli("report", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    table = (tmp_path / "summary.md").read_text()
-    assert "| none | 2 | 74,309 | 82.0 ± 2.8 | 1.0 |" in table  # sd of 80 and 84 is 2.83
-    assert "| flip | 2 | 74,309 | 86.0 ± 1.4 | 1.0 |" in table
-    assert "1 unfinished job(s) left out" in table
-    rows = {row["augment"]: row for row in read_csv(tmp_path / "summary.csv")}
-    assert float(rows["none"]["accuracy_mean"]) == pytest.approx(82.0)
-    assert float(rows["none"]["accuracy_sd"]) == pytest.approx(8**0.5)  # sample sd of 80 and 84
-
-
-def test_sweep_report_rows_follow_the_command_line_order(tmp_path):
-    for recipe in ("none", "flip"):
-        _fake_job(tmp_path / f"{recipe}0", [f"augment={recipe}", "seed=0"], {"accuracy": 0.8})
-    assert run_cli("report", str(tmp_path)).returncode == 0
-    table = (tmp_path / "summary.md").read_text()
-    assert table.index("| flip |") < table.index("| none |")  # no multirun.yaml: folder order
-    (tmp_path / "multirun.yaml").write_text(
-        "hydra:\n  overrides:\n    task:\n    - model=cnn\n    - augment=none,flip\n    - seed=0\n"
-    )
-    assert run_cli("report", str(tmp_path)).returncode == 0
-    table = (tmp_path / "summary.md").read_text()
-    assert table.index("| none |") < table.index("| flip |")

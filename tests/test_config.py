@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import medimg_cli
 from medimg_cli.augment import RECIPE_KEYS, TRANSFORMS, build_augment
-from medimg_cli.config import OPTIMIZERS, build_optimizer, check_numbers, resolve_device
+from medimg_cli.config import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, check_numbers, resolve_device
 from medimg_cli.data import _SOURCE_MODULES, SOURCES, DataInfo
 from medimg_cli.errors import ConfigError
 from medimg_cli.models import create_model, model_names
@@ -48,6 +48,22 @@ def test_every_optimizer_builds(optim):
     assert opt.param_groups[0]["lr"] == cfg.optim.lr
 
 
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_every_schedule_builds_and_names_its_file(scheduler):
+    cfg = compose_config([f"scheduler={scheduler}"])
+    assert cfg.scheduler.name == scheduler and (scheduler == "none") == (scheduler not in SCHEDULERS)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    schedule = build_scheduler(OmegaConf.to_container(cfg.scheduler), optimizer, epochs=100)
+    if schedule is None:
+        return
+    for _ in range(80):
+        optimizer.step()
+        schedule.step()
+    assert optimizer.param_groups[0]["lr"] < 1.0  # multistep: after 50 and 75; cosine: from epoch 1
+    with pytest.raises(ConfigError, match="is not an argument of"):
+        build_scheduler({"name": scheduler, "gamm": 0.1}, optimizer, 10)
+
+
 def test_every_augment_recipe_is_named_by_its_stem_and_holds_only_transforms():
     for option in options("augment"):
         recipe = OmegaConf.load(CONF / "augment" / f"{option}.yaml")
@@ -64,11 +80,12 @@ def test_every_augment_recipe_is_named_by_its_stem_and_holds_only_transforms():
         ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
         ("seed=true", "seed=True must be an integer"),
         ("data.binary=maybe", "data.binary='maybe' must be true or false"),
+        ("scheduler=multistep scheduler.gamma=0", "scheduler.gamma=0 must be > 0"),
     ],
 )
 def test_bad_numbers_name_the_key_and_an_example(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        check_numbers(compose_config([override]))
+        check_numbers(compose_config(override.split()))
 
 
 def test_unknown_model_argument_lists_the_valid_ones():

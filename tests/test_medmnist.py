@@ -136,3 +136,16 @@ def test_grayscale_as_three_channels_for_imagenet_backbones():
     image = splits.train["image"]
     assert image.shape[1:] == (3, 28, 28) and splits.info.in_channels == 3
     assert torch.equal(image[:, 0], image[:, 2])
+
+
+@needs_shared
+def test_upsample_repeats_each_pixel_as_medmnist_v2_224_does():
+    common = ("data.name=breastmnist", f"data.root={SHARED}", "data.download=false")
+    small = build_data(data_cfg(*common))
+    large = build_data(data_cfg(*common, "data.upsample=56"))
+    assert large.train["image"].shape[1:] == (1, 56, 56) and large.info.image_size == (56, 56)
+    # nearest neighbour at exactly 2x: every 2x2 block is one original pixel
+    assert torch.equal(large.test["image"][:, :, ::2, ::2], small.test["image"])
+    assert torch.equal(large.test["image"][:, :, 1::2, 1::2], small.test["image"])
+    with pytest.raises(ConfigError, match="data.upsample=14 must be null or a size >= data.size"):
+        build_data(data_cfg(*common, "data.upsample=14"))

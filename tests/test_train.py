@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import RUN_FILES
@@ -13,7 +14,7 @@ from medimg_cli.commands.eval import evaluate_checkpoint
 from medimg_cli.commands.train import train
 from medimg_cli.data import TASKS
 from medimg_cli.errors import ConfigError
-from medimg_cli.results import COLUMNS, read_metrics_csv
+from medimg_cli.results import COLUMNS, read_cases_csv, read_metrics_csv
 
 TIMING = {"epoch_seconds", "train_images_per_second", "seconds_per_image"}
 TASK_COLUMNS = {
@@ -111,6 +112,33 @@ def test_checkpoint_knows_its_model(tiny_cfg, tmp_path):
     payload = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert payload["model"]["name"] == "unet" and payload["model"]["args"]["task"] == "multitask"
     assert {"optimizer", "rng", "history", "best", "config"} <= set(payload)
+
+
+def test_multistep_schedule_lowers_the_rate_and_resumes_with_it(tiny_cfg, tmp_path):
+    schedule = ("scheduler=multistep", "scheduler.milestones=[1,3]", "scheduler.gamma=0.5")
+    train(tiny_cfg(*schedule, "trainer.epochs=2"), tmp_path / "part")
+    last = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001 * 0.5)  # after epoch 1
+    train(tiny_cfg(*schedule, "trainer.epochs=4"), tmp_path / "full")
+    resumed = ("trainer.epochs=4", "trainer.resume=true")
+    train(tiny_cfg(*schedule, *resumed), tmp_path / "part", overrides=list(resumed))
+    last = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001 * 0.25)  # and after epoch 3
+    full = without_timing(read_metrics_csv(tmp_path / "full" / "metrics.csv"))
+    assert without_timing(read_metrics_csv(tmp_path / "part" / "metrics.csv")) == full
+
+
+def test_test_predictions_hold_one_row_per_case_that_average_to_the_test_metrics(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg(), tmp_path)
+    cases = read_cases_csv(tmp_path / "test_predictions.csv")
+    assert cases["probs"].shape == (len(cases["label"]), 3)
+    assert np.allclose(cases["probs"].sum(axis=1), 1, atol=1e-5)
+    assert (cases["probs"].argmax(axis=1) == cases["label"]).mean() == pytest.approx(summary["test"]["accuracy"])
+    assert cases["dice"].mean() == pytest.approx(summary["test"]["dice"], abs=1e-6)
+    assert cases["iou"].mean() == pytest.approx(summary["test"]["iou"], abs=1e-6)
+    header = (tmp_path / "test_predictions.csv").read_text().splitlines()[0]
+    assert header == "case,label,prediction,p_0,p_1,p_2,dice,iou"  # positions only, no identifiers
+    assert summary["peak_memory"] == "process RSS" and summary["peak_memory_mib"] > 100
 
 
 def test_resume_continues_to_the_same_metrics(tiny_cfg, tmp_path):

@@ -1,4 +1,9 @@
-"""``medimg benchmark speed``: how fast each model trains and infers, per speed setting.
+"""``medimg benchmark``: an experiment's grid of runs and its report, or ``speed``.
+
+    medimg benchmark experiment=seed_comparison                  # see medimg_cli/grid.py, reporting/
+    medimg benchmark experiment=seed_comparison data=phantom trainer.epochs=5 seed=0,1
+
+``medimg benchmark speed`` measures how fast each model trains and infers, per speed setting:
 
     medimg benchmark speed
     medimg benchmark speed models=[resnet18] image_sizes=[28] settings=[fp32,bf16+channels_last+cuda_graphs]
@@ -39,7 +44,7 @@ from medimg_cli.config import resolve_device, seed_everything
 from medimg_cli.data import TASKS, DataInfo
 from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError, unknown_choice
-from medimg_cli.hydra_app import print_error, run_hydra
+from medimg_cli.hydra_app import run_hydra
 from medimg_cli.loop import TaskLoss, evaluate, synchronize, train_epoch
 from medimg_cli.models import create_model, model_args, model_names
 from medimg_cli.models.transfer import forward_flops
@@ -47,8 +52,7 @@ from medimg_cli.results import grid_markdown, grid_rich, make_console, write_ato
 from medimg_cli.runinfo import device_name, versions
 from medimg_cli.speed import PRECISIONS, Speed, configure_backends
 
-HELP = "measure training/inference speed of models per setting (medimg benchmark speed)"
-SUBCOMMANDS = ("speed",)
+HELP = "run an experiment's grid of runs and write its report; or measure speed (medimg benchmark speed)"
 OPTIONS = {"channels_last": {"channels_last": True}, "compile": {"compile": "default"}}
 OPTIONS["cuda_graphs"] = {"compile": "reduce-overhead"}
 CONF = Path(medimg_cli.__file__).parent / "conf"
@@ -61,12 +65,14 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in SUBCOMMANDS:
-        print_error("benchmark", f"expected a subcommand: {', '.join(SUBCOMMANDS)} (e.g. medimg benchmark speed)")
-        return 2
-    return run_hydra(
-        "benchmark speed", lambda cfg: speed(cfg, Path(HydraConfig.get().runtime.output_dir)), argv[1:], "speed"
-    )
+    if argv and argv[0] == "speed":
+        return run_hydra(
+            "benchmark speed", lambda cfg: speed(cfg, Path(HydraConfig.get().runtime.output_dir)), argv[1:], "speed"
+        )
+    from medimg_cli.experiment import run_experiment, split_arguments
+
+    own, extra = split_arguments(argv)
+    return run_hydra("benchmark", lambda cfg: run_experiment(cfg, extra), own)
 
 
 def parse_setting(setting: str) -> dict[str, Any]:

@@ -1,8 +1,12 @@
-"""``medimg report <folder>``: the per-epoch table of a run, or the mean +- sd table of a sweep.
+"""``medimg report <folder>``: the per-epoch table of a run, or the comparison report of many.
 
-medimg report runs/2026-11-21/10-00-00 --every 10        # a run: rewrites its table.md
-medimg report runs/multirun/2026-11-21/10-00-00           # a sweep: summary.md and summary.csv
-medimg report runs/multirun/... --by augment --out results/
+    medimg report runs/2026-11-21/10-00-00 --every 10     # a run: rewrites its table.md
+    medimg report runs/multirun/2026-11-21/10-00-00        # a sweep (medimg train -m): full report
+    medimg report runs/benchmark/seed_comparison           # a benchmark folder: its report again
+    medimg report runs/multirun/... --columns augment --out results/
+
+The report of many runs is ``medimg_cli.reporting``'s: tables.md, tables.tex, results.csv,
+plots/ and report.html, the same as ``medimg benchmark`` writes.
 """
 
 from __future__ import annotations
@@ -14,8 +18,6 @@ from pathlib import Path
 from medimg_cli.errors import ConfigError
 from medimg_cli.hydra_app import print_error
 from medimg_cli.results import (
-    grid_markdown,
-    grid_rich,
     make_console,
     markdown_table,
     read_metrics_csv,
@@ -23,32 +25,29 @@ from medimg_cli.results import (
     run_title,
     write_atomic,
 )
-from medimg_cli.sweeps import read_jobs, records_csv, summarize, sweep_order, varying_keys
 
-HELP = "print and write the per-epoch table of a run, or the mean +- sd table of a sweep folder"
+HELP = "print and write the per-epoch table of a run, or the tables, statistics and plots of a folder of runs"
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="medimg report", description=__doc__.splitlines()[0].strip("`"))
-    parser.add_argument("run", type=Path, help="a run folder, or a sweep folder (medimg train -m)")
-    parser.add_argument("--every", type=int, default=None, help="row step (default: the run's trainer.table_every)")
+    parser.add_argument("run", type=Path, help="a run folder, or a folder of runs (sweep, benchmark)")
     parser.add_argument(
-        "--by", nargs="+", default=None, help="sweep: group by these override keys (default: all that vary but seed)"
+        "--every", type=int, default=None, help="epoch row step (default: a run's trainer.table_every; runs: 10)"
     )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="sweep: folder for summary.md/csv (default: the sweep folder)"
-    )
+    parser.add_argument("--columns", default=None, help="runs: the axis whose values are the columns (model)")
+    parser.add_argument("--out", type=Path, default=None, help="runs: folder for the report (default: the folder)")
     args = parser.parse_args(argv)
 
     metrics_path = args.run / "metrics.csv"
     if not metrics_path.is_file():
-        if args.run.is_dir() and any((p / ".hydra").is_dir() for p in args.run.iterdir()):
+        if args.run.is_dir():
             try:
-                return _sweep(args.run, args.by, args.out or args.run)
+                return _many(args.run, args.columns, args.every, args.out or args.run)
             except ConfigError as error:
                 print_error("report", str(error))
                 return 2
-        print_error("report", f"{metrics_path} does not exist; pass a run or sweep folder written by medimg train")
+        print_error("report", f"{args.run} is not a folder; pass a run folder or a folder of runs")
         return 2
     rows = read_metrics_csv(metrics_path)
     summary_path = args.run / "summary.json"
@@ -64,20 +63,21 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _sweep(folder: Path, by: list[str] | None, out: Path) -> int:
-    """Print and write ``summary.md`` / ``summary.csv`` of a sweep folder."""
-    jobs, unfinished = read_jobs(folder)
-    by = by or varying_keys(jobs) or ["seed"]
-    headers, body, records = summarize(jobs, by, sweep_order(folder))
-    devices = sorted({job["summary"]["device"] for job in jobs})
-    title = f"{len(jobs)} runs of {folder.name}: test metrics, mean ± sd over seeds"
-    caption = f"device: {', '.join(devices)}" + (
-        f"; {len(unfinished)} unfinished job(s) left out" if unfinished else ""
-    )
-    make_console().print(grid_rich(headers, body, title, caption))
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "summary.md", grid_markdown(headers, body, title, caption))
-    write_atomic(out / "summary.csv", records_csv(records))
+def _many(folder: Path, columns: str | None, every: int | None, out: Path) -> int:
+    """Write the report of the finished runs below ``folder`` (a benchmark's settings when it is one)."""
+    from medimg_cli.reporting import SETTINGS, find_jobs, write_report  # numpy, scipy, matplotlib
+
+    jobs, unfinished, order = find_jobs(folder)
+    record = folder / "benchmark.json"
+    saved = json.loads(record.read_text()) if record.is_file() else {}
+    settings = dict(saved.get("report", {}))
+    if columns is None and "columns" not in settings:
+        keys = list(dict.fromkeys(k for job in jobs for k in job.axes if k != "seed"))
+        columns = "model" if "model" in keys or not keys else keys[0]
+    settings |= {k: v for k, v in (("columns", columns), ("every", every)) if v is not None}
+    title = f"{saved['name']}: {saved['description']}" if saved else f"{len(jobs)} runs in {folder}"
+    notes = [f"{len(unfinished)} unfinished run(s) left out"] if unfinished else []
+    write_report(jobs, out, {**SETTINGS, **settings}, title, order, notes)
     return 0
 
 

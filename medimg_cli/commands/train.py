@@ -27,17 +27,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from medimg_cli.augment import build_augment
 from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from medimg_cli.config import build_optimizer, check_numbers, monitor_mode, resolve_device, seed_everything
+from medimg_cli.config import (
+    build_optimizer,
+    build_scheduler,
+    check_numbers,
+    monitor_mode,
+    resolve_device,
+    seed_everything,
+)
 from medimg_cli.data import build_data
 from medimg_cli.data.batches import choose_loader, make_batches
 from medimg_cli.errors import ConfigError
 from medimg_cli.hydra_app import run_hydra
 from medimg_cli.loop import TaskLoss, evaluate, train_epoch
-from medimg_cli.metrics import task_metric_names
+from medimg_cli.metrics import TaskMetrics, task_metric_names
 from medimg_cli.models import check_model_runs, create_model, model_args
 from medimg_cli.models.transfer import forward_flops, freeze, layer_cells, load_pretrained, transfer_rows
 from medimg_cli.results import (
     append_metrics_row,
+    cases_csv,
     grid_markdown,
     grid_rich,
     make_console,
@@ -48,7 +56,7 @@ from medimg_cli.results import (
     write_json,
     write_metrics_csv,
 )
-from medimg_cli.runinfo import device_name, git_commit, versions
+from medimg_cli.runinfo import device_name, git_commit, peak_memory, versions
 from medimg_cli.speed import Speed, configure_backends
 
 HELP = "train a model; Hydra overrides pick data, model, augment, optim, trainer"
@@ -112,6 +120,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     if not trainable:
         raise ConfigError(f"model.freeze={cfg.model.freeze} freezes every parameter; leave the head trainable")
     optimizer = build_optimizer(OmegaConf.to_container(cfg.optim, resolve=True), trainable)
+    schedule_cfg = cfg.get("scheduler")  # runs saved before schedules existed have none
+    schedule = build_scheduler(
+        OmegaConf.to_container(schedule_cfg) if schedule_cfg is not None else {"name": "none"},
+        optimizer,
+        trainer.epochs,
+    )
     augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), info)
     loss_fn = TaskLoss(info)
     val_metrics = ["val_loss"] + [f"val_{m}" for m in task_metric_names(info)]
@@ -136,6 +150,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
+        if schedule is not None:
+            schedule.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         history, best = state["history"], state["best"]
         write_metrics_csv(run_dir / "metrics.csv", history)  # drop rows of an unfinished epoch
@@ -213,6 +229,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                     scaler,
                     lambda: progress.advance(bar),
                 )
+                if schedule is not None:
+                    schedule.step()
                 val = evaluate(runner, val_batches, loss_fn, speed.for_evaluation())
                 row = {
                     "epoch": epoch,
@@ -236,6 +254,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                         **_state(model, epoch, history, best),
                         "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(),
+                        **({"scheduler": schedule.state_dict()} if schedule is not None else {}),
                         "rng": rng_state(),
                         "wall_seconds": prior_seconds + time.perf_counter() - start,
                     },
@@ -248,7 +267,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                     log.info("epoch %d/%d  %s  (%.1fs)", epoch, trainer.epochs, status, row["epoch_seconds"])
         best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt", device)
         model.load_state_dict(best_state["state_dict"])
-        test = evaluate(runner, batches(data.test, trainer.eval_batch_size), loss_fn, speed.for_evaluation())
+        test_cases = TaskMetrics(info)
+        test_batches = batches(data.test, trainer.eval_batch_size)
+        test = evaluate(runner, test_batches, loss_fn, speed.for_evaluation(), test_cases)
+        write_atomic(run_dir / "test_predictions.csv", cases_csv(test_cases.cases()))
 
     summary = {
         "model": cfg.model.name,
@@ -261,6 +283,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         "best": next(r for r in history if r["epoch"] == best["epoch"]),
         "test": test,
         **size,
+        **dict(zip(("peak_memory_mib", "peak_memory"), peak_memory(device), strict=True)),
         "layers": layers,
         "device": device_name(device),
         "speed": f"{speed.describe()}, {loader} loader",  # the resolved auto settings

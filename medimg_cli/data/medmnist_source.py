@@ -22,6 +22,7 @@ from urllib.error import URLError
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medimg_cli.data import SOURCES, DataInfo, Splits, fingerprint
 from medimg_cli.errors import ConfigError, unknown_choice
@@ -101,12 +102,18 @@ def medmnist_splits(cfg: Mapping) -> Splits:
     expected = {f"{split}_{kind}" for split in ("train", "val", "test") for kind in ("images", "labels")}
     if not expected <= set(arrays):
         raise ConfigError(f"{path} lacks {sorted(expected - set(arrays))}; is it a MedMNIST file?")
+    upsample = cfg.get("upsample")
+    if upsample is not None and (not isinstance(upsample, int) or upsample < cfg["size"]):
+        raise ConfigError(f"data.upsample={upsample!r} must be null or a size >= data.size ({cfg['size']}), e.g. 224")
     splits = {}
     for split in ("train", "val", "test"):
         labels = arrays[f"{split}_labels"]
         labels = labels.reshape(len(labels), -1) if multilabel else labels.reshape(-1)
+        images = torch.from_numpy(_images(arrays[f"{split}_images"], info["n_channels"], spatial_dims, channels))
+        if upsample is not None:  # MedMNIST v2's "(224)": the 28 px images, nearest-neighbour upsampled
+            images = F.interpolate(images, size=(upsample,) * spatial_dims, mode="nearest")
         splits[split] = {
-            "image": torch.from_numpy(_images(arrays[f"{split}_images"], info["n_channels"], spatial_dims, channels)),
+            "image": images,
             "label": torch.from_numpy(labels.astype(np.float32 if multilabel else np.int64)),
         }
     class_names = tuple(info["label"][key] for key in sorted(info["label"], key=int))

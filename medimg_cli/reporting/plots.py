@@ -1,0 +1,48 @@
+"""PNG plots of a report: a metric against the epoch, one line per group, shaded ± sd."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from medimg_cli.reporting.stats import mean_sd  # noqa: E402
+from medimg_cli.reporting.tables import Metric  # noqa: E402
+
+
+def metric_plot(path: Path, metric: Metric, groups: Mapping[str, Sequence[Any]], title: str) -> None:
+    """Write ``path`` (PNG): ``metric`` of each group's runs per epoch, mean line and ± sd band."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for label, jobs in groups.items():
+        epochs = sorted({int(row["epoch"]) for job in jobs for row in job.rows})
+        stats = [mean_sd([job.value(metric.column, e) for job in jobs]) for e in epochs]
+        mean = np.array([m for m, _ in stats]) * metric.scale
+        sd = np.array([s if s is not None else 0.0 for _, s in stats]) * metric.scale
+        if np.isnan(mean).all():
+            continue
+        (line,) = axes.plot(epochs, mean, label=f"{label} (n={len(jobs)})", linewidth=1.6)
+        axes.fill_between(epochs, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, linewidth=0)
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel(metric.title + " (validation)" if metric.higher is not None else metric.title)
+    axes.set_title(title, fontsize=10)
+    if metric.style.endswith("e}"):
+        axes.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(path)  # atomic, as every report file

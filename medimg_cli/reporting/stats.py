@@ -1,0 +1,92 @@
+"""Statistics of a comparison: paired t-tests across seeds with Holm's correction, and bootstrap
+confidence intervals over test cases when there is one seed.
+
+Why these: runs that share a seed share the data split, the batch order and the initial
+random state, so the pairs are matched and a paired test across seeds uses that; with one
+seed there is no spread between runs, and resampling the test cases estimates how much the
+metric would move on another test set of the same size. Both are standard and both state n.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired t-test of ``a - b`` over matched seeds.
+
+    Attributes:
+        n: number of pairs. mean: mean difference. low, high: its 95% confidence interval
+        (t distribution, n - 1 degrees of freedom). p: two-sided p-value.
+    """
+
+    n: int
+    mean: float
+    low: float
+    high: float
+    p: float
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
+    """Two-sided paired t-test of equal means for matched samples ``a`` and ``b`` (n >= 2).
+
+    With zero spread of the differences the p-value is 1 when they are all 0, else 0.
+    """
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n = len(diff)
+    if n < 2:
+        raise ValueError("a paired t-test needs at least 2 pairs")
+    mean, sd = float(diff.mean()), float(diff.std(ddof=1))
+    if sd == 0:
+        return PairedTest(n, mean, mean, mean, 1.0 if mean == 0 else 0.0)
+    error = sd / math.sqrt(n)
+    p = float(2 * scipy_stats.t.sf(abs(mean / error), n - 1))
+    half = float(scipy_stats.t.ppf(0.975, n - 1)) * error
+    return PairedTest(n, mean, mean - half, mean + half, p)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control), in the input order.
+
+    The i-th smallest of m p-values becomes ``max_{j <= i} (m - j + 1) p_(j)``, capped at 1.
+    """
+    m = len(p_values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float], cases: int, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, int]:
+    """Percentile 95% interval of ``statistic(indices)`` over resamples of ``cases`` case indices.
+
+    Returns:
+        (low, high, resamples used): resamples where the statistic is undefined (NaN, e.g. an
+        AUC of a resample with one class) are left out.
+    """
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, cases, cases)) for _ in range(resamples)], dtype=float)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return math.nan, math.nan, 0
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high), len(values)
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (``None`` for one value) of the non-missing values."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
