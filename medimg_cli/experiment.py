@@ -1,7 +1,7 @@
 """``medimg benchmark experiment=<name>``: run an experiment's grid, then write its report.
 
 The command line is split in two: items whose top-level key belongs to the ``benchmark``
-config (``experiment``, ``parallel``, ``report.*``, ``hydra.*``, an experiment's own keys such
+config (``experiment``, ``benchmark.parallel``, ``report.*``, ``hydra.*``, an experiment's own keys such
 as medmnist_v2's ``data.name``) compose that config through Hydra; every other item is for
 the runs. Of those, ``key=...`` where ``key`` is a grid axis sets that axis (``seed=0,1``,
 ``data=phantom`` picks a named variant), ``key=a,b`` adds an axis, and the rest is given to
@@ -24,24 +24,33 @@ from medimg_cli.errors import ConfigError
 from medimg_cli.results import write_json
 
 log = logging.getLogger(__name__)
-OWN_KEYS = {"experiment", "name", "description", "train", "grid", "parallel", "report", "hydra"}
+OWN_KEYS = {"experiment", "name", "description", "train", "grid", "benchmark", "report", "hydra"}
 
 
 def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
-    """``argv`` -> (items for the ``benchmark`` config, items for the runs)."""
-    keys = set(OWN_KEYS)
+    """``argv`` -> (items for the ``benchmark`` config, items for the runs).
+
+    Hydra's flags and items whose key is in the ``benchmark`` config of the chosen experiment
+    (or under one of ``OWN_KEYS``) are the benchmark's; medmnist_v2's ``data.name`` is, its
+    ``data.root`` is not.
+    """
     chosen = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+~") == "experiment" and "=" in a]
     try:  # an experiment may add keys of its own (medmnist_v2: data.name)
         with initialize_config_module("medimg_cli.conf", version_base="1.3"):
-            keys |= set(compose("benchmark", [f"experiment={e}" for e in chosen[-1:]]))
+            config = compose("benchmark", [f"experiment={e}" for e in chosen[-1:]])
     except Exception:  # an unknown experiment: the real composition reports it
-        pass
-    own = [a for a in argv if a.startswith("-") or _top_key(a) in keys]
-    return own, [a for a in argv if a not in own]
+        config = OmegaConf.create()
+
+    def own(item: str) -> bool:
+        key = item.split("=", 1)[0].lstrip("+~")
+        known = OmegaConf.select(config, key, default=_MISSING) is not _MISSING
+        return "=" not in item or item.startswith("-") or key.split(".")[0] in OWN_KEYS or known
+
+    mine = [a for a in argv if own(a)]
+    return mine, [a for a in argv if not own(a)]
 
 
-def _top_key(item: str) -> str:
-    return item.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
+_MISSING = object()
 
 
 def run_experiment(cfg: DictConfig, extra: list[str]) -> dict[str, Any]:
@@ -59,8 +68,9 @@ def run_experiment(cfg: DictConfig, extra: list[str]) -> dict[str, Any]:
             axes[key] = value.split(",")
         else:
             fixed_extra.append(item)
-    if not isinstance(cfg.parallel, int) or cfg.parallel < 1:
-        raise ConfigError(f"parallel={cfg.parallel!r} must be a whole number >= 1")
+    parallel = cfg.benchmark.parallel
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise ConfigError(f"benchmark.parallel={parallel!r} must be a whole number >= 1")
     runs = grid.expand(list(cfg.train), axes, fixed_extra)
     grid.locate(runs, out / "runs")
     states = {state: sum(r.state == state for r in runs) for state in ("finished", "interrupted", "new")}
@@ -72,7 +82,7 @@ def run_experiment(cfg: DictConfig, extra: list[str]) -> dict[str, Any]:
         out,
         *states.values(),
     )
-    failed = grid.execute(runs, cfg.parallel)
+    failed = grid.execute(runs, parallel)
     finished = [r for r in runs if r.state == "finished"]
     settings = OmegaConf.to_container(cfg.report, resolve=True)
     record = {

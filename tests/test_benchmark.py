@@ -43,9 +43,10 @@ def runs_of(folder: Path) -> dict[str, dict]:
 
 
 def test_arguments_for_the_benchmark_config_and_for_the_runs_are_told_apart():
-    own, runs = split_arguments(["experiment=medmnist_v2", "data.name=pneumoniamnist", "parallel=2", "seed=0,1"])
-    assert own == ["experiment=medmnist_v2", "data.name=pneumoniamnist", "parallel=2"]  # medmnist_v2 has data.name
-    assert runs == ["seed=0,1"]
+    argv = ["experiment=medmnist_v2", "data.name=pneumoniamnist", "data.root=/d", "benchmark.parallel=2", "seed=0,1"]
+    own, runs = split_arguments([*argv, "--cfg", "job"])
+    assert own == ["experiment=medmnist_v2", "data.name=pneumoniamnist", "benchmark.parallel=2", "--cfg", "job"]
+    assert runs == ["data.root=/d", "seed=0,1"]  # medmnist_v2's config has data.name, not data.root
     own, runs = split_arguments(["experiment=seed_comparison", "data=phantom", "trainer.epochs=3", "report.every=1"])
     assert own == ["experiment=seed_comparison", "report.every=1"] and runs == ["data=phantom", "trainer.epochs=3"]
 
@@ -85,7 +86,7 @@ def test_grid_runs_are_found_by_their_resolved_config_not_their_folder(tmp_path)
 
 @pytest.mark.slow
 def test_seed_comparison_writes_every_format_with_numbers_from_the_runs(tmp_path):
-    result = benchmark("seed=0,1", "trainer.epochs=3", "report.every=2", "parallel=2", cwd=tmp_path)
+    result = benchmark("seed=0,1", "trainer.epochs=3", "report.every=2", "benchmark.parallel=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "runs" / "benchmark" / "seed_comparison"
     for name in ("tables.md", "tables.tex", "results.csv", "report.html", "plots/all-dice.png"):

@@ -146,7 +146,8 @@ def test_benchmark_mistakes_are_one_line():
     assert bad.returncode == 2 and "unknown settings: option of 'fp32+turbo' 'turbo'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) <= 2
     none = run_cli("benchmark")
-    assert none.returncode == 2 and "expected a subcommand: speed" in none.stderr
+    assert none.returncode == 2 and "name an experiment: medimg benchmark experiment=<" in none.stderr
+    assert "seed_comparison" in none.stderr and len(none.stderr.strip().splitlines()) <= 2
 
 
 def test_a_run_resumes_with_the_other_loader_to_the_same_metrics(tiny_cfg, tmp_path):

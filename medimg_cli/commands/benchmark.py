@@ -44,7 +44,7 @@ from medimg_cli.config import resolve_device, seed_everything
 from medimg_cli.data import TASKS, DataInfo
 from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError, unknown_choice
-from medimg_cli.hydra_app import run_hydra
+from medimg_cli.hydra_app import print_error, run_hydra
 from medimg_cli.loop import TaskLoss, evaluate, synchronize, train_epoch
 from medimg_cli.models import create_model, model_args, model_names
 from medimg_cli.models.transfer import forward_flops
@@ -71,6 +71,12 @@ def main(argv: list[str]) -> int:
         )
     from medimg_cli.experiment import run_experiment, split_arguments
 
+    named = any(a.split("=", 1)[0].lstrip("+~") == "experiment" for a in argv)
+    if not named and not any(a.startswith("-") for a in argv):  # --help and --cfg show the default one
+        experiments = ", ".join(sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+        message = f"name an experiment: medimg benchmark experiment=<name>, one of {experiments}"
+        print_error("benchmark", f"{message}; or: medimg benchmark speed")
+        return 2
     own, extra = split_arguments(argv)
     return run_hydra("benchmark", lambda cfg: run_experiment(cfg, extra), own)
 
