@@ -10,7 +10,6 @@ every run last (``trainer.epochs=5``).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,11 @@ def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
 _MISSING = object()
 
 
+def override_note(overrides: list[str]) -> list[str]:
+    """The report's line about command-line overrides, which the experiment's description omits."""
+    return [f"overrides given to every run on the command line: {' '.join(overrides)}"] if overrides else []
+
+
 def run_experiment(cfg: DictConfig, extra: list[str]) -> dict[str, Any]:
     """Run the grid of ``cfg`` (the ``benchmark`` config) plus the run overrides ``extra``; report."""
     from medimg_cli.reporting import load_job, write_report  # numpy, scipy, matplotlib
@@ -89,6 +93,7 @@ def run_experiment(cfg: DictConfig, extra: list[str]) -> dict[str, Any]:
         "name": cfg.name,
         "description": cfg.description,
         "axes": list(axes),
+        "overrides": fixed_extra,
         "report": settings,
         "runs": [{"folder": str(r.folder.relative_to(out)), "axes": r.axes, "state": r.state} for r in runs],
     }
@@ -98,8 +103,7 @@ def run_experiment(cfg: DictConfig, extra: list[str]) -> dict[str, Any]:
         order = {key: list(dict.fromkeys(r.axes[key] for r in runs)) for key in axes}
         left = len(runs) - len(finished)
         notes = [f"{left} of {len(runs)} runs unfinished, left out"] if left else []
-        if fixed_extra:
-            notes.append(f"overrides given to every run on the command line: {' '.join(fixed_extra)}")
+        notes += override_note(fixed_extra)
         write_report(jobs, out, settings, f"{cfg.name}: {cfg.description}", order, notes)
     if failed:
         raise ConfigError(
@@ -107,4 +111,4 @@ def run_experiment(cfg: DictConfig, extra: list[str]) -> dict[str, Any]:
             + ", ".join(str(r.folder) for r in failed)
             + "; the report covers the finished ones. Run the same command again to retry."
         )
-    return json.loads(json.dumps(record))
+    return record

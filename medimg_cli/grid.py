@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,6 @@ class Run:
     identity: dict[str, Any]
     folder: Path | None = None
     state: str = "new"
-    log_lines: list[str] = field(default_factory=list)
 
 
 def expand(fixed: Sequence[str], axes: Mapping[str, Any], extra: Sequence[str] = ()) -> list[Run]:

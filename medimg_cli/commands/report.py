@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
 
 def _many(folder: Path, columns: str | None, every: int | None, out: Path) -> int:
     """Write the report of the finished runs below ``folder`` (a benchmark's settings when it is one)."""
+    from medimg_cli.experiment import override_note
     from medimg_cli.reporting import SETTINGS, find_jobs, write_report  # numpy, scipy, matplotlib
 
     jobs, unfinished, order = find_jobs(folder)
@@ -77,6 +78,7 @@ def _many(folder: Path, columns: str | None, every: int | None, out: Path) -> in
     settings |= {k: v for k, v in (("columns", columns), ("every", every)) if v is not None}
     title = f"{saved['name']}: {saved['description']}" if saved else f"{len(jobs)} runs in {folder}"
     notes = [f"{len(unfinished)} unfinished run(s) left out"] if unfinished else []
+    notes += override_note(saved.get("overrides", []))
     write_report(jobs, out, {**SETTINGS, **settings}, title, order, notes)
     return 0
 

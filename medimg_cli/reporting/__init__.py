@@ -205,6 +205,7 @@ def write_report(
         f"{len(jobs)} finished runs; columns: {columns}; panels: {', '.join(panel_keys) or 'none'}; "
         f"seeds per group: {_seed_counts(panels, columns, order)}",
         f"device: {'; '.join(devices)}",
+        *_case_counts(panels),
         *notes,
     ]
     _write_tables(out, tables, title, facts)
@@ -218,6 +219,18 @@ def write_report(
             console.print(render.rich(table))
     console.print(f"report: {out / 'report.html'} (tables.md, tables.tex, results.csv, plots/)")
     return tables
+
+
+def _case_counts(panels: Mapping[str, Sequence[Job]]) -> list[str]:
+    """``test cases per run: 105`` per panel, from the runs' ``test_predictions.csv``."""
+    counts = {}
+    for name, members in panels.items():
+        found = {
+            len(p.read_text().splitlines()) - 1 for j in members if (p := j.folder / "test_predictions.csv").is_file()
+        }
+        if found:
+            counts[name] = ", ".join(map(str, sorted(found)))
+    return [f"test cases per run{' (' + name + ')' if name else ''}: {n}" for name, n in counts.items()]
 
 
 def _seed_counts(panels: Mapping[str, Sequence[Job]], columns: str, order: Any) -> str:
