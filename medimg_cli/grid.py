@@ -37,8 +37,9 @@ from omegaconf import OmegaConf
 from medimg_cli.errors import ConfigError, unknown_choice
 
 log = logging.getLogger(__name__)
-# keys a resumed run may change (commands.train.RESUMABLE_KEYS, which imports torch) plus where
-# the rows are printed: none of them changes a run's numbers
+# keys that cannot change a run's numbers: how to resume, print or load (the loaders give
+# identical batches). commands.train.RESUMABLE_KEYS also lets device and epochs change on
+# resume, but those stay part of a run's identity here.
 IGNORED_KEYS = ("trainer.resume", "trainer.table_every", "trainer.loader", "trainer.workers")
 
 

@@ -54,10 +54,10 @@ def make_console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers never see a half-written file."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Replace ``path`` with ``text`` (or bytes) so readers never see a half-written file."""
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
+    with os.fdopen(handle, "wb" if isinstance(text, bytes) else "w") as file:
         file.write(text)
         file.flush()
         os.fsync(file.fileno())

@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from medimg_cli.reporting import render
 from medimg_cli.reporting.html import page
 from medimg_cli.reporting.plots import metric_plot
 from medimg_cli.reporting.tables import (
+    BY_KEY,
     EPOCH_METRICS,
     PER_RUN,
     QUALITY,
@@ -63,9 +65,13 @@ class Job:
     def seed(self) -> int:
         return int(self.summary["seed"])
 
+    @cached_property
+    def _by_epoch(self) -> dict[int, dict[str, float | None]]:
+        return {int(row["epoch"]): row for row in self.rows}
+
     def value(self, column: str, epoch: int) -> float | None:
         """``metrics.csv``'s ``column`` at ``epoch`` (``None`` when absent)."""
-        return next((row.get(column) for row in self.rows if int(row["epoch"]) == epoch), None)
+        return self._by_epoch.get(epoch, {}).get(column)
 
     def test(self, key: str) -> float | None:
         """A test metric of the best checkpoint (``loss`` included)."""
@@ -265,7 +271,7 @@ def tidy_csv(jobs: Sequence[Job]) -> str:
             for metric in EPOCH_METRICS:
                 if row.get(metric.column) is not None:
                     writer.writerow([*head, "val", int(row["epoch"]), metric.key, repr(row[metric.column])])
-        for metric in (*QUALITY, EPOCH_METRICS[5], EPOCH_METRICS[-1]):
+        for metric in (*QUALITY, BY_KEY["seconds_per_image"], BY_KEY["loss"]):
             if job.test(metric.key) is not None:
                 writer.writerow([*head, "test", job.summary.get("best_epoch"), metric.key, repr(job.test(metric.key))])
         for metric in PER_RUN:

@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from medimg_cli.reporting.stats import mean_sd  # noqa: E402
 from medimg_cli.reporting.tables import Metric  # noqa: E402
+from medimg_cli.results import write_atomic  # noqa: E402
 
 
 def metric_plot(path: Path, metric: Metric, groups: Mapping[str, Sequence[Any]], title: str) -> None:
@@ -43,6 +44,4 @@ def metric_plot(path: Path, metric: Metric, groups: Mapping[str, Sequence[Any]],
     figure.savefig(buffer, format="png")
     plt.close(figure)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)  # atomic, as every report file
+    write_atomic(path, buffer.getvalue())

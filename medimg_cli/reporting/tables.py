@@ -50,6 +50,7 @@ TIMING = (
 )
 LOSS = (Metric("loss", "val_loss", "Validation loss", style="{:.4f}", higher=False),)
 EPOCH_METRICS = QUALITY + TIMING + LOSS
+BY_KEY = {m.key: m for m in EPOCH_METRICS}
 PER_RUN = (
     Metric("parameters", "parameters", "parameters", style="{:,.0f}", higher=None),
     Metric("flops_per_image", "flops_per_image", "GFLOPs/image", 1e-9, "{:.3g}", None),
@@ -244,20 +245,19 @@ def interval_table(name: str, groups: Groups, resamples: int) -> Table | None:
 def case_statistics(cases: Mapping[str, np.ndarray]) -> dict[Metric, Callable[[np.ndarray], float]]:
     """Each test metric as a function of resampled case indices, computed as training computes it."""
     found: dict[Metric, Callable[[np.ndarray], float]] = {}
-    by_key = {m.key: m for m in QUALITY}
     if "probs" in cases:
         probs, labels = torch.from_numpy(cases["probs"]).float(), torch.from_numpy(cases["label"])
         if labels.ndim == 2:
             for key in ("accuracy", "f1", "auc"):
-                found[by_key[key]] = lambda i, k=key: multilabel_metrics(probs[i], labels[i].float())[k]
+                found[BY_KEY[key]] = lambda i, k=key: multilabel_metrics(probs[i], labels[i].float())[k]
         else:
             pred, k = probs.argmax(dim=1), probs.shape[1]
-            found[by_key["accuracy"]] = lambda i: accuracy(pred[i], labels[i])
-            found[by_key["f1"]] = lambda i: macro_f1(pred[i], labels[i], k)
-            found[by_key["auc"]] = lambda i: roc_auc(probs[i], labels[i])
+            found[BY_KEY["accuracy"]] = lambda i: accuracy(pred[i], labels[i])
+            found[BY_KEY["f1"]] = lambda i: macro_f1(pred[i], labels[i], k)
+            found[BY_KEY["auc"]] = lambda i: roc_auc(probs[i], labels[i])
     for key in ("dice", "iou"):
         if key in cases:
-            found[by_key[key]] = lambda i, v=cases[key]: float(np.mean(v[i]))
+            found[BY_KEY[key]] = lambda i, v=cases[key]: float(np.mean(v[i]))
     return found
 
 
@@ -288,7 +288,7 @@ def published_table(name: str, jobs: Sequence[Any], published: Mapping, toleranc
         paper = published[dataset][key]
         texts, verdict = [dataset, key, str(len(members))], True
         for metric in ("auc", "accuracy"):
-            text, mean = cell(QUALITY[[m.key for m in QUALITY].index(metric)], [j.test(metric) for j in members])
+            text, mean = cell(BY_KEY[metric], [j.test(metric) for j in members])
             texts += [text, f"{100 * paper[metric]:.1f}"]
             verdict &= not math.isnan(mean) and abs(mean - paper[metric]) <= tolerance + 1e-12
         texts.append("yes" if verdict else "no")
