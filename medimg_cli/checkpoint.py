@@ -8,9 +8,7 @@ plain containers), ``epoch``, ``history`` (the metrics rows so far), ``best`` an
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from torch import nn
 
 from medimg_cli.errors import ConfigError
 from medimg_cli.models import create_model
+from medimg_cli.results import atomic_file
 
 FORMAT = "medimg-checkpoint-1"
 
@@ -26,16 +25,8 @@ FORMAT = "medimg-checkpoint-1"
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` via a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"format": FORMAT, **payload}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as file:
+        torch.save({"format": FORMAT, **payload}, file)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:

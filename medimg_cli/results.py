@@ -11,9 +11,10 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from rich.console import Console
@@ -54,18 +55,42 @@ def make_console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Replace ``path`` with ``text`` (or bytes) so readers never see a half-written file."""
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: the permissions a plain open() would give new files
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """A temporary file beside ``path`` that replaces it when the block ends without error, so
+    readers never see a half-written file; it gets the permissions ``open`` would give."""
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "wb" if isinstance(text, bytes) else "w") as file:
+    try:
+        with os.fdopen(handle, mode) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Replace ``path`` with ``text`` (or bytes) atomically (see ``atomic_file``)."""
+    with atomic_file(path, "wb" if isinstance(text, bytes) else "w") as file:
         file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
 
 
 def _csv_value(value: Any) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else repr(value)
+    """One CSV cell: numbers as ``repr`` (round-trips), text quoted when it must be, NaN/None empty."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, str):
+        return f'"{value.replace(chr(34), 2 * chr(34))}"' if any(c in value for c in ',"\n') else value
+    return repr(value)
 
 
 def append_metrics_row(path: Path, row: Mapping[str, Any]) -> None:
@@ -112,6 +137,12 @@ def cases_csv(cases: Mapping[str, Any]) -> str:
     for key in ("dice", "iou"):
         if key in cases:
             columns[key] = cases[key].tolist()
+    return columns_csv(columns)
+
+
+def columns_csv(columns: Mapping[str, Sequence[Any]]) -> str:
+    """CSV text of equally long columns, header first (NaN and ``None`` as empty cells)."""
+    count = len(next(iter(columns.values()), []))
     lines = [",".join(columns)]
     lines += [",".join(_csv_value(column[i]) for column in columns.values()) for i in range(count)]
     return "\n".join(lines) + "\n"

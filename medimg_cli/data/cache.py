@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from medimg_cli.results import atomic_file
 
 log = logging.getLogger(__name__)
 # data keys that decide what decoding produces; split, seed, salt and splits do not
@@ -24,11 +24,13 @@ DECODE_KEYS = (
     "source", "task", "image_size", "spacing", "slice_axis", "channels", "normalize", "denoise",
     "denoise_size", "window", "on_bad_file", "label_key",
 )  # fmt: skip
+FORMAT = 2  # bumped when the decoded dictionary changes (2: pixel_spacings), so old entries are not read
 
 
 def cache_key(cfg: Mapping, files: Iterable[Path]) -> str:
     """The key of a decoded dataset: its decode config and its files' paths, sizes and mtimes."""
-    digest = hashlib.sha256(json.dumps({k: cfg.get(k) for k in DECODE_KEYS}, sort_keys=True, default=str).encode())
+    settings = {k: cfg.get(k) for k in DECODE_KEYS} | {"format": FORMAT}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in files:
         stat = path.stat()
         digest.update(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
@@ -53,8 +55,6 @@ def cached(cfg: Mapping, files: Iterable[Path], compute: Callable[[], dict[str, 
             log.warning("ignoring the unreadable cache entry %s (%s)", path, type(error).__name__)
     result = compute()
     folder.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "wb") as file:
+    with atomic_file(path) as file:
         torch.save(result, file)
-    os.replace(tmp, path)
     return result

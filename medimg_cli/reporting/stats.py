@@ -66,6 +66,25 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def resample_indices(cases: int, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """``(resamples, cases)`` case indices drawn with replacement, the same for a given seed."""
+    return np.random.default_rng(seed).integers(0, cases, (resamples, cases))
+
+
+def percentile_interval(values: np.ndarray) -> tuple[float, float, int]:
+    """Percentile 95% interval of ``(R,)`` resampled values, leaving NaNs out.
+
+    Returns:
+        (low, high, values used); NaN bounds when no value is defined.
+    """
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return math.nan, math.nan, 0
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high), len(values)
+
+
 def bootstrap_ci(
     statistic: Callable[[np.ndarray], float], cases: int, resamples: int = 2000, seed: int = 0
 ) -> tuple[float, float, int]:
@@ -75,13 +94,7 @@ def bootstrap_ci(
         (low, high, resamples used): resamples where the statistic is undefined (NaN, e.g. an
         AUC of a resample with one class) are left out.
     """
-    rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, cases, cases)) for _ in range(resamples)], dtype=float)
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return math.nan, math.nan, 0
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high), len(values)
+    return percentile_interval(np.array([statistic(i) for i in resample_indices(cases, resamples, seed)]))
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
