@@ -59,3 +59,15 @@ def test_not_separable_by_a_linear_model_on_pixels():
     x, y = arrays["image"].reshape(900, -1), arrays["label"]
     clf = LogisticRegression(max_iter=200, C=0.1).fit(x[:700], y[:700])
     assert clf.score(x[700:], y[700:]) < 0.7
+
+
+def test_minmax_normalisation_leaks_the_label_and_none_does_not():
+    """A bright lesion raises the image maximum, so min-max darkens the rest of lesion images."""
+    for normalize, leaks in (("minmax", True), ("none", False)):
+        arrays = generate_phantom(900, size=32, spatial_dims=2, seed=0, normalize=normalize)
+        outside = arrays["mask"][:, 0] == 0
+        means = [arrays["image"][:, 0][(arrays["label"] == k)[:, None, None] & outside].mean() for k in range(3)]
+        gap = means[0] - min(means[1:])  # lesion-free minus lesion images, pixels outside lesions
+        assert (gap > 0.03) == leaks, (normalize, means)
+    with pytest.raises(ValueError, match="normalize must be one of minmax, none"):
+        generate_phantom(2, normalize="zscore")

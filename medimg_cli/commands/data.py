@@ -29,7 +29,6 @@ from medimg_cli.results import make_console, write_atomic, write_json
 
 HELP = "inspect a dataset: counts, shapes, intensities, masks, leakage audit, example grid"
 SUBCOMMANDS = ("inspect",)
-MAX_METADATA_VALUES = 20  # columns with more distinct values (ids, dates...) are not reported
 log = logging.getLogger(__name__)
 
 
@@ -103,16 +102,9 @@ def describe(data: Splits) -> dict[str, Any]:
             counts = torch.bincount(split["mask"].flatten().long(), minlength=info.num_seg_classes).double()
             entry["mask_class_fraction"] = (counts / counts.sum()).tolist()
         if data.meta:  # value counts of low-cardinality metadata columns (site, scanner, sex...)
-            entry["metadata"] = {c: dict(Counter(data.meta[name][c])) for c in _subgroup_columns(data.meta)}
+            entry["metadata"] = {c: dict(Counter(data.meta[name][c])) for c in data.subgroup_columns()}
         report["splits"][name] = entry
     return report
-
-
-def _subgroup_columns(meta: dict[str, dict[str, list[str]]]) -> list[str]:
-    """Metadata columns with few distinct values over the whole dataset (not ids or free text)."""
-    columns = next(iter(meta.values()))
-    distinct = {c: {v for split in meta.values() for v in split[c]} for c in columns}
-    return [c for c in columns if len(distinct[c]) <= MAX_METADATA_VALUES]
 
 
 def markdown_report(report: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from medimg_cli.registry import Registry
 
 TASKS = ("classification", "segmentation", "multitask")
 SPLITS = ("train", "val", "test")
+MAX_SUBGROUP_VALUES = 20  # metadata columns with more distinct values (ids, dates...) are not subgroups
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,21 @@ class Splits:
     skipped: list[str] | None = None  # one line per bad file skipped (data.on_bad_file=skip)
     meta: dict[str, dict[str, list[str]]] | None = None  # per split: metadata column -> value per sample
     spacings: list[list[float] | None] | None = None  # native voxel spacing (mm) of each record, before resizing
+    pixel_spacing: dict[str, list[list[float] | None]] | None = None  # per split: mm per pixel of each sample
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         if name not in SPLITS:
             raise unknown_choice("split", name, SPLITS)
         return getattr(self, name)
+
+    def subgroup_columns(self) -> list[str]:
+        """Metadata columns with few distinct values over the whole dataset (site, scanner, sex;
+        not ids or free text), for per-subgroup counts and metrics."""
+        if not self.meta:
+            return []
+        columns = next(iter(self.meta.values()))
+        distinct = {c: {v for split in self.meta.values() for v in split[c]} for c in columns}
+        return [c for c in columns if len(distinct[c]) <= MAX_SUBGROUP_VALUES]
 
 
 SOURCES: Registry[Callable[[Mapping], Splits]] = Registry("data source")

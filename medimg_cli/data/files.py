@@ -135,9 +135,10 @@ def _spatial_size(cfg: Mapping, dims: int) -> tuple[int, ...]:
 
 def _decode(
     record: Record, cfg: Mapping, task: str
-) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], tuple[float, ...] | None]:
-    """Decode one record into ``(image, mask)`` samples (one, or one per slice) and the
-    record's native voxel spacing in mm (``None`` for plain image files)."""
+) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], tuple[float, ...] | None, tuple[float, ...] | None]:
+    """Decode one record into ``(image, mask)`` samples (one, or one per slice), the record's
+    native voxel spacing in mm and the pixel spacing of the samples before resizing (after
+    ``data.spacing`` and slicing); both ``None`` for plain image files."""
     if record.kind == "dicom":
         image, spacing = read_series(record.images)
     else:
@@ -157,7 +158,9 @@ def _decode(
         mask = read_mask(record.mask)[None]
     if mask is not None and mask.shape[1:] != image.shape[1:]:
         raise ConfigError(f"{record.mask}: mask shape {mask.shape[1:]} differs from image shape {image.shape[1:]}")
-    if spacing is not None and len(spacing) == image.ndim - 1 and cfg.get("spacing"):  # resample to the target spacing
+    sample_spacing = spacing if spacing is not None and len(spacing) == image.ndim - 1 else None
+    if sample_spacing is not None and cfg.get("spacing"):  # resample to the target spacing
+        sample_spacing = tuple(float(t) for t in cfg["spacing"])
         shape = [round(n * s / t) for n, s, t in zip(image.shape[1:], spacing, cfg["spacing"], strict=True)]
         image = resize(image, shape).numpy()
         mask = resize(mask, shape, nearest=True).numpy().astype(np.int64) if mask is not None else None
@@ -167,8 +170,9 @@ def _decode(
             (image.take(k, axis=1 + axis), mask.take(k, axis=1 + axis) if mask is not None else None)
             for k in range(image.shape[1 + axis])
         ]
-        return slices, spacing
-    return [(image, mask)], spacing
+        in_plane = tuple(s for i, s in enumerate(sample_spacing) if i != axis) if sample_spacing else None
+        return slices, spacing, in_plane
+    return [(image, mask)], spacing, sample_spacing
 
 
 DENOISERS = ("gaussian", "median")
@@ -261,6 +265,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         audit=audit_counts,
         skipped=decoded["skipped"],
         spacings=decoded["spacings"],
+        pixel_spacing={name: [decoded["pixel_spacings"][i] for i in idx] for name, idx in by_split.items()},
         meta=_metadata(records, owners, by_split),
     )
 
@@ -284,15 +289,17 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
     Returns:
         ``images`` ``(N, C, *size)``, ``masks`` ``(N, 1, *size)`` or ``None``, ``owners`` (the
         index into ``kept`` of each sample), ``kept`` (indices of the records decoded),
-        ``digests`` (a content hash per kept record), ``spacings`` (native spacing per kept record)
+        ``digests`` (a content hash per kept record), ``spacings`` (native spacing per kept record),
+        ``pixel_spacings`` (mm per pixel of each sample as stored, after resizing, or ``None``)
         and ``skipped`` (one message per bad file when ``data.on_bad_file=skip``).
     """
     if cfg.get("on_bad_file", "error") not in BAD_FILE_POLICIES:
         raise unknown_choice("data.on_bad_file", cfg["on_bad_file"], BAD_FILE_POLICIES)
     images, masks, owners, kept, digests, skipped, spacings, size = [], [], [], [], [], [], [], None
+    pixel_spacings = []
     for index, record in enumerate(records):
         try:
-            samples, spacing = _decode(record, cfg, task)
+            samples, spacing, sample_spacing = _decode(record, cfg, task)
         except ConfigError as error:
             if cfg.get("on_bad_file", "error") != "skip":
                 raise
@@ -304,6 +311,11 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
             if len(size) != image.ndim - 1:
                 raise ConfigError(f"data.image_size={list(size)} does not fit {record.images[0]} ({image.ndim - 1}D)")
             images.append(normalise(resize(image, size), cfg["normalize"]))
+            pixel_spacings.append(
+                [s * n / m for s, n, m in zip(sample_spacing, image.shape[1:], size, strict=True)]
+                if sample_spacing
+                else None
+            )
             if mask is not None:
                 masks.append(resize(mask, size, nearest=True).to(torch.uint8))
             owners.append(len(kept))
@@ -319,6 +331,7 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
         "digests": digests,
         "skipped": skipped,
         "spacings": spacings,
+        "pixel_spacings": pixel_spacings,
     }
 
 

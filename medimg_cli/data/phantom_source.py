@@ -7,9 +7,9 @@ from collections.abc import Mapping
 import torch
 
 from medimg_cli.data import SOURCES, DataInfo, Splits, fingerprint, keys_for_task
-from medimg_cli.data.phantom import CLASS_NAMES, generate_phantom
+from medimg_cli.data.phantom import CLASS_NAMES, NORMALIZATIONS, generate_phantom
 from medimg_cli.data.splits import split_indices
-from medimg_cli.errors import ConfigError
+from medimg_cli.errors import ConfigError, unknown_choice
 
 
 @SOURCES.register("phantom")
@@ -21,6 +21,8 @@ def phantom_splits(cfg: Mapping) -> Splits:
     """
     if cfg["spatial_dims"] not in (2, 3):
         raise ConfigError(f"data.spatial_dims={cfg['spatial_dims']} must be 2 or 3")
+    if cfg.get("normalize", "minmax") not in NORMALIZATIONS:
+        raise unknown_choice("data.normalize", cfg["normalize"], NORMALIZATIONS)
     if cfg["mask_classes"] not in (2, 3):
         raise ConfigError(f"data.mask_classes={cfg['mask_classes']} must be 2 or 3")
     arrays = generate_phantom(
@@ -29,6 +31,7 @@ def phantom_splits(cfg: Mapping) -> Splits:
         spatial_dims=cfg["spatial_dims"],
         seed=cfg["seed"],
         mask_classes=cfg["mask_classes"],
+        normalize=cfg.get("normalize", "minmax"),
     )
     class_names = CLASS_NAMES
     if cfg["binary"]:  # malignant vs the rest: the binary question of most screening papers
