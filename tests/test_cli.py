@@ -86,10 +86,11 @@ def test_train_eval_report_round_trip(tmp_path):
 
     result = run_cli("eval", f"checkpoint={run}/checkpoints/best.pt", "device=cpu")
     assert result.returncode == 0, result.stderr
-    evaluated = json.loads((run / "eval" / "test.json").read_text())["metrics"]
+    evaluated = json.loads((run / "eval" / "test" / "metrics.json").read_text())["metrics"]
     summary = json.loads((run / "summary.json").read_text())["test"]
-    for key in ("loss", "accuracy", "f1", "auc", "dice", "iou"):
-        assert evaluated[key] == pytest.approx(summary[key], abs=1e-9), key
+    for key in ("accuracy", "f1", "auc", "dice", "iou"):
+        assert evaluated[key]["value"] == pytest.approx(summary[key], abs=1e-6), key
+    assert "95% CI" in result.stdout
 
     (run / "table.md").unlink()
     result = run_cli("report", str(run), "--every", "2")

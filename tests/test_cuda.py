@@ -15,7 +15,7 @@ from test_augment import CONF, blobs, info
 from test_train import without_timing
 
 from medimg_cli.augment import build_augment
-from medimg_cli.commands.eval import evaluate_checkpoint
+from medimg_cli.commands.eval import evaluate_checkpoint, evaluate_checkpoint_cfg
 from medimg_cli.commands.train import train
 from medimg_cli.data import TASKS
 from medimg_cli.results import read_metrics_csv
@@ -114,3 +114,18 @@ def test_each_speed_option_on_gpu_gives_the_fp32_results(tiny_cfg, tmp_path, mon
     for a, b in zip(rows(tmp_path / "fast"), rows(tmp_path / "plain"), strict=True):
         for key in ("train_loss", "val_loss"):
             assert a[key] == pytest.approx(b[key], rel=tolerance), key
+
+
+@pytest.mark.parametrize("model, explain", [("cnn", "gradcam"), ("hybrid", "attention")])
+def test_medimg_eval_on_gpu_matches_the_cpu(tiny_cfg, tmp_path, model, explain):
+    train(tiny_cfg(f"model={model}"), tmp_path / "run")
+    documents = []
+    for device in ("cuda", "cpu"):
+        overrides = [f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'best.pt'}", f"device={device}"]
+        overrides += ["eval.uncertainty=tta", f"eval.explain={explain}", f"out={tmp_path / device}"]
+        documents.append(evaluate_checkpoint_cfg(compose_config(overrides, name="eval")))
+    on_gpu, on_cpu = documents
+    for key, entry in on_cpu["metrics"].items():
+        assert on_gpu["metrics"][key]["value"] == pytest.approx(entry["value"], abs=1e-2), key
+    gpu_maps = on_gpu["explain"]["randomisation"]["abs_spearman_mean"]
+    assert gpu_maps == pytest.approx(on_cpu["explain"]["randomisation"]["abs_spearman_mean"], abs=0.05)

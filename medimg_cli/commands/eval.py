@@ -3,71 +3,135 @@
     medimg eval checkpoint=runs/2026-11-21/10-00-00/checkpoints/best.pt split=test
 
 The checkpoint holds the model's registry name and arguments and the run's resolved config,
-so the model and the data (with its split) are rebuilt without the run's YAML files. The
-metrics are printed and written to ``<run folder>/eval/<split>.json``.
+so the model and the data (with its split) are rebuilt without the run's YAML files;
+``data.<key>=<value>`` changes the data config, to evaluate on another site or dataset. The
+analyses (``medimg_cli.evaluation``) write ``<run folder>/eval/<split>/`` and the headline
+numbers are printed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
+from torch import nn
 
 from medimg_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from medimg_cli.config import resolve_device
-from medimg_cli.data import build_data
+from medimg_cli.data import Splits, build_data
 from medimg_cli.data.batches import TensorBatches
+from medimg_cli.evaluation.run import Settings, evaluate_split
 from medimg_cli.hydra_app import run_hydra
 from medimg_cli.loop import TaskLoss, evaluate
-from medimg_cli.results import make_console, write_json
+from medimg_cli.results import make_console
 from medimg_cli.speed import Speed
 
-HELP = "evaluate a checkpoint on a split (checkpoint=<run>/checkpoints/best.pt split=test)"
+HELP = "evaluate a checkpoint: metrics with CIs, calibration, uncertainty, maps (checkpoint=<run>/checkpoints/best.pt)"
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> int:
+    # ``data`` is empty in eval.yaml: its keys are added to the checkpoint's data config
+    argv = [f"+{a}" if a.startswith("data.") else a for a in argv]
     return run_hydra("eval", evaluate_checkpoint_cfg, argv)
 
 
-def evaluate_checkpoint_cfg(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate as the ``eval`` config says, print the metrics and write them to JSON."""
-    path = Path(cfg.checkpoint)
-    metrics = evaluate_checkpoint(path, cfg.split, cfg.device, cfg.batch_size)
-    table = Table(title=f"{path} on the {cfg.split} split")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        table.add_row(key, f"{value:.6g}")
-    make_console().print(table)
-    out = path.parent.parent / "eval" / f"{cfg.split}.json"
-    out.parent.mkdir(exist_ok=True)
-    write_json(out, {"checkpoint": str(path), "split": cfg.split, "metrics": metrics})
-    log.info("wrote %s", out)
-    return metrics
-
-
-def evaluate_checkpoint(
-    path: Path, split: str = "test", device: str = "auto", batch_size: int | None = None
-) -> dict[str, float]:
-    """Rebuild the model and data of a checkpoint and evaluate on ``split``.
-
-    Returns:
-        ``loss``, the task's metrics (fractions) and ``seconds_per_image``.
-    """
+def load(
+    path: Path, device: str = "auto", data_changes: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], nn.Module, Splits, Speed]:
+    """The checkpoint's payload, its model (eval-ready on ``device``), its data and the evaluation ``Speed``."""
     torch_device = resolve_device(device)
     payload = load_checkpoint(path, torch_device)
     config = payload["config"]
-    data = build_data(config["data"])
-    if data.fingerprint != payload["data_fingerprint"]:
+    data_cfg = OmegaConf.merge(config["data"], dict(data_changes or {}))
+    data = build_data(OmegaConf.to_container(data_cfg, resolve=True))
+    if data.fingerprint != payload["data_fingerprint"] and not data_changes:
         log.warning("the rebuilt data differ from the data this model was trained on (fingerprint)")
     # the run's layout in fp32, as training evaluated, so the test split reproduces summary.json
     model = model_from_checkpoint(payload).to(torch_device)
     speed = Speed.from_config(config["trainer"], torch_device, model, data.info.spatial_dims, compile=False)
     speed = speed.for_evaluation()
-    model = speed.prepare(model)
-    size = batch_size or config["trainer"]["eval_batch_size"]
-    return evaluate(model, TensorBatches(data.split(split), size, torch_device), TaskLoss(data.info), speed)
+    return payload, speed.prepare(model), data, speed
+
+
+def evaluate_checkpoint(
+    path: Path, split: str = "test", device: str = "auto", batch_size: int | None = None
+) -> dict[str, float]:
+    """Rebuild the model and data of a checkpoint and compute the training loop's metrics on ``split``.
+
+    Returns:
+        ``loss``, the task's metrics (fractions) and ``seconds_per_image``: for the test split of
+        ``best.pt``, the test numbers of the run's summary.json.
+    """
+    payload, model, data, speed = load(path, device)
+    size = batch_size or payload["config"]["trainer"]["eval_batch_size"]
+    return evaluate(model, TensorBatches(data.split(split), size, speed.device), TaskLoss(data.info), speed)
+
+
+def eval_folder(cfg: DictConfig) -> Path:
+    """``out``, or ``<run folder>/eval/<split>`` with a digest of the data changes when there are any."""
+    if cfg.out:
+        return Path(cfg.out)
+    name = cfg.split
+    if cfg.data:
+        changes = json.dumps(OmegaConf.to_container(cfg.data, resolve=True), sort_keys=True, default=str)
+        name += "-" + hashlib.sha256(changes.encode()).hexdigest()[:8]
+    return Path(cfg.checkpoint).parent.parent / "eval" / name
+
+
+def evaluate_checkpoint_cfg(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate as the ``eval`` config says, write the eval folder and print the headline numbers."""
+    path = Path(cfg.checkpoint)
+    changes = OmegaConf.to_container(cfg.data, resolve=True)
+    payload, model, data, speed = load(path, cfg.device, changes)
+    out = eval_folder(cfg)
+    settings = Settings(**OmegaConf.to_container(cfg.eval, resolve=True))
+    size = cfg.batch_size or payload["config"]["trainer"]["eval_batch_size"]
+    facts = {"checkpoint": str(path), "data_changes": changes}
+    document = evaluate_split(model, payload, data, cfg.split, out, settings, speed, size, facts)
+    print_evaluation(document, f"{path} on the {cfg.split} split ({document['cases']} cases)")
+    log.info("wrote %s", out)
+    return document
+
+
+def print_evaluation(document: Mapping[str, Any], title: str) -> None:
+    """The metrics with their CIs, calibration, risk-coverage and the randomisation check."""
+    console = make_console()
+    table = Table(title=title)
+    for column in ("metric", "value", "95% CI"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    rows = dict(document["metrics"]) | {
+        k: v for k, v in document.get("calibration", {}).items() if isinstance(v, dict) and "value" in v
+    }
+    for name, entry in rows.items():
+        table.add_row(name, f"{entry['value']:.4f}", f"[{entry['low']:.4f}, {entry['high']:.4f}]")
+    console.print(table)
+    if document.get("calibration", {}).get("temperature", 1.0) != 1.0:
+        console.print(f"temperature fitted on the val split: T = {document['calibration']['temperature']:.3f}")
+    risk = document["risk_coverage"]
+    console.print(
+        f"risk-coverage ({document['uncertainty']}): AURC {risk['aurc']:.4f}; "
+        f"{risk['quality']} of the 80% most certain cases {risk['quality_at_80_percent']:.4f}"
+    )
+    if "explain" in document:
+        pointing = document["explain"]["pointing_game"]
+        if pointing:
+            console.print(
+                f"pointing game: the {document['explain']['method']} peak lies inside the lesion mask in "
+                f"{100 * pointing['peak_in_mask']:.1f}% of {pointing['cases']} correctly classified cases with a "
+                f"lesion (random weights: {100 * pointing['random_weights_peak_in_mask']:.1f}%; lesions cover "
+                f"{100 * pointing['lesion_share_of_pixels']:.1f}% of the pixels)"
+            )
+        check = document["explain"]["randomisation"]
+        console.print(
+            f"{document['explain']['method']} model-randomisation check: |Spearman rho| between the maps of the "
+            f"trained and a randomly initialised model = {check['abs_spearman_mean']:.3f} "
+            f"± {check['abs_spearman_sd']:.3f} "
+            f"over {document['explain']['cases']} cases; {check['verdict']}"
+        )

@@ -1,0 +1,427 @@
+"""Evaluate a model on one split and write the eval folder (see ``FILES``).
+
+Confidence intervals are percentile bootstrap 95% intervals over the split's cases
+(``eval.bootstrap`` resamples, seeded by ``eval.seed``), so they say how much a metric would
+move on another test set of the same size from the same population; they do not cover
+training randomness (``medimg benchmark`` with several seeds does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from medimg_cli.data import DataInfo, Splits
+from medimg_cli.data.batches import TensorBatches
+from medimg_cli.errors import ConfigError
+from medimg_cli.evaluation import calibration, figures
+from medimg_cli.evaluation.classification import OVERALL, PER_CLASS, classification_metrics, confusion_matrices
+from medimg_cli.evaluation.explain import explain, randomised, rank_correlations, target_layer
+from medimg_cli.evaluation.segmentation import SEGMENTATION, case_metrics
+from medimg_cli.evaluation.uncertainty import Predictions, predict, risk_coverage, sample_statistics
+from medimg_cli.reporting.stats import percentile_interval, resample_indices
+from medimg_cli.results import columns_csv, write_atomic, write_json
+from medimg_cli.speed import Speed
+
+FILES = {
+    "metrics.json": "every number below, plus the settings",
+    "metrics.csv": "metric, class, value and 95% CI per row",
+    "predictions.csv": "one row per case: label, prediction, probabilities, uncertainty, mask metrics",
+    "confusion_matrix.csv / .png": "counts, rows true, columns predicted",
+    "roc.png": "one-vs-rest ROC curves with AUCs",
+    "reliability.png / .csv": "reliability diagram and its bins",
+    "risk_coverage.png / .csv": "quality of the kept cases when the most uncertain are referred",
+    "subgroups.csv": "metrics per value of each metadata column",
+    "masks/": "predicted masks, PNG (2D) or NIfTI (3D) with the pixel spacing",
+    "explain/": "overlays of the most/least confident and misclassified cases, explain.csv",
+}
+SUBGROUP_METRICS = ("accuracy", "balanced_accuracy", "f1", "auc", "dice", "hd95")
+RANDOMISATION_THRESHOLD = 0.5  # mean |Spearman rho| below which maps "depend on the weights"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    """The ``eval`` config group (see ``conf/eval.yaml``)."""
+
+    bootstrap: int = 2000
+    seed: int = 0
+    bins: int = 15
+    temperature: bool = False
+    uncertainty: str = "none"
+    samples: int = 20
+    subgroups: list[str] | None = None
+    masks: bool = True
+    explain: str | None = None
+    target_layer: str | None = None
+    cases: int = 8
+    steps: int = 32
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation found: the JSON document and the metric rows of the CSV."""
+
+    document: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, metric: str, klass: str, value: float, interval: tuple[float, float, int], cases: int) -> None:
+        low, high, _ = interval
+        self.rows.append({"metric": metric, "class": klass, "value": value, "low": low, "high": high, "n": cases})
+
+
+def _chunked(function: Callable[[np.ndarray], dict[str, np.ndarray]], indices: np.ndarray) -> dict[str, np.ndarray]:
+    """``function`` over blocks of resample rows (bounded memory), concatenated."""
+    parts = [function(indices[i : i + 250]) for i in range(0, len(indices), 250)]
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _classification(
+    result: Evaluation, probs: np.ndarray, labels: np.ndarray, names: tuple[str, ...], indices: np.ndarray
+) -> None:
+    """Overall and per-class metrics with CIs into ``result``."""
+    point = classification_metrics(labels[None], probs[None])
+    boot = _chunked(lambda i: classification_metrics(labels[i], probs[i]), indices)
+    cases = len(labels)
+    overall, per_class = {}, {}
+    for name in OVERALL:
+        interval = percentile_interval(boot[name])
+        overall[name] = {"value": float(point[name][0]), "low": interval[0], "high": interval[1]}
+        result.add(name, "all", float(point[name][0]), interval, cases)
+    for k, klass in enumerate(names):
+        per_class[klass] = {"cases": int((labels == k).sum())}
+        for name in PER_CLASS:
+            interval = percentile_interval(boot[f"class_{name}"][:, k])
+            value = float(point[f"class_{name}"][0, k])
+            per_class[klass][name] = {"value": value, "low": interval[0], "high": interval[1]}
+            result.add(name, klass, value, interval, cases)
+    result.document["metrics"] = overall
+    result.document["per_class"] = per_class
+
+
+def _segmentation(result: Evaluation, values: dict[str, np.ndarray], indices: np.ndarray, unit: str) -> None:
+    """Means over cases (per class, then over classes) with CIs into ``result``."""
+    classes = values["dice"].shape[1]
+    found = {}
+    for name in SEGMENTATION:
+        per_case = values[name]  # (N, C - 1)
+        boot = per_case[indices].mean(axis=1)  # (R, C - 1)
+        point = per_case.mean(axis=0)
+        interval = percentile_interval(boot.mean(axis=1))
+        found[name] = {"value": float(point.mean()), "low": interval[0], "high": interval[1]}
+        result.add(name, "all", float(point.mean()), interval, len(per_case))
+        for c in range(classes) if classes > 1 else ():
+            result.add(name, str(c + 1), float(point[c]), percentile_interval(boot[:, c]), len(per_case))
+    result.document.setdefault("metrics", {}).update(found)
+    result.document["distance_unit"] = unit
+
+
+def _calibration(result: Evaluation, probs: np.ndarray, labels: np.ndarray, indices: np.ndarray, bins: int) -> dict:
+    """ECE and Brier score with CIs, and the reliability bins."""
+    ece = calibration.expected_calibration_error(probs, labels, bins)
+    brier = calibration.brier_score(probs, labels)
+    ece_boot = np.array([calibration.expected_calibration_error(probs[i], labels[i], bins) for i in indices])
+    onehot = np.eye(probs.shape[1])[labels]
+    brier_boot = ((probs - onehot) ** 2).sum(axis=1)[indices].mean(axis=1)
+    for name, value, boot in (("ece", ece, ece_boot), ("brier", brier, brier_boot)):
+        interval = percentile_interval(boot)
+        result.add(name, "all", value, interval, len(labels))
+        result.document["calibration"][name] = {"value": value, "low": interval[0], "high": interval[1]}
+    return calibration.reliability_bins(probs, labels, bins)
+
+
+def _validation_logits(model: nn.Module, data: Splits, info: DataInfo, batch_size: int, speed: Speed) -> torch.Tensor:
+    """``(N, K)`` class logits of the val split, one pass (for temperature scaling)."""
+    batches = TensorBatches(data.split("val"), batch_size, speed.device)
+    return predict(model, batches, info, speed).logits[0]
+
+
+def _write_masks(folder: Path, labels: torch.Tensor, ids: list[str], spacing: list[list[float] | None]) -> None:
+    """One file per case: PNG of the label values (2D) or NIfTI with the pixel spacing (3D)."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for case, name in enumerate(ids):
+        array = labels[case].numpy().astype(np.uint8)
+        if array.ndim == 2:
+            buffer = io.BytesIO()
+            Image.fromarray(array).save(buffer, format="PNG")
+            write_atomic(folder / f"{name}.png", buffer.getvalue())
+        else:
+            affine = np.diag([*(spacing[case] or [1.0, 1.0, 1.0]), 1.0])
+            write_atomic(folder / f"{name}.nii.gz", gzip.compress(nib.Nifti1Image(array, affine).to_bytes()))
+
+
+def _subgroups(
+    data: Splits, split: str, columns: list[str] | None, cases: dict[str, np.ndarray], settings: Settings
+) -> dict[str, list]:
+    """Rows ``column, value, n, metric, value, low, high`` for each metadata subgroup."""
+    meta = (data.meta or {}).get(split, {})
+    chosen = data.subgroup_columns() if columns is None else [columns] if isinstance(columns, str) else list(columns)
+    unknown = [c for c in chosen if c not in meta]
+    if unknown:
+        valid = ", ".join(meta) or "none (the data has no metadata columns)"
+        raise ConfigError(f"eval.subgroups: {unknown[0]!r} is not a metadata column of the data; valid: {valid}")
+    rows: dict[str, list] = {k: [] for k in ("column", "group", "n", "metric", "value", "low", "high")}
+    for column in chosen:
+        values = np.array(meta[column])
+        for group in sorted(set(values)):
+            members = np.flatnonzero(values == group)
+            indices = resample_indices(len(members), settings.bootstrap, settings.seed)
+            for name, value, boot in _subgroup_metrics(cases, members, indices):
+                low, high, _ = percentile_interval(boot)
+                for key, item in zip(rows, (column, group, len(members), name, value, low, high), strict=True):
+                    rows[key].append(item)
+    return rows
+
+
+def _subgroup_metrics(cases: dict[str, np.ndarray], members: np.ndarray, indices: np.ndarray):
+    """``(metric, value, bootstrap values)`` of the cases ``members``."""
+    if "probs" in cases:
+        probs, labels = cases["probs"][members], cases["label"][members]
+        point = classification_metrics(labels[None], probs[None])
+        boot = _chunked(lambda i: classification_metrics(labels[i], probs[i]), indices)
+        for name in SUBGROUP_METRICS[:4]:
+            yield name, float(point[name][0]), boot[name]
+    for name in SUBGROUP_METRICS[4:]:
+        if name in cases:
+            per_case = cases[name][members].mean(axis=1)
+            yield name, float(per_case.mean()), per_case[indices].mean(axis=1)
+
+
+def _explain(
+    folder: Path,
+    model: nn.Module,
+    payload: Mapping[str, Any],
+    tensors: dict[str, torch.Tensor],
+    probs: np.ndarray,
+    ids: list[str],
+    names: tuple[str, ...],
+    settings: Settings,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Overlays of the most/least confident and misclassified cases, and the randomisation check."""
+    method = settings.explain
+    layer = target_layer(model, settings.target_layer) if method in ("gradcam", "gradcam++") else None
+    labels, preds = tensors["label"].numpy(), probs.argmax(1)
+    confidence = probs.max(1)
+    by_confidence = np.argsort(-confidence, kind="stable")
+    wrong = by_confidence[preds[by_confidence] != labels[by_confidence]]
+    groups = {
+        "most_confident": by_confidence[: settings.cases],
+        "least_confident": by_confidence[::-1][: settings.cases].copy(),
+        "misclassified": wrong[: settings.cases],
+    }
+    masks = tensors.get("mask")
+    chosen = np.concatenate(list(groups.values()))
+    if masks is not None:  # the pointing game scores every correctly classified case with a lesion
+        lesions = masks.flatten(1).amax(1).numpy() > 0
+        chosen = np.concatenate([chosen, np.flatnonzero(lesions & (preds == labels))])
+    chosen = np.unique(chosen)
+    images = tensors["image"][chosen].to(device)
+    classes = torch.as_tensor(preds[chosen])
+    trained = explain(model, images, classes, method, layer, settings.steps).cpu()
+    random_model = randomised(payload["model"]["name"], payload["model"]["args"], settings.seed).to(device)
+    shuffled = explain(random_model, images, classes, method, layer, settings.steps).cpu()
+    rho = rank_correlations(trained, shuffled)
+    position = {case: i for i, case in enumerate(chosen)}
+    for group, cases in groups.items():
+        if not len(cases):
+            continue
+        at = [position[c] for c in cases]
+        titles = [
+            f"{ids[c]}\ntrue {names[labels[c]]}\npred {names[preds[c]]} ({confidence[c]:.2f})\nrho {rho[i]:.2f}"
+            for c, i in zip(cases, at, strict=True)
+        ]
+        figures.overlay_figure(
+            folder / f"{group}.png",
+            tensors["image"][cases],
+            [trained[at], shuffled[at]],
+            titles,
+            [method, f"{method}, random weights"],
+            masks[cases] if masks is not None else None,
+        )
+    membership = {c: [g for g, cases in groups.items() if c in cases] for c in chosen}
+    table = {
+        "case": [int(c) for c in chosen],
+        "id": [ids[c] for c in chosen],
+        "groups": [" ".join(membership[c]) for c in chosen],
+        "spearman_vs_random_weights": rho.tolist(),
+    }
+    pointing = None
+    if masks is not None:  # pointing game (Zhang et al. 2016): is the map's peak inside the lesion mask?
+        lesion = masks[chosen].flatten(1) > 0
+        hits = [lesion.gather(1, m.flatten(1).argmax(1, keepdim=True))[:, 0] for m in (trained, shuffled)]
+        scored = torch.as_tensor(preds[chosen] == labels[chosen]) & lesion.any(1)
+        table["peak_in_mask"] = [bool(h) if a else None for h, a in zip(hits[0], lesion.any(1), strict=True)]
+        pointing = {
+            "cases": int(scored.sum()),  # correctly classified cases with a lesion
+            "peak_in_mask": float(hits[0][scored].float().mean()) if scored.any() else float("nan"),
+            "random_weights_peak_in_mask": float(hits[1][scored].float().mean()) if scored.any() else float("nan"),
+            "lesion_share_of_pixels": float(lesion[scored].float().mean()) if scored.any() else float("nan"),
+        }
+    write_atomic(folder / "explain.csv", columns_csv(table))
+    mean = float(np.abs(rho).mean())
+    passed = bool(mean < RANDOMISATION_THRESHOLD)
+    return {
+        "method": method,
+        "target_layer": layer,
+        "cases": len(chosen),
+        "pointing_game": pointing,
+        "randomisation": {
+            "abs_spearman_mean": mean,
+            "abs_spearman_sd": float(np.abs(rho).std()),
+            "threshold": RANDOMISATION_THRESHOLD,
+            "passed": passed,
+            "verdict": (
+                "the maps change when the weights are randomised: they depend on what the model learned"
+                if passed
+                else "the maps barely change when the weights are randomised: they may show the image, not the model"
+            ),
+        },
+    }
+
+
+def _model_task(info: DataInfo, task: str) -> DataInfo:
+    """The data description for the model's task: a classifier evaluated on multitask data (to
+    use the lesion masks in the pointing game) is scored as a classifier."""
+    if task == info.task:
+        return info
+    if task == "multitask" or info.task != "multitask":
+        raise ConfigError(f"a {task} model cannot be evaluated on data.task={info.task}; use data.task={task}")
+    return dataclasses.replace(info, task=task)
+
+
+def evaluate_split(
+    model: nn.Module,
+    payload: Mapping[str, Any],
+    data: Splits,
+    split: str,
+    out: Path,
+    settings: Settings,
+    speed: Speed,
+    batch_size: int,
+    facts: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``data``'s ``split`` and write every file of ``FILES`` that applies to
+    the task into ``out``. Returns the ``metrics.json`` document, which starts with ``facts``."""
+    info, device = _model_task(data.info, payload["model"]["args"].get("task", data.info.task)), speed.device
+    if info.multilabel:
+        raise ConfigError(
+            "medimg eval does not evaluate multi-label data (e.g. ChestMNIST) yet; "
+            "the run's summary.json and test_predictions.csv hold its per-label metrics"
+        )
+    tensors = data.split(split)
+    count = len(tensors["image"])
+    known_ids = (data.ids or {}).get(split)
+    ids = list(known_ids) if known_ids and len(known_ids) == count else [f"case{i:05d}" for i in range(count)]
+    indices = resample_indices(count, settings.bootstrap, settings.seed)
+    result = Evaluation(document=dict(facts or {}))
+    result.document.update(split=split, cases=count, bootstrap=settings.bootstrap, uncertainty=settings.uncertainty)
+    batches = TensorBatches(tensors, batch_size, device)
+    predictions: Predictions = predict(
+        model, batches, info, speed, settings.uncertainty, settings.samples, settings.seed
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    columns: dict[str, list] = {"case": list(range(count)), "id": ids}
+    columns |= {c: list(v) for c, v in ((data.meta or {}).get(split) or {}).items()}
+    cases: dict[str, np.ndarray] = {}
+    quality = uncertainty = None
+    if info.classifies:
+        temperature = 1.0
+        if settings.temperature:
+            temperature = calibration.fit_temperature(
+                _validation_logits(model, data, info, batch_size, speed), data.split("val")["label"]
+            )
+        stats = sample_statistics(predictions.logits, temperature)
+        probs, labels = stats["probs"].numpy().astype(np.float64), tensors["label"].numpy()
+        cases |= {"probs": probs, "label": labels}
+        names = info.class_names
+        _classification(result, probs, labels, names, indices)
+        result.document["calibration"] = {"temperature": temperature, "bins": settings.bins}
+        if settings.temperature:
+            plain = sample_statistics(predictions.logits)["probs"].numpy().astype(np.float64)
+            result.document["calibration"]["before_temperature"] = {
+                "ece": calibration.expected_calibration_error(plain, labels, settings.bins),
+                "brier": calibration.brier_score(plain, labels),
+            }
+        bins = _calibration(result, probs, labels, indices, settings.bins)
+        write_atomic(out / "reliability.csv", columns_csv({k: v.tolist() for k, v in bins.items()}))
+        figures.reliability_figure(
+            out / "reliability.png", bins, result.document["calibration"]["ece"]["value"], f"{split} split"
+        )
+        matrix = confusion_matrices(labels[None], probs.argmax(1)[None], len(names))[0]
+        write_atomic(
+            out / "confusion_matrix.csv",
+            columns_csv({"true": list(names)} | {f"pred_{n}": matrix[:, k].tolist() for k, n in enumerate(names)}),
+        )
+        figures.confusion_figure(out / "confusion_matrix.png", matrix, names)
+        aucs = np.array([result.document["per_class"][n]["auc"]["value"] for n in names])
+        figures.roc_figure(out / "roc.png", probs, labels, names, aucs)
+        preds = probs.argmax(1)
+        columns |= {"label": labels.tolist(), "prediction": preds.tolist(), "correct": (preds == labels).tolist()}
+        columns |= {"confidence": probs.max(1).tolist()}
+        columns |= {f"p_{n}": probs[:, k].tolist() for k, n in enumerate(names)}
+        columns["entropy"] = stats["entropy"].tolist()
+        if settings.uncertainty != "none":
+            columns["variance"] = stats["variance"].tolist()
+        quality, uncertainty = torch.as_tensor((preds == labels).astype(float)), stats["entropy"]
+    if info.segments:
+        spacing = (data.pixel_spacing or {}).get(split) or [None] * count
+        unit = "mm" if all(s is not None for s in spacing) else "pixels"
+        spacing = [s if s is not None else [1.0] * info.spatial_dims for s in spacing]
+        values = {name: [] for name in SEGMENTATION}
+        for start in range(0, count, batch_size):
+            found = case_metrics(
+                predictions.seg_labels[start : start + batch_size],
+                tensors["mask"][start : start + batch_size, 0],
+                info.num_seg_classes,
+                spacing[start : start + batch_size],
+            )
+            for name in SEGMENTATION:
+                values[name].append(found[name])
+        values = {name: np.concatenate(parts) for name, parts in values.items()}
+        cases |= values
+        _segmentation(result, values, indices, unit)
+        for name, per_case in values.items():
+            suffixes = [""] if per_case.shape[1] == 1 else [f"_{c + 1}" for c in range(per_case.shape[1])]
+            columns |= {f"{name}{s}": per_case[:, c].tolist() for c, s in enumerate(suffixes)}
+        columns["mask_entropy"] = predictions.seg_entropy.tolist()
+        if quality is None:
+            quality, uncertainty = torch.as_tensor(values["dice"].mean(axis=1)), predictions.seg_entropy
+        if settings.masks:
+            _write_masks(out / "masks", predictions.seg_labels, ids, spacing)
+    curve = risk_coverage(uncertainty, quality)
+    quality_name = "accuracy" if info.classifies else "Dice"
+    write_atomic(out / "risk_coverage.csv", columns_csv({k: v.tolist() for k, v in curve.items()}))
+    figures.risk_coverage_figure(out / "risk_coverage.png", curve, quality_name, settings.uncertainty)
+    result.document["risk_coverage"] = {
+        "quality": quality_name,
+        "aurc": float((1 - curve["quality"]).mean()),  # area under the risk (1 - quality) curve
+        "quality_at_80_percent": float(curve["quality"][int(np.ceil(0.8 * count)) - 1]),
+    }
+    write_atomic(out / "predictions.csv", columns_csv(columns))
+    groups = _subgroups(data, split, settings.subgroups, cases, settings)
+    if groups["column"]:
+        write_atomic(out / "subgroups.csv", columns_csv(groups))
+    result.document["subgroups"] = sorted(set(groups["column"]))
+    if settings.explain:
+        if not info.classifies:
+            raise ConfigError("eval.explain needs a model that classifies (data.task classification or multitask)")
+        result.document["explain"] = _explain(
+            out / "explain", model, payload, tensors, cases["probs"], ids, info.class_names, settings, device
+        )
+    write_atomic(out / "metrics.csv", columns_csv({k: [r[k] for r in result.rows] for k in result.rows[0]}))
+    write_json(out / "metrics.json", result.document)
+    return result.document
