@@ -153,12 +153,14 @@ def test_subgroups_break_the_metrics_down_by_site(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_on_another_site_writes_its_own_folder(tmp_path):
+def test_eval_on_another_site_writes_its_own_folder(tmp_path, capsys):
     checkpoint = _train(tmp_path / "run", "data.task=classification")
     document = _eval(checkpoint, "+data.seed=1")
     folders = [p.name for p in (tmp_path / "run" / "eval").iterdir()]
     assert len(folders) == 1 and folders[0].startswith("test-")
     assert document["data_changes"] == {"seed": 1}
+    assert eval_command.main([f"checkpoint={checkpoint}", "data.sead=1"]) == 2
+    assert "data.sead is not a key of this run's data config; its keys: binary, " in capsys.readouterr().err
 
 
 @pytest.mark.slow

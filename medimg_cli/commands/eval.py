@@ -26,6 +26,7 @@ from medimg_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from medimg_cli.config import resolve_device
 from medimg_cli.data import Splits, build_data
 from medimg_cli.data.batches import TensorBatches
+from medimg_cli.errors import ConfigError
 from medimg_cli.evaluation.run import Settings, evaluate_split
 from medimg_cli.hydra_app import run_hydra
 from medimg_cli.loop import TaskLoss, evaluate
@@ -49,6 +50,10 @@ def load(
     torch_device = resolve_device(device)
     payload = load_checkpoint(path, torch_device)
     config = payload["config"]
+    unknown = [key for key in data_changes or {} if key not in config["data"]]
+    if unknown:
+        keys = ", ".join(sorted(config["data"]))
+        raise ConfigError(f"data.{unknown[0]} is not a key of this run's data config; its keys: {keys}")
     data_cfg = OmegaConf.merge(config["data"], dict(data_changes or {}))
     data = build_data(OmegaConf.to_container(data_cfg, resolve=True))
     if data.fingerprint != payload["data_fingerprint"] and not data_changes:

@@ -46,8 +46,7 @@ class ClassLogits(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        logits = self.model(image)["class_logits"]
-        return logits
+        return self.model(image)["class_logits"]
 
 
 def _normalise(maps: torch.Tensor) -> torch.Tensor:

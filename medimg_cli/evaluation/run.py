@@ -71,10 +71,12 @@ class Settings:
 
 @dataclass
 class Evaluation:
-    """What one evaluation found: the JSON document and the metric rows of the CSV."""
+    """What one evaluation found: the JSON document, the rows of metrics.csv and per-case values."""
 
     document: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    columns: dict[str, list] = field(default_factory=dict)  # classification columns of predictions.csv
+    cases: dict[str, np.ndarray] = field(default_factory=dict)  # per-case arrays for the subgroups
 
     def add(self, metric: str, klass: str, value: float, interval: tuple[float, float, int], cases: int) -> None:
         low, high, _ = interval
@@ -293,6 +295,70 @@ def _explain(
     }
 
 
+def _classification_outputs(
+    result: Evaluation,
+    out: Path,
+    predictions: Predictions,
+    labels: np.ndarray,
+    names: tuple[str, ...],
+    temperature: float,
+    indices: np.ndarray,
+    settings: Settings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Metrics, calibration, confusion matrix and ROC of the class predictions; fills
+    ``result.columns`` (predictions.csv) and ``result.cases``.
+
+    Returns:
+        per-case correctness and predictive entropy ``(N,)``, for the risk-coverage curve.
+    """
+    stats = sample_statistics(predictions.logits, temperature)
+    probs = stats["probs"].numpy().astype(np.float64)
+    _classification(result, probs, labels, names, indices)
+    result.document["calibration"] = {"temperature": temperature, "bins": settings.bins}
+    if temperature != 1.0:
+        plain = sample_statistics(predictions.logits)["probs"].numpy().astype(np.float64)
+        result.document["calibration"]["before_temperature"] = {
+            "ece": calibration.expected_calibration_error(plain, labels, settings.bins),
+            "brier": calibration.brier_score(plain, labels),
+        }
+    bins = _calibration(result, probs, labels, indices, settings.bins)
+    write_atomic(out / "reliability.csv", columns_csv({k: v.tolist() for k, v in bins.items()}))
+    ece = result.document["calibration"]["ece"]["value"]
+    figures.reliability_figure(out / "reliability.png", bins, ece, result.document["split"] + " split")
+    preds = probs.argmax(1)
+    matrix = confusion_matrices(labels[None], preds[None], len(names))[0]
+    table = {"true": list(names)} | {f"pred_{n}": matrix[:, k].tolist() for k, n in enumerate(names)}
+    write_atomic(out / "confusion_matrix.csv", columns_csv(table))
+    figures.confusion_figure(out / "confusion_matrix.png", matrix, names)
+    aucs = np.array([result.document["per_class"][n]["auc"]["value"] for n in names])
+    figures.roc_figure(out / "roc.png", probs, labels, names, aucs)
+    correct = preds == labels
+    result.columns = {"label": labels.tolist(), "prediction": preds.tolist(), "correct": correct.tolist()}
+    result.columns |= {"confidence": probs.max(1).tolist()}
+    result.columns |= {f"p_{n}": probs[:, k].tolist() for k, n in enumerate(names)}
+    result.columns["entropy"] = stats["entropy"].tolist()
+    if predictions.logits.shape[0] > 1:
+        result.columns["variance"] = stats["variance"].tolist()
+    result.cases = {"probs": probs, "label": labels}
+    return torch.as_tensor(correct.astype(float)), stats["entropy"]
+
+
+def _segmentation_outputs(
+    predictions: Predictions, masks: torch.Tensor, num_classes: int, spacing: list[list[float]], batch_size: int
+) -> dict[str, np.ndarray]:
+    """Per-case, per-foreground-class Dice, IoU, HD95 and ASD ``(N, C - 1)``, batch by batch."""
+    parts = [
+        case_metrics(
+            predictions.seg_labels[start : start + batch_size],
+            masks[start : start + batch_size],
+            num_classes,
+            spacing[start : start + batch_size],
+        )
+        for start in range(0, len(masks), batch_size)
+    ]
+    return {name: np.concatenate([part[name] for part in parts]) for name in SEGMENTATION}
+
+
 def _model_task(info: DataInfo, task: str) -> DataInfo:
     """The data description for the model's task: a classifier evaluated on multitask data (to
     use the lesion masks in the pointing game) is scored as a classifier."""
@@ -322,6 +388,8 @@ def evaluate_split(
             "medimg eval does not evaluate multi-label data (e.g. ChestMNIST) yet; "
             "the run's summary.json and test_predictions.csv hold its per-label metrics"
         )
+    if settings.explain and not info.classifies:
+        raise ConfigError("eval.explain needs a model that classifies (data.task classification or multitask)")
     tensors = data.split(split)
     count = len(tensors["image"])
     known_ids = (data.ids or {}).get(split)
@@ -330,75 +398,33 @@ def evaluate_split(
     result = Evaluation(document=dict(facts or {}))
     result.document.update(split=split, cases=count, bootstrap=settings.bootstrap, uncertainty=settings.uncertainty)
     batches = TensorBatches(tensors, batch_size, device)
-    predictions: Predictions = predict(
-        model, batches, info, speed, settings.uncertainty, settings.samples, settings.seed
-    )
+    predictions = predict(model, batches, info, speed, settings.uncertainty, settings.samples, settings.seed)
     out.mkdir(parents=True, exist_ok=True)
     columns: dict[str, list] = {"case": list(range(count)), "id": ids}
     columns |= {c: list(v) for c, v in ((data.meta or {}).get(split) or {}).items()}
     cases: dict[str, np.ndarray] = {}
-    quality = uncertainty = None
     if info.classifies:
         temperature = 1.0
         if settings.temperature:
-            temperature = calibration.fit_temperature(
-                _validation_logits(model, data, info, batch_size, speed), data.split("val")["label"]
-            )
-        stats = sample_statistics(predictions.logits, temperature)
-        probs, labels = stats["probs"].numpy().astype(np.float64), tensors["label"].numpy()
-        cases |= {"probs": probs, "label": labels}
-        names = info.class_names
-        _classification(result, probs, labels, names, indices)
-        result.document["calibration"] = {"temperature": temperature, "bins": settings.bins}
-        if settings.temperature:
-            plain = sample_statistics(predictions.logits)["probs"].numpy().astype(np.float64)
-            result.document["calibration"]["before_temperature"] = {
-                "ece": calibration.expected_calibration_error(plain, labels, settings.bins),
-                "brier": calibration.brier_score(plain, labels),
-            }
-        bins = _calibration(result, probs, labels, indices, settings.bins)
-        write_atomic(out / "reliability.csv", columns_csv({k: v.tolist() for k, v in bins.items()}))
-        figures.reliability_figure(
-            out / "reliability.png", bins, result.document["calibration"]["ece"]["value"], f"{split} split"
+            val_logits = _validation_logits(model, data, info, batch_size, speed)
+            temperature = calibration.fit_temperature(val_logits, data.split("val")["label"])
+        quality, uncertainty = _classification_outputs(
+            result, out, predictions, tensors["label"].numpy(), info.class_names, temperature, indices, settings
         )
-        matrix = confusion_matrices(labels[None], probs.argmax(1)[None], len(names))[0]
-        write_atomic(
-            out / "confusion_matrix.csv",
-            columns_csv({"true": list(names)} | {f"pred_{n}": matrix[:, k].tolist() for k, n in enumerate(names)}),
-        )
-        figures.confusion_figure(out / "confusion_matrix.png", matrix, names)
-        aucs = np.array([result.document["per_class"][n]["auc"]["value"] for n in names])
-        figures.roc_figure(out / "roc.png", probs, labels, names, aucs)
-        preds = probs.argmax(1)
-        columns |= {"label": labels.tolist(), "prediction": preds.tolist(), "correct": (preds == labels).tolist()}
-        columns |= {"confidence": probs.max(1).tolist()}
-        columns |= {f"p_{n}": probs[:, k].tolist() for k, n in enumerate(names)}
-        columns["entropy"] = stats["entropy"].tolist()
-        if settings.uncertainty != "none":
-            columns["variance"] = stats["variance"].tolist()
-        quality, uncertainty = torch.as_tensor((preds == labels).astype(float)), stats["entropy"]
+        columns |= result.columns
+        cases |= result.cases
     if info.segments:
         spacing = (data.pixel_spacing or {}).get(split) or [None] * count
         unit = "mm" if all(s is not None for s in spacing) else "pixels"
         spacing = [s if s is not None else [1.0] * info.spatial_dims for s in spacing]
-        values = {name: [] for name in SEGMENTATION}
-        for start in range(0, count, batch_size):
-            found = case_metrics(
-                predictions.seg_labels[start : start + batch_size],
-                tensors["mask"][start : start + batch_size, 0],
-                info.num_seg_classes,
-                spacing[start : start + batch_size],
-            )
-            for name in SEGMENTATION:
-                values[name].append(found[name])
-        values = {name: np.concatenate(parts) for name, parts in values.items()}
+        values = _segmentation_outputs(predictions, tensors["mask"][:, 0], info.num_seg_classes, spacing, batch_size)
         cases |= values
         _segmentation(result, values, indices, unit)
         for name, per_case in values.items():
             suffixes = [""] if per_case.shape[1] == 1 else [f"_{c + 1}" for c in range(per_case.shape[1])]
             columns |= {f"{name}{s}": per_case[:, c].tolist() for c, s in enumerate(suffixes)}
         columns["mask_entropy"] = predictions.seg_entropy.tolist()
-        if quality is None:
+        if not info.classifies:  # the risk-coverage curve of a segmenter: Dice against mask entropy
             quality, uncertainty = torch.as_tensor(values["dice"].mean(axis=1)), predictions.seg_entropy
         if settings.masks:
             _write_masks(out / "masks", predictions.seg_labels, ids, spacing)
@@ -417,8 +443,6 @@ def evaluate_split(
         write_atomic(out / "subgroups.csv", columns_csv(groups))
     result.document["subgroups"] = sorted(set(groups["column"]))
     if settings.explain:
-        if not info.classifies:
-            raise ConfigError("eval.explain needs a model that classifies (data.task classification or multitask)")
         result.document["explain"] = _explain(
             out / "explain", model, payload, tensors, cases["probs"], ids, info.class_names, settings, device
         )
