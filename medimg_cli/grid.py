@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # keys that cannot change a run's numbers: how to resume, print or load (the loaders give
 # identical batches). commands.train.RESUMABLE_KEYS also lets device and epochs change on
 # resume, but those stay part of a run's identity here.
-IGNORED_KEYS = ("trainer.resume", "trainer.table_every", "trainer.loader", "trainer.workers")
+IGNORED_KEYS = ("trainer.resume", "trainer.table_every", "trainer.loader", "trainer.workers", "tracking")
 
 
 @dataclass
@@ -119,7 +119,7 @@ def _without_ignored(config: dict[str, Any]) -> dict[str, Any]:
     config = json.loads(json.dumps(config))  # a deep copy with JSON's types
     for key in IGNORED_KEYS:
         parent, _, leaf = key.rpartition(".")
-        config.get(parent, {}).pop(leaf, None)
+        (config.get(parent, {}) if parent else config).pop(leaf, None)
     return config
 
 

@@ -58,6 +58,7 @@ from medimg_cli.results import (
 )
 from medimg_cli.runinfo import device_name, git_commit, peak_memory, versions
 from medimg_cli.speed import Speed, configure_backends
+from medimg_cli.tracking import Tracker, sample_predictions
 
 HELP = "train a model; Hydra overrides pick data, model, augment, optim, trainer"
 log = logging.getLogger(__name__)
@@ -65,6 +66,12 @@ log = logging.getLogger(__name__)
 # The loaders give identical batches, so they may change too.
 RESUMABLE_KEYS = (
     "trainer.resume",
+    "tracking.tensorboard",
+    "tracking.images",
+    "tracking.image_every",
+    "tracking.mlflow",
+    "tracking.mlflow_uri",
+    "tracking.experiment",
     "trainer.epochs",
     "trainer.table_every",
     "device",
@@ -210,6 +217,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         disable=not console.is_terminal,
     )
     first_epoch = len(history) + 1
+    tracker = Tracker(cfg.get("tracking"), run_dir, checkpoint_base["config"], first_epoch)
+    samples = {key: value[: tracker.images].to(device) for key, value in data.val.items()}
     with _exit_on_ctrl_c(run_dir, history):
         with progress:
             bar = progress.add_task(
@@ -261,6 +270,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                 )
                 # after the checkpoint, so that every row in metrics.csv can be resumed from
                 append_metrics_row(run_dir / "metrics.csv", row)
+                due = tracker.wants_samples(epoch)
+                tracker.epoch(row, sample_predictions(model, samples["image"], info, samples) if due else None)
                 status = f"loss {row['train_loss']:.4f}  {trainer.monitor} {value:.4f}"
                 progress.update(bar, status=status)
                 if progress.disable:
@@ -271,6 +282,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         test_batches = batches(data.test, trainer.eval_batch_size)
         test = evaluate(runner, test_batches, loss_fn, speed.for_evaluation(), test_cases)
         write_atomic(run_dir / "test_predictions.csv", cases_csv(test_cases.cases()))
+        tracker.finish(test, len(history))
 
     summary = {
         "model": cfg.model.name,

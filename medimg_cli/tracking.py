@@ -1,0 +1,172 @@
+"""Experiment tracking beside ``metrics.csv``: TensorBoard by default, MLflow on request.
+
+- TensorBoard (``tracking.tensorboard``, on by default): ``<run>/tensorboard/`` holds every
+  numeric column of ``metrics.csv`` as a scalar per epoch, the test metrics at the last epoch,
+  and every ``tracking.image_every`` epochs a picture of ``tracking.images`` validation images:
+  the true mask (red) above the predicted one, or the images with ``label -> prediction`` as
+  text when the model only classifies. A resumed run purges events after its last saved epoch.
+- MLflow (``tracking.mlflow=true``): the resolved config as parameters (dotted keys), the same
+  metrics per epoch and the test metrics, in the store ``tracking.mlflow_uri`` (default: the
+  SQLite file ``mlruns/mlflow.db`` in the working directory, MLflow 3's local store; its file
+  store is deprecated). The MLflow run id is kept in ``<run>/mlflow.json`` so that a resumed
+  run continues the same MLflow run.
+
+Only the process that writes the run folder tracks; CSV stays the record of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medimg_cli.data import DataInfo
+from medimg_cli.errors import ConfigError
+from medimg_cli.pictures import tile
+from medimg_cli.results import write_json
+
+MLFLOW_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``: config keys as MLflow parameter names."""
+    found: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            found |= flatten(value, name + ".")
+        else:
+            found[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return found
+
+
+def _numbers(row: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch" and not math.isnan(v)}
+
+
+class Tracker:
+    """Sends each epoch's row (and samples) to TensorBoard and/or MLflow.
+
+    Args:
+        settings: the ``tracking`` config (``None``: the defaults).
+        run_dir: the run folder.
+        config: the resolved config (MLflow parameters).
+        first_epoch: the epoch training starts at (> 1 when resuming).
+    """
+
+    def __init__(self, settings: Mapping | None, run_dir: Path, config: Mapping, first_epoch: int) -> None:
+        settings = dict(settings or {})
+        self.images = int(settings.get("images", 4))
+        self.image_every = int(settings.get("image_every", 1))
+        self.writer = None
+        self.mlflow = None
+        if settings.get("tensorboard", True):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch)
+        if settings.get("mlflow", False):
+            self.mlflow = _MlflowRun(settings, run_dir, config)
+
+    def epoch(self, row: Mapping[str, Any], samples: Mapping[str, Any] | None = None) -> None:
+        """Log one ``metrics.csv`` row; ``samples`` from ``sample_predictions`` when due."""
+        values, epoch = _numbers(row), int(row["epoch"])
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, epoch)
+            if samples is not None:
+                self.writer.add_image("val_samples", samples["picture"], epoch, dataformats="HWC")
+                if samples["text"]:
+                    self.writer.add_text("val_samples", samples["text"], epoch)
+            self.writer.flush()
+        if self.mlflow is not None:
+            self.mlflow.metrics(values, epoch)
+
+    def wants_samples(self, epoch: int) -> bool:
+        return self.writer is not None and self.images > 0 and epoch % self.image_every == 0
+
+    def finish(self, test: Mapping[str, Any], epoch: int) -> None:
+        """Log the test metrics (as ``test_<name>``) and close."""
+        values = {f"test_{k}": v for k, v in _numbers(test).items()}
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, epoch)
+            self.writer.close()
+        if self.mlflow is not None:
+            self.mlflow.metrics(values, epoch)
+            self.mlflow.close()
+
+
+@torch.no_grad()
+def sample_predictions(model: nn.Module, images: torch.Tensor, info: DataInfo, batch: dict) -> dict[str, Any]:
+    """A picture ``(H, W, 3)`` uint8 of ``images`` ``(N, C, *spatial)`` with the true masks (top row)
+    and the predicted ones (bottom row), and ``label -> prediction`` text when classifying."""
+    was_training = model.training
+    model.eval()
+    outputs = model(images)
+    model.train(was_training)
+    rows = []
+    if info.segments:
+        predicted = outputs["seg_logits"].argmax(1)
+        rows.append([tile(image, mask[0]) for image, mask in zip(images, batch["mask"], strict=True)])
+        rows.append([tile(image, mask) for image, mask in zip(images, predicted, strict=True)])
+    else:
+        rows.append([tile(image) for image in images])
+    text = ""
+    if info.classifies and not info.multilabel:
+        names = info.class_names
+        predicted = outputs["class_logits"].argmax(1).tolist()
+        text = "  \n".join(
+            f"image {i}: {names[label]} -> {names[guess]}"
+            for i, (label, guess) in enumerate(zip(batch["label"].tolist(), predicted, strict=True))
+        )
+    lines = [np.concatenate([np.pad(t, ((1, 1), (1, 1), (0, 0))) for t in row], axis=1) for row in rows]
+    return {"picture": np.concatenate(lines, axis=0), "text": text}
+
+
+class _MlflowRun:
+    """One MLflow run through the client API (no global state), created or continued."""
+
+    def __init__(self, settings: Mapping, run_dir: Path, config: Mapping) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise ConfigError("tracking.mlflow=true needs MLflow: pip install 'medimg[mlflow]'") from None
+        uri = settings.get("mlflow_uri") or f"sqlite:///{(Path.cwd() / 'mlruns' / 'mlflow.db').as_posix()}"
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(uri)
+        record = run_dir / "mlflow.json"
+        if record.is_file():
+            self.run_id = json.loads(record.read_text())["run_id"]
+            return
+        name = settings.get("experiment", "medimg")
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts" if uri.startswith("sqlite") else None
+            experiment_id = self.client.create_experiment(name, artifact_location=artifacts and artifacts.as_uri())
+        else:
+            experiment_id = experiment.experiment_id
+        self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
+        from mlflow.entities import Param
+
+        params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
+        for start in range(0, len(params), MLFLOW_PARAMS_PER_CALL):
+            self.client.log_batch(self.run_id, params=params[start : start + MLFLOW_PARAMS_PER_CALL])
+        self.client.set_tag(self.run_id, "medimg.run_dir", str(run_dir))
+        write_json(record, {"tracking_uri": uri, "run_id": self.run_id})
+
+    def metrics(self, values: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(1000 * time.time())
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, step) for k, v in values.items()])
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)

@@ -1,0 +1,60 @@
+"""Tracking: TensorBoard event files and an MLflow store, read back and compared with metrics.csv."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import compose_config
+from mlflow.tracking import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from medimg_cli.commands.train import train
+from medimg_cli.results import read_metrics_csv
+
+
+def _events(run):
+    accumulator = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_tensorboard_holds_every_metric_per_epoch_and_sample_pictures(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg("trainer.epochs=3", "tracking.images=3"), tmp_path)
+    rows = read_metrics_csv(tmp_path / "metrics.csv")
+    events = _events(tmp_path)
+    for column in ("train_loss", "val_loss", "val_accuracy", "val_dice", "epoch_seconds"):
+        logged = events.Scalars(column)
+        assert [e.step for e in logged] == [1, 2, 3], column
+        assert [e.value for e in logged] == pytest.approx([r[column] for r in rows], rel=1e-6), column
+    assert events.Scalars("test_dice")[0].value == pytest.approx(summary["test"]["dice"], rel=1e-6)
+    pictures = events.Images("val_samples")
+    assert [p.step for p in pictures] == [1, 2, 3]
+    assert (pictures[0].width, pictures[0].height) == (3 * 34, 2 * 34)  # 3 images; true and predicted masks
+    assert "image 0: " in events.Tensors("val_samples/text_summary")[0].tensor_proto.string_val[0].decode()
+
+
+def test_mlflow_records_params_and_metrics_and_a_resume_continues_its_run(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    base = ["data.num_samples=64", "data.image_size=32", "trainer.batch_size=16", "device=cpu", "tracking.mlflow=true"]
+    run = tmp_path / "run"
+    train(compose_config([*base, f"tracking.mlflow_uri={store}", "trainer.epochs=2"]), run)
+    cfg = compose_config([*base, f"tracking.mlflow_uri={store}", "trainer.epochs=3", "trainer.resume=true"])
+    summary = train(cfg, run, overrides=["trainer.epochs=3", "trainer.resume=true"])
+    client = MlflowClient(store)
+    run_id = json.loads((run / "mlflow.json").read_text())["run_id"]
+    assert len(client.search_runs([client.get_experiment_by_name("medimg").experiment_id])) == 1
+    logged = client.get_run(run_id)
+    assert logged.data.params["model.name"] == "cnn" and logged.data.params["optim.lr"] == "0.001"
+    rows = read_metrics_csv(run / "metrics.csv")
+    history = client.get_metric_history(run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.value for m in history] == pytest.approx([r["val_loss"] for r in rows])
+    assert logged.data.metrics["test_accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    assert logged.info.status == "FINISHED"
+    assert [e.step for e in _events(run).Scalars("val_loss")] == [1, 2, 3]  # the resume purged nothing twice
+
+
+def test_tracking_can_be_switched_off(tiny_cfg, tmp_path):
+    train(tiny_cfg("tracking.tensorboard=false"), tmp_path)
+    assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "mlflow.json").exists()
