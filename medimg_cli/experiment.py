@@ -16,7 +16,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medimg_cli import grid
 from medimg_cli.errors import ConfigError
@@ -57,6 +57,23 @@ def override_note(overrides: list[str]) -> list[str]:
     return [f"overrides given to every run on the command line: {' '.join(overrides)}"] if overrides else []
 
 
+def gpu_pool(setting: Any) -> list[int]:
+    """``benchmark.gpus``: ``null`` (no pinning), ``all`` (every visible CUDA GPU) or a list of indices."""
+    if setting is None:
+        return []
+    if setting == "all":
+        import torch
+
+        count = torch.cuda.device_count()
+        if not count:
+            raise ConfigError("benchmark.gpus=all: no CUDA GPU is visible; leave benchmark.gpus=null on a CPU")
+        return list(range(count))
+    values = list(setting) if isinstance(setting, (list, tuple, ListConfig)) else [setting]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ConfigError(f"benchmark.gpus={setting!r} must be null, all, or a list of GPU indices such as [0,1]")
+    return values
+
+
 def run_experiment(cfg: DictConfig, extra: list[str]) -> dict[str, Any]:
     """Run the grid of ``cfg`` (the ``benchmark`` config) plus the run overrides ``extra``; report."""
     from medimg_cli.reporting import load_job, write_report  # numpy, scipy, matplotlib
@@ -86,7 +103,7 @@ def run_experiment(cfg: DictConfig, extra: list[str]) -> dict[str, Any]:
         out,
         *states.values(),
     )
-    failed = grid.execute(runs, parallel)
+    failed = grid.execute(runs, parallel, gpu_pool(cfg.benchmark.get("gpus")))
     finished = [r for r in runs if r.state == "finished"]
     settings = OmegaConf.to_container(cfg.report, resolve=True)
     record = {

@@ -146,25 +146,28 @@ def locate(runs: Sequence[Run], root: Path) -> None:
             run.state = "new"
 
 
-def execute(runs: Sequence[Run], parallel: int = 1) -> list[Run]:
+def execute(runs: Sequence[Run], parallel: int = 1, gpus: Sequence[int] = ()) -> list[Run]:
     """Run the unfinished ``runs``, ``parallel`` at a time; returns the runs that failed.
 
     Each run's terminal output goes to ``<folder>/train.out``. Interrupted runs continue from
-    ``last.pt``; a run stopped before its first epoch ended starts again.
+    ``last.pt``; a run stopped before its first epoch ended starts again. With ``gpus``, each
+    run sees one of them (``CUDA_VISIBLE_DEVICES``), the one with the fewest runs at that time,
+    so ``parallel = len(gpus)`` is one run per GPU and ``2 * len(gpus)`` two small ones per GPU.
     """
     pending = [run for run in runs if run.state != "finished"]
     threads = _threads_per_run(parallel)
-    active: list[tuple[Run, subprocess.Popen, float]] = []
+    active: list[tuple[Run, subprocess.Popen, float, int | None]] = []
     failed: list[Run] = []
     done = len(runs) - len(pending)
     try:
         while pending or active:
             while pending and len(active) < parallel:
                 run = pending.pop(0)
-                active.append((run, _start(run, threads), time.perf_counter()))
+                gpu = least_busy(gpus, [item[3] for item in active]) if gpus else None
+                active.append((run, _start(run, threads, gpu), time.perf_counter(), gpu))
             time.sleep(0.2)
             for item in list(active):
-                run, process, start = item
+                run, process, start, _ = item
                 if process.poll() is None:
                     continue
                 active.remove(item)
@@ -186,14 +189,19 @@ def execute(runs: Sequence[Run], parallel: int = 1) -> list[Run]:
                         " | ".join(tail),
                     )
     finally:  # Ctrl-C or an error here: stop the children; their last.pt lets them resume
-        for _, process, _ in active:
+        for _, process, _, _ in active:
             process.terminate()
-        for _, process, _ in active:
+        for _, process, _, _ in active:
             process.wait()
     return failed
 
 
-def _start(run: Run, threads: int | None) -> subprocess.Popen:
+def least_busy(gpus: Sequence[int], busy: Sequence[int | None]) -> int:
+    """The GPU of ``gpus`` running the fewest of the ``busy`` runs (the first such in order)."""
+    return min(gpus, key=lambda gpu: sum(b == gpu for b in busy))
+
+
+def _start(run: Run, threads: int | None, gpu: int | None = None) -> subprocess.Popen:
     run.folder.mkdir(parents=True, exist_ok=True)
     resume = ["trainer.resume=true"] if run.state == "interrupted" else []
     if run.state == "interrupted":
@@ -203,6 +211,10 @@ def _start(run: Run, threads: int | None) -> subprocess.Popen:
     if threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(threads))
     with (run.folder / "train.out").open("w") as out:
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+            out.write(f"medimg benchmark: CUDA_VISIBLE_DEVICES={gpu}\n")
+            out.flush()
         return subprocess.Popen(
             command,
             stdout=out,

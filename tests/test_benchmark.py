@@ -20,7 +20,7 @@ from test_reporting import markdown_tables
 
 from medimg_cli import grid
 from medimg_cli.errors import ConfigError
-from medimg_cli.experiment import split_arguments
+from medimg_cli.experiment import gpu_pool, split_arguments
 from medimg_cli.results import read_metrics_csv
 
 # the seed_comparison grid on tiny phantoms (64 images) for a few epochs
@@ -86,9 +86,12 @@ def test_grid_runs_are_found_by_their_resolved_config_not_their_folder(tmp_path)
 
 @pytest.mark.slow
 def test_seed_comparison_writes_every_format_with_numbers_from_the_runs(tmp_path):
-    result = benchmark("seed=0,1", "trainer.epochs=3", "report.every=2", "benchmark.parallel=2", cwd=tmp_path)
+    gpus = ["benchmark.gpus=[0,1]"]  # pinning only sets CUDA_VISIBLE_DEVICES; the runs are on the CPU here
+    result = benchmark("seed=0,1", "trainer.epochs=3", "report.every=2", "benchmark.parallel=2", *gpus, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "runs" / "benchmark" / "seed_comparison"
+    pinned = [(out / f / "train.out").read_text().splitlines()[0] for f in runs_of(out)]
+    assert sorted(set(pinned)) == [f"medimg benchmark: CUDA_VISIBLE_DEVICES={g}" for g in (0, 1)]
     for name in ("tables.md", "tables.tex", "results.csv", "report.html", "plots/all-dice.png"):
         assert (out / name).is_file(), name
     runs = runs_of(out)
@@ -186,6 +189,15 @@ def test_report_of_a_train_sweep_folder(tmp_path):
         dice = [100 * s["test"]["dice"] for s in summaries if s["model"] == row[0]]
         assert f"{statistics.fmean(dice):.1f} ± {statistics.stdev(dice):.1f}" in [c.strip("*") for c in row]
     assert (sweep / "report.html").is_file() and "Dice %" in result.stdout
+
+
+def test_the_gpu_pool_fills_the_least_busy_gpu_first():
+    assert grid.least_busy([0, 1, 2], []) == 0
+    assert grid.least_busy([0, 1, 2], [0, 1]) == 2
+    assert grid.least_busy([0, 1], [0, 1, 0]) == 1
+    assert gpu_pool(None) == [] and gpu_pool([2, 3]) == [2, 3]
+    with pytest.raises(ConfigError, match="must be null, all, or a list of GPU indices"):
+        gpu_pool(["a"])
 
 
 def test_benchmark_mistakes_get_one_line(tmp_path):
