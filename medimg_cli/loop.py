@@ -65,7 +65,7 @@ def train_epoch(
     scaler: torch.amp.GradScaler,
     on_batch: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
-    """Train for one epoch; returns ``train_loss`` (sample-weighted mean) and throughput.
+    """Train for one epoch; returns ``train_loss`` (sample-weighted mean), throughput and ``train_samples``.
 
     Args:
         model: what to call (``speed.prepare``'s result).
@@ -90,7 +90,7 @@ def train_epoch(
         on_batch()
     synchronize(batches.device)
     seconds = time.perf_counter() - start
-    return {"train_loss": total.item() / count, "train_images_per_second": count / seconds}
+    return {"train_loss": total.item() / count, "train_images_per_second": count / seconds, "train_samples": count}
 
 
 @torch.no_grad()

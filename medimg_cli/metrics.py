@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.metrics import DiceMetric, MeanIoU, compute_roc_auc
+from monai.metrics import compute_dice, compute_iou, compute_roc_auc
 
 from medimg_cli.data import DataInfo
 
@@ -100,8 +100,10 @@ class TaskMetrics:
         self.info = info
         self.probs: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
-        self.dice = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
-        self.iou = MeanIoU(include_background=False, reduction="mean_batch", ignore_empty=False)
+        # per-case (B, classes) values from MONAI's functions; its cumulative DiceMetric would
+        # all-gather across DDP processes while only rank 0 evaluates
+        self.dice: list[torch.Tensor] = []
+        self.iou: list[torch.Tensor] = []
 
     def update(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
         """Add one batch: logits from the model, ``label`` ``(B,)`` and ``mask`` ``(B, 1, *spatial)``."""
@@ -113,8 +115,8 @@ class TaskMetrics:
             k = self.info.num_seg_classes
             pred = F.one_hot(outputs["seg_logits"].argmax(dim=1), k).movedim(-1, 1)
             true = F.one_hot(batch["mask"][:, 0].long(), k).movedim(-1, 1)
-            self.dice(pred, true)
-            self.iou(pred, true)
+            self.dice.append(compute_dice(pred, true, include_background=False, ignore_empty=False).float())
+            self.iou.append(compute_iou(pred, true, include_background=False, ignore_empty=False).float())
 
     def cases(self) -> dict[str, torch.Tensor]:
         """Per-case values on the CPU: ``label`` ``(N,)`` (``(N, L)`` multi-label) and ``probs``
@@ -124,8 +126,8 @@ class TaskMetrics:
         if self.info.classifies:
             found["label"], found["probs"] = torch.cat(self.labels).cpu(), torch.cat(self.probs).cpu()
         if self.info.segments:
-            found["dice"] = self.dice.get_buffer().mean(dim=1).cpu()
-            found["iou"] = self.iou.get_buffer().mean(dim=1).cpu()
+            found["dice"] = torch.cat(self.dice).mean(dim=1).cpu()
+            found["iou"] = torch.cat(self.iou).mean(dim=1).cpu()
         return found
 
     def compute(self) -> dict[str, float]:
@@ -140,6 +142,6 @@ class TaskMetrics:
             result["f1"] = macro_f1(pred, labels, self.info.num_classes)
             result["auc"] = roc_auc(probs, labels)
         if self.info.segments:
-            result["dice"] = self.dice.aggregate().mean().item()
-            result["iou"] = self.iou.aggregate().mean().item()
+            result["dice"] = torch.cat(self.dice).mean(dim=0).mean().item()
+            result["iou"] = torch.cat(self.iou).mean(dim=0).mean().item()
         return result

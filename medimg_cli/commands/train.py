@@ -24,6 +24,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.nn import SyncBatchNorm
+from torch.nn.parallel import DistributedDataParallel
 
 from medimg_cli.augment import build_augment
 from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -37,8 +39,20 @@ from medimg_cli.config import (
 )
 from medimg_cli.data import build_data
 from medimg_cli.data.batches import choose_loader, make_batches
+from medimg_cli.distributed import (
+    barrier,
+    device_for_rank,
+    is_distributed,
+    is_main,
+    join,
+    launch,
+    leave,
+    requested_devices,
+    sum_across,
+    world,
+)
 from medimg_cli.errors import ConfigError
-from medimg_cli.hydra_app import run_hydra
+from medimg_cli.hydra_app import print_error, run_hydra
 from medimg_cli.loop import TaskLoss, evaluate, train_epoch
 from medimg_cli.metrics import TaskMetrics, task_metric_names
 from medimg_cli.models import check_model_runs, create_model, model_args
@@ -81,7 +95,18 @@ RESUMABLE_KEYS = (
 
 
 def main(argv: list[str]) -> int:
-    return run_hydra("train", _hydra_task, argv)
+    try:
+        devices = requested_devices(argv)
+        if devices > 1 and world()[1] == 1:  # trainer.devices=N: become N processes under torchrun
+            return launch(argv, devices)
+        argv = join(argv)
+    except ConfigError as error:
+        print_error("train", str(error))
+        return 2
+    try:
+        return run_hydra("train", _hydra_task, argv)
+    finally:
+        leave()
 
 
 def _hydra_task(cfg: DictConfig) -> dict[str, Any]:
@@ -107,7 +132,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    device = resolve_device(cfg.device)
+    device = device_for_rank(resolve_device(cfg.device))
+    rank, processes, _ = world() if is_distributed() else (0, 1, 0)
+    main_process = is_main()
     seed_everything(cfg.seed)
     trainer = cfg.trainer
     # checkpoints written before these keys existed lack them
@@ -121,6 +148,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     # pretrained weights only for a new run: a resumed one gets every weight from last.pt
     loaded = set() if resume else load_pretrained(model, cfg.model.name, model_cfg.get("pretrained"), info.spatial_dims)
     frozen = freeze(model, model_cfg.get("freeze"))
+    if processes > 1 and trainer.batch_size % processes:
+        raise ConfigError(f"trainer.batch_size={trainer.batch_size} must split evenly over {processes} processes")
+    if processes > 1 and trainer.get("sync_batchnorm", False):
+        if device.type != "cuda":
+            raise ConfigError("trainer.sync_batchnorm=true needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
+        model = SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     check_model_runs(model, cfg.model.name, data.train["image"][:2].to(device))
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -139,6 +172,13 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     mode = monitor_mode(trainer.monitor, val_metrics)
     speed = Speed.from_config(trainer, device, model, info.spatial_dims)
     runner, scaler = speed.prepare(model), speed.scaler()  # runner shares model's parameters
+    # DDP averages the gradients of the processes; rank 0 evaluates with ``runner`` alone
+    train_runner = (
+        # static_graph: the same parameters every step, some never used (MONAI ViT's unused outputs)
+        DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
+        if processes > 1
+        else runner
+    )
     loader, workers = choose_loader(
         trainer.get("loader", "memory"), trainer.get("workers", 0), (data.train, data.val, data.test), device
     )
@@ -146,7 +186,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     def batches(split: dict, size: int, **plan: Any) -> Any:
         return make_batches(split, size, device, loader, workers, **plan)
 
-    train_batches = batches(data.train, trainer.batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
+    train_batches = batches(
+        data.train, trainer.batch_size, shuffle=True, drop_last=True, seed=cfg.seed, shard=(rank, processes)
+    )
     val_batches = batches(data.val, trainer.eval_batch_size)
 
     history: list[dict[str, Any]] = []
@@ -161,9 +203,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
             schedule.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         history, best = state["history"], state["best"]
-        write_metrics_csv(run_dir / "metrics.csv", history)  # drop rows of an unfinished epoch
+        if main_process:
+            write_metrics_csv(run_dir / "metrics.csv", history)  # drop rows of an unfinished epoch
         log.info("resuming %s after epoch %d", run_dir, state["epoch"])
-    else:
+    elif main_process:
         write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if data.ids is not None:  # anonymous ids; reuse the split with data.splits=<this file>
             write_json(run_dir / "splits.json", data.ids)
@@ -176,7 +219,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         "flops_per_image": forward_flops(model, info.in_channels, info.image_size, device),
     }
     console = make_console()
-    if resume is None:
+    if resume is None and main_process:
         headers, body = layer_cells(layers)
         title = f"{cfg.model.name}: layer groups, pretrained weights ({cfg.model.get('pretrained')}) and fine-tuning"
         write_atomic(run_dir / "model.md", grid_markdown(headers, body, title, _size_line(size)))
@@ -214,10 +257,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         TimeElapsedColumn(),
         console=console,
         transient=True,
-        disable=not console.is_terminal,
+        disable=not console.is_terminal or not main_process,
     )
     first_epoch = len(history) + 1
-    tracker = Tracker(cfg.get("tracking"), run_dir, checkpoint_base["config"], first_epoch)
+    tracker = Tracker(
+        cfg.get("tracking") if main_process else {"tensorboard": False}, run_dir, checkpoint_base["config"], first_epoch
+    )
     samples = {key: value[: tracker.images].to(device) for key, value in data.val.items()}
     with _exit_on_ctrl_c(run_dir, history):
         with progress:
@@ -228,7 +273,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                 progress.reset(bar, total=len(train_batches), epoch=epoch, epochs=trainer.epochs, status="")
                 epoch_start = time.perf_counter()
                 stats = train_epoch(
-                    runner,
+                    train_runner,
                     train_batches,
                     epoch,
                     loss_fn,
@@ -240,6 +285,16 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                 )
                 if schedule is not None:
                     schedule.step()
+                if processes > 1:  # the loss of the global batch, the throughput of all processes
+                    total, count, rate = sum_across(
+                        stats["train_loss"] * stats["train_samples"],
+                        stats["train_samples"],
+                        stats["train_images_per_second"],
+                    )
+                    stats = {"train_loss": total / count, "train_images_per_second": rate}
+                if not main_process:
+                    barrier()  # rank 0 evaluates and writes the epoch
+                    continue
                 val = evaluate(runner, val_batches, loss_fn, speed.for_evaluation())
                 row = {
                     "epoch": epoch,
@@ -276,6 +331,9 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                 progress.update(bar, status=status)
                 if progress.disable:
                     log.info("epoch %d/%d  %s  (%.1fs)", epoch, trainer.epochs, status, row["epoch_seconds"])
+                barrier()
+        if not main_process:
+            return {"rank": rank}
         best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt", device)
         model.load_state_dict(best_state["state_dict"])
         test_cases = TaskMetrics(info)
@@ -298,6 +356,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         **dict(zip(("peak_memory_mib", "peak_memory"), peak_memory(device), strict=True)),
         "layers": layers,
         "device": device_name(device),
+        "processes": processes,
         "speed": f"{speed.describe()}, {loader} loader",  # the resolved auto settings
         "versions": versions(),
         "git_commit": git_commit(),

@@ -37,12 +37,15 @@ def epoch_order(size: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor
 class _Plan:
     """Batch sizes and order shared by both loaders."""
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int) -> None:
+    def __init__(
+        self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, shard: tuple[int, int] = (0, 1)
+    ) -> None:
         self.size = size
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last and size > batch_size
         self.seed = seed
+        self.rank, self.world = shard
 
     def __len__(self) -> int:
         full, rest = divmod(self.size, self.batch_size)
@@ -51,7 +54,10 @@ class _Plan:
     def chunks(self, epoch: int, device: torch.device | None = None) -> list[torch.Tensor]:
         """The index tensor of every batch of ``epoch`` (on ``device``: one copy for the whole epoch)."""
         order = epoch_order(self.size, self.seed, epoch, self.shuffle).to(device)
-        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
+        chunks = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
+        if self.world > 1:  # distributed: this process's contiguous part of every global batch
+            chunks = [chunk.tensor_split(self.world)[self.rank] for chunk in chunks]
+        return chunks
 
 
 class TensorBatches:
@@ -64,6 +70,7 @@ class TensorBatches:
         shuffle: draw a new permutation every epoch.
         drop_last: drop a final incomplete batch (training: avoids batch-norm on tiny batches).
         seed: base seed of the shuffling.
+        shard: ``(rank, world size)``: yield only this process's part of every batch (DDP).
     """
 
     def __init__(
@@ -74,9 +81,10 @@ class TensorBatches:
         shuffle: bool = False,
         drop_last: bool = False,
         seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.tensors = {key: value.to(device) for key, value in tensors.items()}
-        self.plan = _Plan(len(next(iter(self.tensors.values()))), batch_size, shuffle, drop_last, seed)
+        self.plan = _Plan(len(next(iter(self.tensors.values()))), batch_size, shuffle, drop_last, seed, shard)
         self.device = device
 
     def __len__(self) -> int:
@@ -136,9 +144,10 @@ class StreamBatches:
         drop_last: bool = False,
         seed: int = 0,
         workers: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         cpu = {key: value.cpu() for key, value in tensors.items()}
-        self.plan = _Plan(len(next(iter(cpu.values()))), batch_size, shuffle, drop_last, seed)
+        self.plan = _Plan(len(next(iter(cpu.values()))), batch_size, shuffle, drop_last, seed, shard)
         self.device = device
         self.sampler = _EpochSampler(self.plan)
         self.loader = DataLoader(
