@@ -1,4 +1,7 @@
-"""Evaluate a model on one split and write the eval folder (see ``FILES``).
+"""Evaluate a model on one split and write the eval folder: ``metrics.json`` and
+``metrics.csv`` (every metric with its CI), ``predictions.csv`` (one row per case),
+``confusion_matrix.csv``/``.png``, ``roc.png``, ``reliability.png``/``.csv``,
+``risk_coverage.png``/``.csv``, ``subgroups.csv``, ``masks/`` and ``explain/``, as the task has them.
 
 Confidence intervals are percentile bootstrap 95% intervals over the split's cases
 (``eval.bootstrap`` resamples, seeded by ``eval.seed``), so they say how much a metric would
@@ -11,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,28 +29,14 @@ from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError
 from medimg_cli.evaluation import calibration, figures
 from medimg_cli.evaluation.classification import OVERALL, PER_CLASS, classification_metrics, confusion_matrices
-from medimg_cli.evaluation.explain import explain, randomised, rank_correlations, target_layer
+from medimg_cli.evaluation.explained import explain_cases
 from medimg_cli.evaluation.segmentation import SEGMENTATION, case_metrics
 from medimg_cli.evaluation.uncertainty import Predictions, predict, risk_coverage, sample_statistics
 from medimg_cli.reporting.stats import percentile_interval, resample_indices
 from medimg_cli.results import columns_csv, write_atomic, write_json
 from medimg_cli.speed import Speed
 
-FILES = {
-    "metrics.json": "every number below, plus the settings",
-    "metrics.csv": "metric, class, value and 95% CI per row",
-    "predictions.csv": "one row per case: label, prediction, probabilities, uncertainty, mask metrics",
-    "confusion_matrix.csv / .png": "counts, rows true, columns predicted",
-    "roc.png": "one-vs-rest ROC curves with AUCs",
-    "reliability.png / .csv": "reliability diagram and its bins",
-    "risk_coverage.png / .csv": "quality of the kept cases when the most uncertain are referred",
-    "subgroups.csv": "metrics per value of each metadata column",
-    "masks/": "predicted masks, PNG (2D) or NIfTI (3D) with the pixel spacing",
-    "explain/": "overlays of the most/least confident and misclassified cases, explain.csv",
-}
 SUBGROUP_METRICS = ("accuracy", "balanced_accuracy", "f1", "auc", "dice", "hd95")
-RANDOMISATION_THRESHOLD = 0.5  # mean |Spearman rho| below which maps "depend on the weights"
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -202,99 +190,6 @@ def _subgroup_metrics(cases: dict[str, np.ndarray], members: np.ndarray, indices
             yield name, float(per_case.mean()), per_case[indices].mean(axis=1)
 
 
-def _explain(
-    folder: Path,
-    model: nn.Module,
-    payload: Mapping[str, Any],
-    tensors: dict[str, torch.Tensor],
-    probs: np.ndarray,
-    ids: list[str],
-    names: tuple[str, ...],
-    settings: Settings,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Overlays of the most/least confident and misclassified cases, and the randomisation check."""
-    method = settings.explain
-    layer = target_layer(model, settings.target_layer) if method in ("gradcam", "gradcam++") else None
-    labels, preds = tensors["label"].numpy(), probs.argmax(1)
-    confidence = probs.max(1)
-    by_confidence = np.argsort(-confidence, kind="stable")
-    wrong = by_confidence[preds[by_confidence] != labels[by_confidence]]
-    groups = {
-        "most_confident": by_confidence[: settings.cases],
-        "least_confident": by_confidence[::-1][: settings.cases].copy(),
-        "misclassified": wrong[: settings.cases],
-    }
-    masks = tensors.get("mask")
-    chosen = np.concatenate(list(groups.values()))
-    if masks is not None:  # the pointing game scores every correctly classified case with a lesion
-        lesions = masks.flatten(1).amax(1).numpy() > 0
-        chosen = np.concatenate([chosen, np.flatnonzero(lesions & (preds == labels))])
-    chosen = np.unique(chosen)
-    images = tensors["image"][chosen].to(device)
-    classes = torch.as_tensor(preds[chosen])
-    trained = explain(model, images, classes, method, layer, settings.steps).cpu()
-    random_model = randomised(payload["model"]["name"], payload["model"]["args"], settings.seed).to(device)
-    shuffled = explain(random_model, images, classes, method, layer, settings.steps).cpu()
-    rho = rank_correlations(trained, shuffled)
-    position = {case: i for i, case in enumerate(chosen)}
-    for group, cases in groups.items():
-        if not len(cases):
-            continue
-        at = [position[c] for c in cases]
-        titles = [
-            f"{ids[c]}\ntrue {names[labels[c]]}\npred {names[preds[c]]} ({confidence[c]:.2f})\nrho {rho[i]:.2f}"
-            for c, i in zip(cases, at, strict=True)
-        ]
-        figures.overlay_figure(
-            folder / f"{group}.png",
-            tensors["image"][cases],
-            [trained[at], shuffled[at]],
-            titles,
-            [method, f"{method}, random weights"],
-            masks[cases] if masks is not None else None,
-        )
-    membership = {c: [g for g, cases in groups.items() if c in cases] for c in chosen}
-    table = {
-        "case": [int(c) for c in chosen],
-        "id": [ids[c] for c in chosen],
-        "groups": [" ".join(membership[c]) for c in chosen],
-        "spearman_vs_random_weights": rho.tolist(),
-    }
-    pointing = None
-    if masks is not None:  # pointing game (Zhang et al. 2016): is the map's peak inside the lesion mask?
-        lesion = masks[chosen].flatten(1) > 0
-        hits = [lesion.gather(1, m.flatten(1).argmax(1, keepdim=True))[:, 0] for m in (trained, shuffled)]
-        scored = torch.as_tensor(preds[chosen] == labels[chosen]) & lesion.any(1)
-        table["peak_in_mask"] = [bool(h) if a else None for h, a in zip(hits[0], lesion.any(1), strict=True)]
-        pointing = {
-            "cases": int(scored.sum()),  # correctly classified cases with a lesion
-            "peak_in_mask": float(hits[0][scored].float().mean()) if scored.any() else float("nan"),
-            "random_weights_peak_in_mask": float(hits[1][scored].float().mean()) if scored.any() else float("nan"),
-            "lesion_share_of_pixels": float(lesion[scored].float().mean()) if scored.any() else float("nan"),
-        }
-    write_atomic(folder / "explain.csv", columns_csv(table))
-    mean = float(np.abs(rho).mean())
-    passed = bool(mean < RANDOMISATION_THRESHOLD)
-    return {
-        "method": method,
-        "target_layer": layer,
-        "cases": len(chosen),
-        "pointing_game": pointing,
-        "randomisation": {
-            "abs_spearman_mean": mean,
-            "abs_spearman_sd": float(np.abs(rho).std()),
-            "threshold": RANDOMISATION_THRESHOLD,
-            "passed": passed,
-            "verdict": (
-                "the maps change when the weights are randomised: they depend on what the model learned"
-                if passed
-                else "the maps barely change when the weights are randomised: they may show the image, not the model"
-            ),
-        },
-    }
-
-
 def _classification_outputs(
     result: Evaluation,
     out: Path,
@@ -380,8 +275,8 @@ def evaluate_split(
     batch_size: int,
     facts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``data``'s ``split`` and write every file of ``FILES`` that applies to
-    the task into ``out``. Returns the ``metrics.json`` document, which starts with ``facts``."""
+    """Evaluate ``model`` on ``data``'s ``split`` and write the eval folder (see the module
+    docstring) into ``out``. Returns the ``metrics.json`` document, which starts with ``facts``."""
     info, device = _model_task(data.info, payload["model"]["args"].get("task", data.info.task)), speed.device
     if info.multilabel:
         raise ConfigError(
@@ -443,8 +338,8 @@ def evaluate_split(
         write_atomic(out / "subgroups.csv", columns_csv(groups))
     result.document["subgroups"] = sorted(set(groups["column"]))
     if settings.explain:
-        result.document["explain"] = _explain(
-            out / "explain", model, payload, tensors, cases["probs"], ids, info.class_names, settings, device
+        result.document["explain"] = explain_cases(
+            out / "explain", model, payload, tensors, cases["probs"], ids, info.class_names, settings
         )
     write_atomic(out / "metrics.csv", columns_csv({k: [r[k] for r in result.rows] for k in result.rows[0]}))
     write_json(out / "metrics.json", result.document)

@@ -1,0 +1,127 @@
+"""``eval.explain``: which cases get maps, the overlays, the pointing game and the
+model-randomisation check of one split (the maps themselves come from ``explain.py``).
+
+- Overlays: the ``eval.cases`` most confident, least confident and misclassified cases, each
+  with the trained maps and the maps of the same architecture with random weights.
+- Pointing game (Zhang et al. 2016), when the data have lesion masks: how often the map's peak
+  lies inside the mask, over every correctly classified case with a lesion.
+- Randomisation check (Adebayo et al. 2018): the mean |Spearman rho| between trained and
+  random-weight maps; below ``RANDOMISATION_THRESHOLD`` the maps depend on the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medimg_cli.evaluation import figures
+from medimg_cli.evaluation.explain import explain, randomised, rank_correlations, target_layer
+from medimg_cli.results import columns_csv, write_atomic
+
+RANDOMISATION_THRESHOLD = 0.5  # mean |Spearman rho| below which maps "depend on the weights"
+
+
+def explain_cases(
+    folder: Path,
+    model: nn.Module,
+    payload: Mapping[str, Any],
+    tensors: dict[str, torch.Tensor],
+    probs: np.ndarray,
+    ids: list[str],
+    names: tuple[str, ...],
+    settings: Any,
+) -> dict[str, Any]:
+    """Maps of the chosen cases into ``folder`` (overlays, ``explain.csv``); returns the summary.
+
+    Args:
+        model: the trained classifier, on the device the maps are computed on.
+        payload: its checkpoint (the architecture, rebuilt with random weights for the check).
+        tensors: the split's ``image``, ``label`` and, when known, ``mask``.
+        probs: ``(N, K)`` class probabilities of the split.
+        settings: the ``eval`` settings (``explain``, ``target_layer``, ``cases``, ``steps``, ``seed``).
+    """
+    method = settings.explain
+    device = next(model.parameters()).device
+    layer = target_layer(model, settings.target_layer) if method in ("gradcam", "gradcam++") else None
+    labels, preds = tensors["label"].numpy(), probs.argmax(1)
+    confidence = probs.max(1)
+    by_confidence = np.argsort(-confidence, kind="stable")
+    wrong = by_confidence[preds[by_confidence] != labels[by_confidence]]
+    groups = {
+        "most_confident": by_confidence[: settings.cases],
+        "least_confident": by_confidence[::-1][: settings.cases].copy(),
+        "misclassified": wrong[: settings.cases],
+    }
+    masks = tensors.get("mask")
+    chosen = np.concatenate(list(groups.values()))
+    if masks is not None:  # the pointing game scores every correctly classified case with a lesion
+        lesions = masks.flatten(1).amax(1).numpy() > 0
+        chosen = np.concatenate([chosen, np.flatnonzero(lesions & (preds == labels))])
+    chosen = np.unique(chosen)
+    images = tensors["image"][chosen].to(device)
+    classes = torch.as_tensor(preds[chosen])
+    trained = explain(model, images, classes, method, layer, settings.steps).cpu()
+    random_model = randomised(payload["model"]["name"], payload["model"]["args"], settings.seed).to(device)
+    shuffled = explain(random_model, images, classes, method, layer, settings.steps).cpu()
+    rho = rank_correlations(trained, shuffled)
+    position = {case: i for i, case in enumerate(chosen)}
+    for group, cases in groups.items():
+        if not len(cases):
+            continue
+        at = [position[c] for c in cases]
+        titles = [
+            f"{ids[c]}\ntrue {names[labels[c]]}\npred {names[preds[c]]} ({confidence[c]:.2f})\nrho {rho[i]:.2f}"
+            for c, i in zip(cases, at, strict=True)
+        ]
+        figures.overlay_figure(
+            folder / f"{group}.png",
+            tensors["image"][cases],
+            [trained[at], shuffled[at]],
+            titles,
+            [method, f"{method}, random weights"],
+            masks[cases] if masks is not None else None,
+        )
+    membership = {c: [g for g, cases in groups.items() if c in cases] for c in chosen}
+    table = {
+        "case": [int(c) for c in chosen],
+        "id": [ids[c] for c in chosen],
+        "groups": [" ".join(membership[c]) for c in chosen],
+        "spearman_vs_random_weights": rho.tolist(),
+    }
+    pointing = None
+    if masks is not None:  # pointing game (Zhang et al. 2016): is the map's peak inside the lesion mask?
+        lesion = masks[chosen].flatten(1) > 0
+        hits = [lesion.gather(1, m.flatten(1).argmax(1, keepdim=True))[:, 0] for m in (trained, shuffled)]
+        scored = torch.as_tensor(preds[chosen] == labels[chosen]) & lesion.any(1)
+        table["peak_in_mask"] = [bool(h) if a else None for h, a in zip(hits[0], lesion.any(1), strict=True)]
+        pointing = {
+            "cases": int(scored.sum()),  # correctly classified cases with a lesion
+            "peak_in_mask": float(hits[0][scored].float().mean()) if scored.any() else float("nan"),
+            "random_weights_peak_in_mask": float(hits[1][scored].float().mean()) if scored.any() else float("nan"),
+            "lesion_share_of_pixels": float(lesion[scored].float().mean()) if scored.any() else float("nan"),
+        }
+    write_atomic(folder / "explain.csv", columns_csv(table))
+    mean = float(np.abs(rho).mean())
+    passed = bool(mean < RANDOMISATION_THRESHOLD)
+    return {
+        "method": method,
+        "target_layer": layer,
+        "cases": len(chosen),
+        "pointing_game": pointing,
+        "randomisation": {
+            "abs_spearman_mean": mean,
+            "abs_spearman_sd": float(np.abs(rho).std()),
+            "threshold": RANDOMISATION_THRESHOLD,
+            "passed": passed,
+            "verdict": (
+                "the maps change when the weights are randomised: they depend on what the model learned"
+                if passed
+                else "the maps barely change when the weights are randomised: they may show the image, not the model"
+            ),
+        },
+    }
