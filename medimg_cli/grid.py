@@ -4,7 +4,7 @@ found again by its resolved config.
 A grid is fixed overrides (given to every run) plus axes (``key: [values]``); its runs are the
 product of the axes in the order given. A run's identity is its fully resolved ``train`` config
 (Hydra's compose, as ``medimg train`` itself composes it) minus the keys that a resumed run may
-change (``commands.train.RESUMABLE_KEYS``), so a benchmark finds its finished runs whatever
+change (``resume.RESUMABLE_KEYS``), so a benchmark finds its finished runs whatever
 their folders are called, resumes interrupted ones from ``last.pt``, and never mixes runs of a
 different config (e.g. fewer epochs) into its report.
 
@@ -38,7 +38,7 @@ from medimg_cli.errors import ConfigError, unknown_choice
 
 log = logging.getLogger(__name__)
 # keys that cannot change a run's numbers: how to resume, print or load (the loaders give
-# identical batches). commands.train.RESUMABLE_KEYS also lets device and epochs change on
+# identical batches). resume.RESUMABLE_KEYS also lets device and epochs change on
 # resume, but those stay part of a run's identity here.
 IGNORED_KEYS = ("trainer.resume", "trainer.table_every", "trainer.loader", "trainer.workers", "tracking")
 

@@ -186,3 +186,10 @@ def test_a_finished_run_folder_is_not_overwritten(tiny_cfg, tmp_path):
 def test_resume_without_checkpoint_says_where_it_looked(tiny_cfg, tmp_path):
     with pytest.raises(ConfigError, match="last.pt does not exist"):
         train(tiny_cfg("trainer.resume=true"), tmp_path)
+
+
+def test_resumable_keys_include_whole_groups_but_not_look_alikes():
+    from medimg_cli.resume import resumable
+
+    assert resumable("trainer.epochs") and resumable("tracking.mlflow") and resumable("tracking")
+    assert not resumable("trainer.epochsx") and not resumable("optim.lr") and not resumable("trackingx")

@@ -70,28 +70,13 @@ from medimg_cli.results import (
     write_json,
     write_metrics_csv,
 )
+from medimg_cli.resume import resume_checkpoint
 from medimg_cli.runinfo import device_name, git_commit, peak_memory, versions
 from medimg_cli.speed import Speed, configure_backends
 from medimg_cli.tracking import Tracker, sample_predictions
 
 HELP = "train a model; Hydra overrides pick data, model, augment, optim, trainer"
 log = logging.getLogger(__name__)
-# Keys a resumed run may change; anything else would make it a different experiment.
-# The loaders give identical batches, so they may change too.
-RESUMABLE_KEYS = (
-    "trainer.resume",
-    "tracking.tensorboard",
-    "tracking.images",
-    "tracking.image_every",
-    "tracking.mlflow",
-    "tracking.mlflow_uri",
-    "tracking.experiment",
-    "trainer.epochs",
-    "trainer.table_every",
-    "device",
-    "trainer.loader",
-    "trainer.workers",
-)
 
 
 def main(argv: list[str]) -> int:
@@ -123,7 +108,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         overrides: the command-line overrides, checked against ``RESUMABLE_KEYS`` on resume.
     """
     check_numbers(cfg)
-    resume = _resume_checkpoint(cfg, run_dir, overrides or [])
+    resume = resume_checkpoint(cfg, run_dir, overrides or [])
     if resume is not None:
         run_dir, cfg = resume["run_dir"], resume["cfg"]
     elif (run_dir / "metrics.csv").exists():
@@ -407,35 +392,3 @@ def _improves(value: float, best: float | None, mode: str) -> bool:
 
 def _state(model: Any, epoch: int, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
     return {"state_dict": model.state_dict(), "epoch": epoch, "history": list(history), "best": dict(best)}
-
-
-def _resume_checkpoint(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any] | None:
-    """The run folder, saved config and ``last.pt`` to resume, or ``None`` for a new run."""
-    target = cfg.trainer.resume
-    if target is False or target is None:
-        return None
-    folder = run_dir if target is True else Path(str(target))
-    if folder.is_file():
-        folder = folder.parent.parent  # <run>/checkpoints/last.pt
-    last = folder / "checkpoints" / "last.pt"
-    if not last.is_file():
-        raise ConfigError(
-            f"trainer.resume={target}: {last} does not exist; "
-            "pass hydra.run.dir=<run folder> trainer.resume=true, or trainer.resume=<run folder>"
-        )
-    checkpoint = load_checkpoint(last)
-    saved = OmegaConf.create(checkpoint["config"])
-    for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
-        if key in RESUMABLE_KEYS or key.startswith("hydra"):
-            continue
-        given, kept = OmegaConf.select(cfg, key, default=None), OmegaConf.select(saved, key, default=None)
-        if given != kept:
-            raise ConfigError(
-                f"{key} cannot change when resuming (saved: {kept}, given: {given}); only "
-                f"{', '.join(RESUMABLE_KEYS)} can. Start a new run to change it."
-            )
-    for key in RESUMABLE_KEYS:
-        if any(o.split("=", 1)[0] == key for o in overrides) or key == "trainer.resume":
-            OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
-    return {"run_dir": folder, "cfg": saved, "checkpoint": checkpoint}
