@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from medimg_cli.errors import ConfigError
+from medimg_cli.fileio import atomic_file
 from medimg_cli.models import create_model
-from medimg_cli.results import atomic_file
 
 FORMAT = "medimg-checkpoint-1"
 

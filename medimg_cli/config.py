@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from medimg_cli.errors import ConfigError, check_arguments, unknown_choice
+from medimg_cli.errors import ConfigError, check_arguments
 from medimg_cli.registry import Registry
 
 # key: (type, smallest allowed value, example). Keys absent from a config are not checked.
@@ -139,11 +139,3 @@ def build_scheduler(
             raise ConfigError(f"scheduler.milestones={milestones} must be epoch numbers >= 1, e.g. [50,75]")
         args["milestones"] = milestones
     return cls(optimizer, **args)
-
-
-def monitor_mode(metric: str, valid: Iterable[str]) -> str:
-    """``"min"`` for losses, ``"max"`` otherwise; unknown metric names raise a ``ConfigError``."""
-    valid = list(valid)
-    if metric not in valid:
-        raise unknown_choice("trainer.monitor", metric, valid)
-    return "min" if metric.endswith("loss") else "max"

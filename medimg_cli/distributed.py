@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -100,6 +100,20 @@ def sum_across(*values: float) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=backend_device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def reduce_across(stats: Mapping[str, float], weight: str, how: Mapping[str, str]) -> dict[str, float]:
+    """``stats`` of this process combined over all processes.
+
+    Args:
+        stats: this process's values, with its sample count under ``weight``.
+        how: key -> ``mean`` (weighted by the sample counts) or ``sum``; other keys are dropped.
+    """
+    keys = [key for key in how if key in stats]
+    values = [stats[key] * stats[weight] if how[key] == "mean" else stats[key] for key in keys]
+    *totals, count = sum_across(*values, stats[weight])
+    combined = {key: total / count if how[key] == "mean" else total for key, total in zip(keys, totals, strict=True)}
+    return combined | {weight: count}
 
 
 def barrier() -> None:

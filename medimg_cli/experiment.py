@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from medimg_cli import grid
 from medimg_cli.errors import ConfigError
-from medimg_cli.results import write_json
+from medimg_cli.fileio import write_json
 
 log = logging.getLogger(__name__)
 OWN_KEYS = {"experiment", "name", "description", "train", "grid", "benchmark", "report", "hydra"}

@@ -3,8 +3,8 @@ found again by its resolved config.
 
 A grid is fixed overrides (given to every run) plus axes (``key: [values]``); its runs are the
 product of the axes in the order given. A run's identity is its fully resolved ``train`` config
-(Hydra's compose, as ``medimg train`` itself composes it) minus the keys that a resumed run may
-change (``resume.RESUMABLE_KEYS``), so a benchmark finds its finished runs whatever
+(Hydra's compose, as ``medimg train`` itself composes it) minus the keys that cannot change its
+numbers (``resume.NEUTRAL_KEYS``), so a benchmark finds its finished runs whatever
 their folders are called, resumes interrupted ones from ``last.pt``, and never mixes runs of a
 different config (e.g. fewer epochs) into its report.
 
@@ -35,12 +35,9 @@ from hydra import compose
 from omegaconf import OmegaConf
 
 from medimg_cli.errors import ConfigError, unknown_choice
+from medimg_cli.resume import NEUTRAL_KEYS
 
 log = logging.getLogger(__name__)
-# keys that cannot change a run's numbers: how to resume, print or load (the loaders give
-# identical batches). resume.RESUMABLE_KEYS also lets device and epochs change on
-# resume, but those stay part of a run's identity here.
-IGNORED_KEYS = ("trainer.resume", "trainer.table_every", "trainer.loader", "trainer.workers", "tracking")
 
 
 @dataclass
@@ -50,7 +47,7 @@ class Run:
     Attributes:
         axes: the swept values of this run, ``{"model": "cnn", "seed": "0"}``.
         overrides: the ``medimg train`` overrides: the fixed ones, then the axes.
-        identity: the resolved config without ``IGNORED_KEYS`` (plain containers).
+        identity: the resolved config without ``NEUTRAL_KEYS`` (plain containers).
         folder: the run folder; an existing one with the same identity, else a new name.
         state: ``finished``, ``interrupted`` (resumes from ``last.pt``) or ``new``.
     """
@@ -104,7 +101,7 @@ def select(axes: Mapping[str, Any], key: str, values: Sequence[str]) -> Any:
 
 
 def identity(overrides: Sequence[str]) -> dict[str, Any]:
-    """The resolved ``train`` config of ``overrides`` without ``IGNORED_KEYS``.
+    """The resolved ``train`` config of ``overrides`` without ``NEUTRAL_KEYS``.
 
     Needs Hydra's global state (inside a ``run_hydra`` task, or ``initialize_config_module``).
     """
@@ -117,7 +114,7 @@ def identity(overrides: Sequence[str]) -> dict[str, Any]:
 
 def _without_ignored(config: dict[str, Any]) -> dict[str, Any]:
     config = json.loads(json.dumps(config))  # a deep copy with JSON's types
-    for key in IGNORED_KEYS:
+    for key in NEUTRAL_KEYS:
         parent, _, leaf = key.rpartition(".")
         (config.get(parent, {}) if parent else config).pop(leaf, None)
     return config

@@ -14,38 +14,15 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-from monai.losses import DiceCELoss
 from torch import nn
 
 from medimg_cli.augment import Augmenter
-from medimg_cli.data import DataInfo
 from medimg_cli.data.batches import StreamBatches, TensorBatches
+from medimg_cli.losses import TaskLoss
 from medimg_cli.metrics import TaskMetrics
 from medimg_cli.speed import Speed
 
 Batches = TensorBatches | StreamBatches
-
-
-class TaskLoss(nn.Module):
-    """Cross-entropy for classification (binary cross-entropy per label when multi-label),
-    Dice + CE for segmentation, their sum for multitask."""
-
-    def __init__(self, info: DataInfo) -> None:
-        super().__init__()
-        self.info = info
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
-
-    def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scalar loss from logits and a batch with ``label`` ``(B,)`` and/or ``mask`` ``(B, 1, *spatial)``."""
-        loss = torch.zeros((), device=batch["image"].device)
-        if self.info.classifies and self.info.multilabel:
-            loss = loss + F.binary_cross_entropy_with_logits(outputs["class_logits"].float(), batch["label"])
-        elif self.info.classifies:
-            loss = loss + F.cross_entropy(outputs["class_logits"].float(), batch["label"])
-        if self.info.segments:
-            loss = loss + self.dice_ce(outputs["seg_logits"].float(), batch["mask"].long())
-        return loss
 
 
 def synchronize(device: torch.device) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,14 +22,109 @@ import torch.nn.functional as F
 from monai.metrics import compute_dice, compute_iou, compute_roc_auc
 
 from medimg_cli.data import DataInfo
+from medimg_cli.errors import unknown_choice
 
-CLASSIFICATION_METRICS = ("accuracy", "f1", "auc")
-SEGMENTATION_METRICS = ("dice", "iou")
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported number, as every output shows it.
+
+    Attributes:
+        key: its name in ``evaluate``'s results and ``summary.json``'s ``test``/``best``.
+        column: its ``metrics.csv`` column (``val_<key>`` for validation metrics).
+        header: its header in the per-epoch table of ``medimg train``.
+        title: its title in ``medimg report``'s tables and plots.
+        kind: ``epoch`` (the row index), ``train`` (measured while training), ``loss`` and
+            ``quality`` (measured on the evaluated split) or ``timing``.
+        scale: shown value = value x scale (100: fractions in percent).
+        style: format of the shown value.
+        higher: which way is better (``None``: neither); picks ``best.pt`` for ``trainer.monitor``.
+        task: ``classification`` or ``segmentation`` when only that task has it.
+        across: how processes' values combine under DDP: ``mean`` (sample-weighted), ``sum``
+            (rates), ``rank0`` (measured by the process that evaluates).
+        evaluated: whether ``evaluate`` measures it on a split (and the table's test row shows it).
+    """
+
+    key: str
+    column: str
+    header: str
+    title: str
+    kind: str
+    scale: float = 1.0
+    style: str = "{:.1f}"
+    higher: bool | None = True
+    task: str | None = None
+    across: str = "rank0"
+    evaluated: bool = True
+
+    def show(self, value: float | None) -> str:
+        """The table text of ``value`` (empty for missing or NaN)."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return self.style.format(value * self.scale)
+
+
+# The one specification of every per-epoch number, in metrics.csv's column order. metrics.csv,
+# the train tables, the report's columns, trainer.monitor and the tests all derive from it;
+# adding a metric is a row here plus its computation in TaskMetrics.compute.
+METRICS = (
+    Metric("epoch", "epoch", "epoch", "epoch", "epoch", style="{:.0f}", higher=None, evaluated=False),
+    Metric("train_loss", "train_loss", "train loss", "Training loss", "train", style="{:.4f}", higher=False,
+           across="mean", evaluated=False),
+    Metric("loss", "val_loss", "val loss", "Validation loss", "loss", style="{:.4f}", higher=False),
+    Metric("accuracy", "val_accuracy", "acc %", "Accuracy %", "quality", 100, task="classification"),
+    Metric("f1", "val_f1", "F1 %", "F1 %", "quality", 100, task="classification"),
+    Metric("auc", "val_auc", "AUC %", "AUC %", "quality", 100, task="classification"),
+    Metric("dice", "val_dice", "Dice %", "Dice %", "quality", 100, task="segmentation"),
+    Metric("iou", "val_iou", "IoU %", "IoU %", "quality", 100, task="segmentation"),
+    Metric("epoch_seconds", "epoch_seconds", "epoch s", "Epoch time, s", "timing", style="{:.2f}", higher=False,
+           evaluated=False),
+    Metric("train_images_per_second", "train_images_per_second", "train img/s", "Training images/s", "timing",
+           style="{:.0f}", across="sum", evaluated=False),
+    Metric("seconds_per_image", "seconds_per_image", "s/img", "Processing s/image", "timing", style="{:.2e}",
+           higher=False),
+)  # fmt: skip
+BY_KEY = {m.key: m for m in METRICS}
+BY_COLUMN = {m.column: m for m in METRICS}
+COLUMNS = tuple(m.column for m in METRICS)
+
+
+def of_kind(*kinds: str) -> tuple[Metric, ...]:
+    """The metrics of the given kinds, in specification order."""
+    return tuple(m for m in METRICS if m.kind in kinds)
+
+
+def task_metrics(info: DataInfo) -> tuple[Metric, ...]:
+    """The quality metrics ``TaskMetrics`` computes for ``info.task``, in table order."""
+    tasks = {"classification": info.classifies, "segmentation": info.segments}
+    return tuple(m for m in of_kind("quality") if tasks[m.task])
 
 
 def task_metric_names(info: DataInfo) -> list[str]:
-    """Names of the metrics ``TaskMetrics`` computes for ``info.task``, in table order."""
-    return [*(CLASSIFICATION_METRICS if info.classifies else ()), *(SEGMENTATION_METRICS if info.segments else ())]
+    """Keys of ``task_metrics(info)``."""
+    return [m.key for m in task_metrics(info)]
+
+
+def monitor_columns(info: DataInfo) -> list[str]:
+    """The ``metrics.csv`` columns ``trainer.monitor`` may name for ``info.task``."""
+    return [BY_KEY["loss"].column, *(m.column for m in task_metrics(info))]
+
+
+def monitor_mode(column: str, valid: Iterable[str]) -> str:
+    """``"min"`` or ``"max"``: which way ``column`` improves; names outside ``valid`` raise a ``ConfigError``."""
+    valid = list(valid)
+    if column not in valid:
+        raise unknown_choice("trainer.monitor", column, valid)
+    return "max" if BY_COLUMN[column].higher else "min"
+
+
+def improves(value: float | None, best: float | None, mode: str) -> bool:
+    """Whether ``value`` beats ``best`` (``mode`` ``min`` or ``max``); NaN never beats, and beats NaN."""
+    if value is None or math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value < best if mode == "min" else value > best
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:

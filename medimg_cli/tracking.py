@@ -29,8 +29,8 @@ from torch import nn
 
 from medimg_cli.data import DataInfo
 from medimg_cli.errors import ConfigError
+from medimg_cli.fileio import write_json
 from medimg_cli.pictures import tile
-from medimg_cli.results import write_json
 
 MLFLOW_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
 

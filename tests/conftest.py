@@ -55,3 +55,30 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
         text=True,
         timeout=timeout,
     )
+
+
+def check_test_metrics(run_dir: Path, test: dict) -> None:
+    """``test`` (summary.json's test metrics) recomputed from the run's ``test_predictions.csv``:
+    classification metrics with scikit-learn, Dice and IoU as the mean of the per-case values."""
+    import math
+
+    import numpy as np
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    from medimg_cli.results import read_cases_csv
+
+    cases = read_cases_csv(run_dir / "test_predictions.csv")
+    if "probs" in cases and cases["label"].ndim == 1:
+        labels, probs = cases["label"], cases["probs"]
+        pred = probs.argmax(axis=1)
+        assert test["accuracy"] == pytest.approx(accuracy_score(labels, pred), abs=1e-6)
+        assert test["f1"] == pytest.approx(f1_score(labels, pred, average="macro"), abs=1e-6)
+        if len(np.unique(labels)) < probs.shape[1]:  # an AUC needs every class in the labels
+            assert test["auc"] is None or math.isnan(test["auc"])
+        elif probs.shape[1] == 2:
+            assert test["auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]), abs=1e-6)
+        else:
+            assert test["auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"), abs=1e-6)
+    for key in ("dice", "iou"):
+        if key in cases:
+            assert test[key] == pytest.approx(float(np.mean(cases[key])), abs=1e-6)

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 import medimg_cli
 from medimg_cli.augment import RECIPE_KEYS, TRANSFORMS, build_augment
 from medimg_cli.config import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, check_numbers, resolve_device
-from medimg_cli.data import _SOURCE_MODULES, SOURCES, DataInfo
+from medimg_cli.data import SOURCES, DataInfo, source_modules
 from medimg_cli.errors import ConfigError
+from medimg_cli.losses import SEGMENTATION_LOSSES
 from medimg_cli.models import create_model, model_names
 
 CONF = Path(medimg_cli.__file__).parent / "conf"
@@ -27,14 +28,14 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize(
     ("group", "registry"),
-    [("model", model_names()), ("optim", OPTIMIZERS.names()), ("data", None)],
+    [("model", model_names()), ("optim", OPTIMIZERS.names()), ("loss", SEGMENTATION_LOSSES.names()), ("data", None)],
 )
 def test_yaml_stem_name_and_registry_key_agree(group, registry):
     if group == "data":
-        for module in _SOURCE_MODULES.values():
+        for module in source_modules().values():
             importlib.import_module(f"medimg_cli.data.{module}")
         registry = SOURCES.names()
-        assert sorted(_SOURCE_MODULES) == registry
+        assert sorted(source_modules()) == registry
     key = "source" if group == "data" else "name"  # data.name is the dataset (e.g. breastmnist)
     for option in options(group):
         assert OmegaConf.load(CONF / group / f"{option}.yaml")[key] == option

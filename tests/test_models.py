@@ -17,7 +17,7 @@ from medimg_cli.commands.eval import evaluate_checkpoint
 from medimg_cli.commands.train import train
 from medimg_cli.data import TASKS, DataInfo
 from medimg_cli.errors import ConfigError
-from medimg_cli.loop import TaskLoss
+from medimg_cli.losses import TaskLoss
 from medimg_cli.models import MODELS, create_model, model_names
 from medimg_cli.models.transfer import forward_flops, freeze, group_parameters, load_pretrained
 

@@ -5,15 +5,10 @@ from __future__ import annotations
 import json
 import math
 
-from medimg_cli.results import (
-    COLUMNS,
-    append_metrics_row,
-    markdown_table,
-    read_metrics_csv,
-    select_rows,
-    write_json,
-    write_metrics_csv,
-)
+from medimg_cli.fileio import write_json
+from medimg_cli.metrics import COLUMNS
+from medimg_cli.results import append_metrics_row, read_metrics_csv, write_metrics_csv
+from medimg_cli.tables import markdown_table, select_rows
 
 
 def _rows(n: int) -> list[dict]:

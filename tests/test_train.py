@@ -7,21 +7,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import RUN_FILES
+from conftest import RUN_FILES, check_test_metrics
 
 from medimg_cli.checkpoint import load_checkpoint
 from medimg_cli.commands.eval import evaluate_checkpoint
 from medimg_cli.commands.train import train
-from medimg_cli.data import TASKS
+from medimg_cli.data import TASKS, DataInfo
 from medimg_cli.errors import ConfigError
-from medimg_cli.results import COLUMNS, read_cases_csv, read_metrics_csv
+from medimg_cli.metrics import COLUMNS, METRICS, of_kind, task_metrics
+from medimg_cli.results import read_cases_csv, read_metrics_csv
 
-TIMING = {"epoch_seconds", "train_images_per_second", "seconds_per_image"}
-TASK_COLUMNS = {
-    "classification": {"val_accuracy", "val_f1", "val_auc"},
-    "segmentation": {"val_dice", "val_iou"},
-    "multitask": {"val_accuracy", "val_f1", "val_auc", "val_dice", "val_iou"},
-}
+TIMING = {m.column for m in of_kind("timing")}
+TASK_COLUMNS = {task: {m.column for m in task_metrics(DataInfo(task, 2, 1, 3, 2, ()))} for task in TASKS}
 
 
 def without_timing(rows):
@@ -40,8 +37,11 @@ def test_run_folder_is_complete_for_every_task(tiny_cfg, tmp_path, task, model):
     assert filled == {"epoch", "train_loss", "val_loss"} | TASK_COLUMNS[task] | TIMING
     assert list(rows[0]) == list(COLUMNS)
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["best_epoch"] in (1, 2) and saved["task"] == task
-    assert set(saved["test"]) == {"loss", "seconds_per_image"} | {c[4:] for c in TASK_COLUMNS[task]}
+    losses = [r["val_loss"] for r in rows]
+    assert saved["best_epoch"] == losses.index(min(losses)) + 1 and saved["task"] == task
+    evaluated = {m.key for m in METRICS if m.evaluated and (m.task is None or m.column in TASK_COLUMNS[task])}
+    assert set(saved["test"]) == evaluated
+    check_test_metrics(tmp_path, saved["test"])
     assert torch.__version__.startswith(saved["versions"]["torch"])
     assert summary["data_fingerprint"] == saved["data_fingerprint"]
     table = (tmp_path / "table.md").read_text()
@@ -58,14 +58,14 @@ def test_live_progress_bar_on_a_terminal(tiny_cfg, tmp_path, monkeypatch, capsys
 
 def test_binary_classification_and_3d_runs(tiny_cfg, tmp_path):
     summary = train(tiny_cfg("data.task=classification", "data.binary=true", "trainer.epochs=1"), tmp_path / "binary")
-    assert summary["test"]["auc"] is None or 0.0 <= summary["test"]["auc"] <= 1.0
+    check_test_metrics(tmp_path / "binary", summary["test"])
     checkpoint = load_checkpoint(tmp_path / "binary" / "checkpoints" / "best.pt")
     assert checkpoint["model"]["args"]["num_classes"] == 2
     summary = train(
         tiny_cfg("data.spatial_dims=3", "data.num_samples=24", "trainer.epochs=1", "trainer.batch_size=8"),
         tmp_path / "3d",
     )
-    assert 0.0 <= summary["test"]["dice"] <= 1.0
+    check_test_metrics(tmp_path / "3d", summary["test"])
 
 
 def test_a_model_that_cannot_run_on_the_images_says_so(tiny_cfg, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import compose_config
+from conftest import check_test_metrics, compose_config
 
 from medimg_cli.commands.train import train
 from medimg_cli.data import build_data
@@ -85,7 +85,7 @@ def test_nifti_segmentation_trains_in_3d(nifti_dataset, tmp_path):
         ]
     )
     summary = train(cfg, tmp_path / "run")
-    assert 0.0 <= summary["test"]["dice"] <= 1.0
+    check_test_metrics(tmp_path / "run", summary["test"])
     splits = build_data(dict(cfg.data))
     assert splits.info.spatial_dims == 3 and splits.train["mask"].shape[1:] == (1, 16, 16, 16)
 

@@ -77,7 +77,7 @@ class Augmenter:
     def order(self) -> list[str]:
         """Transform names in the order they are applied."""
         moved = self.geometric.transforms if self.geometric else {}
-        first = [n for n in (*GeometricStage.ORDER, "elastic") if n in moved]
+        first = [n for n in (*GeometricStage.ORDER, *GeometricStage.FIELDS) if n in moved]
         return first + [n for n, _ in self.images] + [n for n, _ in self.mixes]
 
 

@@ -242,10 +242,17 @@ class GeometricStage:
     """
 
     ORDER = ("flip", "zoom", "rotate", "translate", "crop")  # right to left in the forward map
+    FIELDS = ("elastic",)  # displacement fields, added to the grid after the matrices
 
     def __init__(self, transforms: dict[str, GeometricTransform], padding: str = "zeros") -> None:
         if padding not in PADDING_MODES:
             raise ValueError(f"padding={padding!r} must be one of {', '.join(PADDING_MODES)}")
+        unplaced = sorted(set(transforms) - {*self.ORDER, *self.FIELDS})
+        if unplaced:  # a registered transform this stage would never apply
+            raise TypeError(
+                f"geometric transform(s) {', '.join(unplaced)} have no place in GeometricStage.ORDER or FIELDS; "
+                "add them there so they are applied"
+            )
         self.transforms = transforms
         self.padding = padding
 
@@ -265,9 +272,10 @@ class GeometricStage:
         to_normal = torch.diag(torch.cat([1 / half, torch.ones(1, device=device)]))
         inverse = to_normal @ torch.linalg.inv(forward) @ to_physical  # output -> input, normalised
         grid = F.affine_grid(inverse[:, :n], [size, 1, *shape], align_corners=False)
-        if "elastic" in self.transforms:
-            field, record["elastic"] = self.transforms["elastic"].displacement(size, shape, device)
-            grid = grid + field
+        for name in self.FIELDS:
+            if name in self.transforms:
+                field, record[name] = self.transforms[name].displacement(size, shape, device)
+                grid = grid + field
         out = dict(batch)
         out["image"] = F.grid_sample(image, grid, mode="bilinear", padding_mode=self.padding, align_corners=False)
         if "mask" in batch:

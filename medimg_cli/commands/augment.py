@@ -31,9 +31,10 @@ from medimg_cli.augment import Augmenter, build_augment, describe
 from medimg_cli.config import check_numbers, resolve_device, seed_everything
 from medimg_cli.data import SPLITS, Splits, build_data
 from medimg_cli.errors import ConfigError
+from medimg_cli.fileio import write_atomic
 from medimg_cli.hydra_app import print_error, run_hydra
 from medimg_cli.pictures import grid_image, tile
-from medimg_cli.results import make_console, write_atomic
+from medimg_cli.tables import make_console
 
 HELP = "preview an augmentation recipe (PNG grid + Table 1-style CSV) or export augmented files"
 SUBCOMMANDS = ("preview", "export")

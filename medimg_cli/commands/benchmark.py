@@ -44,13 +44,15 @@ from medimg_cli.config import resolve_device, seed_everything
 from medimg_cli.data import TASKS, DataInfo
 from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError, unknown_choice
+from medimg_cli.fileio import write_atomic
 from medimg_cli.hydra_app import print_error, run_hydra
-from medimg_cli.loop import TaskLoss, evaluate, synchronize, train_epoch
+from medimg_cli.loop import evaluate, synchronize, train_epoch
+from medimg_cli.losses import TaskLoss
 from medimg_cli.models import create_model, model_args, model_names
 from medimg_cli.models.transfer import forward_flops
-from medimg_cli.results import grid_markdown, grid_rich, make_console, write_atomic
 from medimg_cli.runinfo import device_name, versions
 from medimg_cli.speed import PRECISIONS, Speed, configure_backends
+from medimg_cli.tables import grid_markdown, grid_rich, make_console
 
 HELP = "run an experiment's grid of runs and write its report; or measure speed (medimg benchmark speed)"
 OPTIONS = {"channels_last": {"channels_last": True}, "compile": {"compile": "default"}}

@@ -23,9 +23,10 @@ from PIL import Image
 from medimg_cli.config import check_numbers
 from medimg_cli.data import SPLITS, Splits, build_data
 from medimg_cli.errors import ConfigError
+from medimg_cli.fileio import write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
 from medimg_cli.pictures import grid_image, tile
-from medimg_cli.results import make_console, write_atomic, write_json
+from medimg_cli.tables import make_console
 
 HELP = "inspect a dataset: counts, shapes, intensities, masks, leakage audit, example grid"
 SUBCOMMANDS = ("inspect",)

@@ -29,9 +29,10 @@ from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError
 from medimg_cli.evaluation.run import Settings, evaluate_split
 from medimg_cli.hydra_app import run_hydra
-from medimg_cli.loop import TaskLoss, evaluate
-from medimg_cli.results import make_console
+from medimg_cli.loop import evaluate
+from medimg_cli.losses import TaskLoss
 from medimg_cli.speed import Speed
+from medimg_cli.tables import make_console
 
 HELP = "evaluate a checkpoint: metrics with CIs, calibration, uncertainty, maps (checkpoint=<run>/checkpoints/best.pt)"
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def evaluate_checkpoint(
     """
     payload, model, data, speed = load(path, device)
     size = batch_size or payload["config"]["trainer"]["eval_batch_size"]
-    return evaluate(model, TensorBatches(data.split(split), size, speed.device), TaskLoss(data.info), speed)
+    loss = TaskLoss(data.info, payload["config"].get("loss"))
+    return evaluate(model, TensorBatches(data.split(split), size, speed.device), loss, speed)
 
 
 def eval_folder(cfg: DictConfig) -> Path:

@@ -25,8 +25,9 @@ from torch import nn
 
 from medimg_cli.commands.eval import load
 from medimg_cli.errors import ConfigError, unknown_choice
+from medimg_cli.fileio import atomic_file, write_json
 from medimg_cli.hydra_app import run_hydra
-from medimg_cli.results import atomic_file, make_console, write_json
+from medimg_cli.tables import make_console
 
 HELP = "export a checkpoint as ONNX or TorchScript and check its outputs against PyTorch"
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}

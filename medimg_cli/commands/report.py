@@ -16,15 +16,10 @@ import json
 from pathlib import Path
 
 from medimg_cli.errors import ConfigError
+from medimg_cli.fileio import write_atomic
 from medimg_cli.hydra_app import print_error
-from medimg_cli.results import (
-    make_console,
-    markdown_table,
-    read_metrics_csv,
-    rich_table,
-    run_title,
-    write_atomic,
-)
+from medimg_cli.results import read_metrics_csv
+from medimg_cli.tables import make_console, markdown_table, rich_table, run_title
 
 HELP = "print and write the per-epoch table of a run, or the tables, statistics and plots of a folder of runs"
 

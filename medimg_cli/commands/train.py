@@ -5,78 +5,41 @@
     medimg train -m model=cnn,unet seed=0,1,2      # a sweep, one run folder per job
     medimg train hydra.run.dir=runs/a trainer.resume=true   # continue an interrupted run
 
-The recipe, top to bottom: check the config, build data, model, optimizer and augmentation,
-restore ``last.pt`` when resuming, then per epoch train, validate, append ``metrics.csv`` and
-write checkpoints; finally evaluate ``best.pt`` on the test split and write ``summary.json``
-and ``table.md``.
+The recipe, top to bottom: ``setup`` builds data, model, optimizer, augmentation and loss and
+restores ``last.pt`` when resuming (``medimg_cli/training.py``); ``run_epoch`` trains one epoch,
+validates, writes the checkpoints and appends the row to ``metrics.csv``; ``finish`` evaluates
+``best.pt`` on the test split and writes ``summary.json`` and ``table.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from torch.nn import SyncBatchNorm
-from torch.nn.parallel import DistributedDataParallel
 
-from medimg_cli.augment import build_augment
-from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from medimg_cli.config import (
-    build_optimizer,
-    build_scheduler,
-    check_numbers,
-    monitor_mode,
-    resolve_device,
-    seed_everything,
-)
-from medimg_cli.data import build_data
-from medimg_cli.data.batches import choose_loader, make_batches
-from medimg_cli.distributed import (
-    barrier,
-    device_for_rank,
-    is_distributed,
-    is_main,
-    join,
-    launch,
-    leave,
-    requested_devices,
-    sum_across,
-    world,
-)
+from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from medimg_cli.distributed import barrier, join, launch, leave, reduce_across, requested_devices, world
 from medimg_cli.errors import ConfigError
+from medimg_cli.fileio import write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
-from medimg_cli.loop import TaskLoss, evaluate, train_epoch
-from medimg_cli.metrics import TaskMetrics, task_metric_names
-from medimg_cli.models import check_model_runs, create_model, model_args
-from medimg_cli.models.transfer import forward_flops, freeze, layer_cells, load_pretrained, transfer_rows
-from medimg_cli.results import (
-    append_metrics_row,
-    cases_csv,
-    grid_markdown,
-    grid_rich,
-    make_console,
-    markdown_table,
-    rich_table,
-    run_title,
-    write_atomic,
-    write_json,
-    write_metrics_csv,
-)
-from medimg_cli.resume import resume_checkpoint
+from medimg_cli.loop import evaluate, train_epoch
+from medimg_cli.metrics import COLUMNS, METRICS, TaskMetrics
+from medimg_cli.results import append_metrics_row, cases_csv
 from medimg_cli.runinfo import device_name, git_commit, peak_memory, versions
-from medimg_cli.speed import Speed, configure_backends
+from medimg_cli.tables import make_console, markdown_table, rich_table, run_title
 from medimg_cli.tracking import Tracker, sample_predictions
+from medimg_cli.training import Run, setup
 
 HELP = "train a model; Hydra overrides pick data, model, augment, optim, trainer"
 log = logging.getLogger(__name__)
+ACROSS_PROCESSES = {m.key: m.across for m in METRICS if m.across != "rank0"}  # what DDP processes combine
 
 
 def main(argv: list[str]) -> int:
@@ -100,141 +63,151 @@ def _hydra_task(cfg: DictConfig) -> dict[str, Any]:
 
 
 def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Train as ``cfg`` says, writing into ``run_dir``; returns the summary.
+    """Train as ``cfg`` says, writing into ``run_dir``; returns the summary (``{"rank": r}`` on
+    the other processes of a DDP run).
 
     Args:
         cfg: the composed ``train`` config.
         run_dir: the run folder (Hydra's output directory).
         overrides: the command-line overrides, checked against ``RESUMABLE_KEYS`` on resume.
     """
-    check_numbers(cfg)
-    resume = resume_checkpoint(cfg, run_dir, overrides or [])
-    if resume is not None:
-        run_dir, cfg = resume["run_dir"], resume["cfg"]
-    elif (run_dir / "metrics.csv").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; continue it with trainer.resume=true or pick another hydra.run.dir"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    device = device_for_rank(resolve_device(cfg.device))
-    rank, processes, _ = world() if is_distributed() else (0, 1, 0)
-    main_process = is_main()
-    seed_everything(cfg.seed)
-    trainer = cfg.trainer
-    # checkpoints written before these keys existed lack them
-    configure_backends(device, trainer.get("deterministic", False), trainer.get("cudnn_benchmark", "auto"))
-
-    data = build_data(OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True))
-    info = data.info
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    args = model_args(model_cfg, info)
-    model = create_model(cfg.model.name, **args)
-    # pretrained weights only for a new run: a resumed one gets every weight from last.pt
-    loaded = set() if resume else load_pretrained(model, cfg.model.name, model_cfg.get("pretrained"), info.spatial_dims)
-    frozen = freeze(model, model_cfg.get("freeze"))
-    if processes > 1 and trainer.batch_size % processes:
-        raise ConfigError(f"trainer.batch_size={trainer.batch_size} must split evenly over {processes} processes")
-    if processes > 1 and trainer.get("sync_batchnorm", False):
-        if device.type != "cuda":
-            raise ConfigError("trainer.sync_batchnorm=true needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")
-        model = SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    check_model_runs(model, cfg.model.name, data.train["image"][:2].to(device))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise ConfigError(f"model.freeze={cfg.model.freeze} freezes every parameter; leave the head trainable")
-    optimizer = build_optimizer(OmegaConf.to_container(cfg.optim, resolve=True), trainable)
-    schedule_cfg = cfg.get("scheduler")  # runs saved before schedules existed have none
-    schedule = build_scheduler(
-        OmegaConf.to_container(schedule_cfg) if schedule_cfg is not None else {"name": "none"},
-        optimizer,
-        trainer.epochs,
-    )
-    augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), info)
-    loss_fn = TaskLoss(info)
-    val_metrics = ["val_loss"] + [f"val_{m}" for m in task_metric_names(info)]
-    mode = monitor_mode(trainer.monitor, val_metrics)
-    speed = Speed.from_config(trainer, device, model, info.spatial_dims)
-    runner, scaler = speed.prepare(model), speed.scaler()  # runner shares model's parameters
-    # DDP averages the gradients of the processes; rank 0 evaluates with ``runner`` alone
-    train_runner = (
-        # static_graph: the same parameters every step, some never used (MONAI ViT's unused outputs)
-        DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
-        if processes > 1
-        else runner
-    )
-    loader, workers = choose_loader(
-        trainer.get("loader", "memory"), trainer.get("workers", 0), (data.train, data.val, data.test), device
-    )
-
-    def batches(split: dict, size: int, **plan: Any) -> Any:
-        return make_batches(split, size, device, loader, workers, **plan)
-
-    train_batches = batches(
-        data.train, trainer.batch_size, shuffle=True, drop_last=True, seed=cfg.seed, shard=(rank, processes)
-    )
-    val_batches = batches(data.val, trainer.eval_batch_size)
-
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": None, "value": None}
-    if resume is not None:
-        state = resume["checkpoint"]
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        if schedule is not None:
-            schedule.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        history, best = state["history"], state["best"]
-        if main_process:
-            write_metrics_csv(run_dir / "metrics.csv", history)  # drop rows of an unfinished epoch
-        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
-    elif main_process:
-        write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        if data.ids is not None:  # anonymous ids; reuse the split with data.splits=<this file>
-            write_json(run_dir / "splits.json", data.ids)
-        if data.skipped:
-            write_atomic(run_dir / "skipped.txt", "\n".join(data.skipped) + "\n")
-    layers = (resume["checkpoint"].get("layers") if resume else None) or transfer_rows(model, loaded, frozen)
-    size = {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "trainable_parameters": sum(p.numel() for p in trainable),
-        "flops_per_image": forward_flops(model, info.in_channels, info.image_size, device),
-    }
-    console = make_console()
-    if resume is None and main_process:
-        headers, body = layer_cells(layers)
-        title = f"{cfg.model.name}: layer groups, pretrained weights ({cfg.model.get('pretrained')}) and fine-tuning"
-        write_atomic(run_dir / "model.md", grid_markdown(headers, body, title, _size_line(size)))
-        if loaded or frozen:
-            console.print(grid_rich(headers, body, title, sections=(len(body) - 2,)))
-    log.info(
-        "%s on %s (%s, %dD, %s; %s, %s loader): %s, %d/%d/%d images, run folder %s",
-        cfg.model.name,
-        cfg.data.name,
-        info.task,
-        info.spatial_dims,
-        device_name(device),
-        speed.describe(),
-        loader,
-        _size_line(size),
-        len(data.train["image"]),
-        len(data.val["image"]),
-        len(data.test["image"]),
-        run_dir,
-    )
-
-    checkpoint_base = {
-        "model": {"name": cfg.model.name, "args": args},
-        "layers": layers,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "data_fingerprint": data.fingerprint,
-    }
+    run = setup(cfg, run_dir, overrides)
     start = time.perf_counter()
-    prior_seconds = resume["checkpoint"].get("wall_seconds", 0.0) if resume else 0.0
-    progress = Progress(
+    first, epochs = run.state.epoch + 1, run.cfg.trainer.epochs
+    tracker = Tracker(
+        run.cfg.get("tracking") if run.main else {"tensorboard": False},
+        run.run_dir,
+        run.checkpoint_base["config"],
+        first,
+    )
+    progress = _progress(run.main)
+    with _exit_on_ctrl_c(run), progress:
+        bar = progress.add_task("train", total=len(run.train_batches), epoch=first, epochs=epochs, status="")
+        for epoch in range(first, epochs + 1):
+            progress.reset(bar, total=len(run.train_batches), epoch=epoch, epochs=epochs, status="")
+            row = run_epoch(run, epoch, lambda: progress.advance(bar), start)
+            if row is not None:
+                tracker.epoch(row, _samples(run, tracker.images) if tracker.wants_samples(epoch) else None)
+                status = f"loss {row['train_loss']:.4f}  {run.cfg.trainer.monitor} {row[run.cfg.trainer.monitor]:.4f}"
+                progress.update(bar, status=status)
+                if progress.disable:
+                    log.info("epoch %d/%d  %s  (%.1fs)", epoch, epochs, status, row["epoch_seconds"])
+            barrier()  # rank 0 evaluates and writes the epoch
+        if not run.main:
+            return {"rank": run.rank}
+        test = test_best(run)
+        tracker.finish(test, run.state.epoch)
+    return finish(run, test, time.perf_counter() - start)
+
+
+def run_epoch(run: Run, epoch: int, on_batch: Any, start: float) -> dict[str, Any] | None:
+    """Train and validate one epoch, write the checkpoints and append ``metrics.csv``.
+
+    Returns:
+        the ``metrics.csv`` row (``metrics.COLUMNS``), or ``None`` on processes other than rank 0.
+    """
+    epoch_start = time.perf_counter()
+    stats = train_epoch(
+        run.train_model, run.train_batches, epoch, run.loss, run.optimizer, run.augment, run.speed, run.scaler, on_batch
+    )
+    if run.schedule is not None:
+        run.schedule.step()
+    if run.processes > 1:  # the loss of the global batch, the throughput of all processes
+        stats = reduce_across(stats, "train_samples", ACROSS_PROCESSES)
+    if not run.main:
+        return None
+    val = evaluate(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation())
+    measured = {m.column: val[m.key] for m in METRICS if m.evaluated and m.key in val}
+    measured |= {"epoch": epoch, "epoch_seconds": time.perf_counter() - epoch_start}
+    measured |= {key: stats[key] for key in ("train_loss", "train_images_per_second")}
+    row = {column: measured[column] for column in COLUMNS if column in measured}
+    if run.state.record(row, run.cfg.trainer.monitor, run.monitor_mode):
+        save_checkpoint(run.run_dir / "checkpoints" / "best.pt", _payload(run, epoch))
+    save_checkpoint(run.run_dir / "checkpoints" / "last.pt", _payload(run, epoch, start, resumable=True))
+    # after the checkpoint, so that every row in metrics.csv can be resumed from
+    append_metrics_row(run.run_dir / "metrics.csv", row)
+    return row
+
+
+def test_best(run: Run) -> dict[str, float]:
+    """Evaluate ``best.pt`` on the test split; writes ``test_predictions.csv``."""
+    best = load_checkpoint(run.run_dir / "checkpoints" / "best.pt", run.device)
+    run.model.load_state_dict(best["state_dict"])
+    cases = TaskMetrics(run.data.info)
+    batches = run.batches(run.data.test, run.cfg.trainer.eval_batch_size)
+    test = evaluate(run.eval_model, batches, run.loss, run.speed.for_evaluation(), cases)
+    write_atomic(run.run_dir / "test_predictions.csv", cases_csv(cases.cases()))
+    return test
+
+
+def finish(run: Run, test: dict[str, float], seconds: float) -> dict[str, Any]:
+    """Write ``summary.json`` and ``table.md``, print the table and the run folder; returns the summary."""
+    summary = build_summary(run, test, seconds)
+    write_json(run.run_dir / "summary.json", summary)
+    history, every, best = run.state.history, run.cfg.trainer.table_every, run.state.best_epoch
+    title = run_title(summary)
+    write_atomic(run.run_dir / "table.md", markdown_table(history, every, test, best, title=title))
+    console = make_console()
+    console.print(rich_table(history, every, test, best, title=title))
+    console.print(f"run folder: {run.run_dir}")
+    return summary
+
+
+def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str, Any]:
+    """The contents of ``summary.json`` (see README, The run folder)."""
+    cfg, state = run.cfg, run.state
+    return {
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "task": run.data.info.task,
+        "seed": cfg.seed,
+        "epochs": cfg.trainer.epochs,
+        "monitor": cfg.trainer.monitor,
+        "best_epoch": state.best_epoch,
+        "best": next(r for r in state.history if r["epoch"] == state.best_epoch),
+        "test": test,
+        **run.size,
+        **dict(zip(("peak_memory_mib", "peak_memory"), peak_memory(run.device), strict=True)),
+        "layers": run.checkpoint_base["layers"],
+        "device": device_name(run.device),
+        "processes": run.processes,
+        "speed": f"{run.speed.describe()}, {run.loader} loader",  # the resolved auto settings
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "wall_seconds": state.prior_seconds + seconds,
+        "data_fingerprint": run.data.fingerprint,
+        "run_dir": str(run.run_dir),
+    }
+
+
+def _payload(run: Run, epoch: int, start: float | None = None, resumable: bool = False) -> dict[str, Any]:
+    """A checkpoint of ``run`` after ``epoch``; ``resumable`` adds what ``last.pt`` needs to continue."""
+    state = run.state
+    payload = {
+        **run.checkpoint_base,
+        "state_dict": run.model.state_dict(),
+        "epoch": epoch,
+        "history": list(state.history),
+        "best": state.best(),
+    }
+    if resumable:
+        payload |= {"optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_state()}
+        if run.schedule is not None:
+            payload["scheduler"] = run.schedule.state_dict()
+        payload["wall_seconds"] = state.prior_seconds + time.perf_counter() - start
+    return payload
+
+
+def _samples(run: Run, count: int) -> dict[str, Any]:
+    """The tracker's validation picture: the first ``count`` validation images with their predictions."""
+    samples = {key: value[:count].to(run.device) for key, value in run.data.val.items()}
+    return sample_predictions(run.model, samples["image"], run.data.info, samples)
+
+
+def _progress(main: bool) -> Progress:
+    """The epoch's progress bar, on a terminal of the main process only."""
+    console = make_console()
+    return Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -242,153 +215,20 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         TimeElapsedColumn(),
         console=console,
         transient=True,
-        disable=not console.is_terminal or not main_process,
+        disable=not console.is_terminal or not main,
     )
-    first_epoch = len(history) + 1
-    tracker = Tracker(
-        cfg.get("tracking") if main_process else {"tensorboard": False}, run_dir, checkpoint_base["config"], first_epoch
-    )
-    samples = {key: value[: tracker.images].to(device) for key, value in data.val.items()}
-    with _exit_on_ctrl_c(run_dir, history):
-        with progress:
-            bar = progress.add_task(
-                "train", total=len(train_batches), epoch=first_epoch, epochs=trainer.epochs, status=""
-            )
-            for epoch in range(first_epoch, trainer.epochs + 1):
-                progress.reset(bar, total=len(train_batches), epoch=epoch, epochs=trainer.epochs, status="")
-                epoch_start = time.perf_counter()
-                stats = train_epoch(
-                    train_runner,
-                    train_batches,
-                    epoch,
-                    loss_fn,
-                    optimizer,
-                    augment,
-                    speed,
-                    scaler,
-                    lambda: progress.advance(bar),
-                )
-                if schedule is not None:
-                    schedule.step()
-                if processes > 1:  # the loss of the global batch, the throughput of all processes
-                    total, count, rate = sum_across(
-                        stats["train_loss"] * stats["train_samples"],
-                        stats["train_samples"],
-                        stats["train_images_per_second"],
-                    )
-                    stats = {"train_loss": total / count, "train_images_per_second": rate}
-                if not main_process:
-                    barrier()  # rank 0 evaluates and writes the epoch
-                    continue
-                val = evaluate(runner, val_batches, loss_fn, speed.for_evaluation())
-                row = {
-                    "epoch": epoch,
-                    "train_loss": stats["train_loss"],
-                    **{f"val_{k}": v for k, v in val.items() if k != "seconds_per_image"},
-                    "epoch_seconds": time.perf_counter() - epoch_start,
-                    "train_images_per_second": stats["train_images_per_second"],
-                    "seconds_per_image": val["seconds_per_image"],
-                }
-                history.append(row)
-                value = row[trainer.monitor]
-                if best["epoch"] is None or _improves(value, best["value"], mode):
-                    best = {"epoch": epoch, "value": value}
-                    save_checkpoint(
-                        run_dir / "checkpoints" / "best.pt", {**checkpoint_base, **_state(model, epoch, history, best)}
-                    )
-                save_checkpoint(
-                    run_dir / "checkpoints" / "last.pt",
-                    {
-                        **checkpoint_base,
-                        **_state(model, epoch, history, best),
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        **({"scheduler": schedule.state_dict()} if schedule is not None else {}),
-                        "rng": rng_state(),
-                        "wall_seconds": prior_seconds + time.perf_counter() - start,
-                    },
-                )
-                # after the checkpoint, so that every row in metrics.csv can be resumed from
-                append_metrics_row(run_dir / "metrics.csv", row)
-                due = tracker.wants_samples(epoch)
-                tracker.epoch(row, sample_predictions(model, samples["image"], info, samples) if due else None)
-                status = f"loss {row['train_loss']:.4f}  {trainer.monitor} {value:.4f}"
-                progress.update(bar, status=status)
-                if progress.disable:
-                    log.info("epoch %d/%d  %s  (%.1fs)", epoch, trainer.epochs, status, row["epoch_seconds"])
-                barrier()
-        if not main_process:
-            return {"rank": rank}
-        best_state = load_checkpoint(run_dir / "checkpoints" / "best.pt", device)
-        model.load_state_dict(best_state["state_dict"])
-        test_cases = TaskMetrics(info)
-        test_batches = batches(data.test, trainer.eval_batch_size)
-        test = evaluate(runner, test_batches, loss_fn, speed.for_evaluation(), test_cases)
-        write_atomic(run_dir / "test_predictions.csv", cases_csv(test_cases.cases()))
-        tracker.finish(test, len(history))
-
-    summary = {
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "task": info.task,
-        "seed": cfg.seed,
-        "epochs": trainer.epochs,
-        "monitor": trainer.monitor,
-        "best_epoch": best["epoch"],
-        "best": next(r for r in history if r["epoch"] == best["epoch"]),
-        "test": test,
-        **size,
-        **dict(zip(("peak_memory_mib", "peak_memory"), peak_memory(device), strict=True)),
-        "layers": layers,
-        "device": device_name(device),
-        "processes": processes,
-        "speed": f"{speed.describe()}, {loader} loader",  # the resolved auto settings
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "wall_seconds": prior_seconds + time.perf_counter() - start,
-        "data_fingerprint": data.fingerprint,
-        "run_dir": str(run_dir),
-    }
-    write_json(run_dir / "summary.json", summary)
-    title = run_title(summary)
-    write_atomic(
-        run_dir / "table.md",
-        markdown_table(history, trainer.table_every, test, best["epoch"], title=title),
-    )
-    console.print(rich_table(history, trainer.table_every, test, best["epoch"], title=title))
-    console.print(f"run folder: {run_dir}")
-    return summary
 
 
 @contextlib.contextmanager
-def _exit_on_ctrl_c(run_dir: Path, history: list[dict[str, Any]]) -> Iterator[None]:
+def _exit_on_ctrl_c(run: Run) -> Iterator[None]:
     """Turn Ctrl-C into a short message and exit code 130; ``last.pt`` already holds the last epoch."""
     try:
         yield
     except KeyboardInterrupt:
         log.warning(
             "interrupted; %s keeps epoch %d. Resume: medimg train hydra.run.dir=%s trainer.resume=true",
-            run_dir / "checkpoints" / "last.pt",
-            len(history),
-            run_dir,
+            run.run_dir / "checkpoints" / "last.pt",
+            run.state.epoch,
+            run.run_dir,
         )
         raise SystemExit(130) from None
-
-
-def _size_line(size: dict[str, int]) -> str:
-    return (
-        f"{size['parameters']:,} parameters ({size['trainable_parameters']:,} trained), "
-        f"{size['flops_per_image'] / 1e9:.3g} GFLOPs forward per image"
-    )
-
-
-def _improves(value: float, best: float | None, mode: str) -> bool:
-    if value is None or math.isnan(value):
-        return False
-    if best is None or math.isnan(best):
-        return True
-    return value < best if mode == "min" else value > best
-
-
-def _state(model: Any, epoch: int, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
-    return {"state_dict": model.state_dict(), "epoch": epoch, "history": list(history), "best": dict(best)}

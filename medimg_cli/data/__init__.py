@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -99,16 +100,12 @@ def keys_for_task(task: str) -> tuple[str, ...]:
     )
 
 
-# source (the ``data.source`` key and YAML stem) -> module that registers it; only the chosen one is imported
-_SOURCE_MODULES = {
-    "phantom": "phantom_source",
-    "medmnist": "medmnist_source",
-    "folder": "folder_source",
-    "manifest": "manifest_source",
-    "nifti": "nifti_source",
-    "nnunet": "nnunet_source",
-    "dicom": "dicom_source",
-}
+def source_modules() -> dict[str, str]:
+    """Data source (the ``data.source`` key and YAML stem) -> its module, ``<source>_source.py``
+    in this package; found by name so a new source needs no list, and only the chosen one is imported."""
+    return {
+        m.name.removesuffix("_source"): m.name for m in pkgutil.iter_modules(__path__) if m.name.endswith("_source")
+    }
 
 
 def build_data(cfg: Mapping) -> Splits:
@@ -116,9 +113,10 @@ def build_data(cfg: Mapping) -> Splits:
     if cfg.get("task") not in TASKS:
         raise unknown_choice("data.task", cfg.get("task"), TASKS)
     source = cfg.get("source")
-    if source not in _SOURCE_MODULES:
-        raise unknown_choice("data.source", source, _SOURCE_MODULES)
-    importlib.import_module(f"medimg_cli.data.{_SOURCE_MODULES[source]}")
+    modules = source_modules()
+    if source not in modules:
+        raise unknown_choice("data.source", source, modules)
+    importlib.import_module(f"{__name__}.{modules[source]}")
     splits = SOURCES.get(source)(cfg)
     splits.info = dataclasses.replace(splits.info, image_size=tuple(splits.train["image"].shape[2:]))
     return splits

@@ -1,8 +1,8 @@
 """An on-disk cache of decoded, preprocessed datasets, so files are decoded once.
 
-The key is a SHA-256 of the preprocessing config and of every source file's path, size and
-modification time: changing a file or a preprocessing key decodes again; changing the split,
-the seed or the training config does not. Entries are ``torch.save`` files written atomically.
+The key is a SHA-256 of the data config (all but ``SPLIT_ONLY_KEYS``) and of every source
+file's path, size and modification time: changing a file or a preprocessing key decodes again;
+changing the split, the seed or the training config does not. Entries are ``torch.save`` files written atomically.
 """
 
 from __future__ import annotations
@@ -16,20 +16,18 @@ from typing import Any
 
 import torch
 
-from medimg_cli.results import atomic_file
+from medimg_cli.fileio import atomic_file
 
 log = logging.getLogger(__name__)
-# data keys that decide what decoding produces; split, seed, salt and splits do not
-DECODE_KEYS = (
-    "source", "task", "image_size", "spacing", "slice_axis", "channels", "normalize", "denoise",
-    "denoise_size", "window", "on_bad_file", "label_key",
-)  # fmt: skip
+# data keys that only choose the split of the decoded samples, or where the cache lives; every
+# other key (a new preprocessing key too) is part of the key, so it can never serve stale data
+SPLIT_ONLY_KEYS = ("split", "splits", "seed", "salt", "cache", "cache_dir")
 FORMAT = 2  # bumped when the decoded dictionary changes (2: pixel_spacings), so old entries are not read
 
 
 def cache_key(cfg: Mapping, files: Iterable[Path]) -> str:
     """The key of a decoded dataset: its decode config and its files' paths, sizes and mtimes."""
-    settings = {k: cfg.get(k) for k in DECODE_KEYS} | {"format": FORMAT}
+    settings = {k: v for k, v in cfg.items() if k not in SPLIT_ONLY_KEYS} | {"format": FORMAT}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in files:
         stat = path.stat()

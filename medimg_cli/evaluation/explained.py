@@ -21,7 +21,7 @@ from torch import nn
 
 from medimg_cli.evaluation import figures
 from medimg_cli.evaluation.explain import explain, randomised, rank_correlations, target_layer
-from medimg_cli.results import columns_csv, write_atomic
+from medimg_cli.fileio import columns_csv, write_atomic
 
 RANDOMISATION_THRESHOLD = 0.5  # mean |Spearman rho| below which maps "depend on the weights"
 

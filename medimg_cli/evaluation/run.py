@@ -32,8 +32,8 @@ from medimg_cli.evaluation.classification import OVERALL, PER_CLASS, classificat
 from medimg_cli.evaluation.explained import explain_cases
 from medimg_cli.evaluation.segmentation import SEGMENTATION, case_metrics
 from medimg_cli.evaluation.uncertainty import Predictions, predict, risk_coverage, sample_statistics
+from medimg_cli.fileio import columns_csv, write_atomic, write_json
 from medimg_cli.reporting.stats import percentile_interval, resample_indices
-from medimg_cli.results import columns_csv, write_atomic, write_json
 from medimg_cli.speed import Speed
 
 SUBGROUP_METRICS = ("accuracy", "balanced_accuracy", "f1", "auc", "dice", "hd95")

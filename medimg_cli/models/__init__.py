@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,13 +26,13 @@ from medimg_cli.errors import ConfigError, check_arguments
 from medimg_cli.registry import Registry
 
 MODELS: Registry[type[nn.Module]] = Registry("model")
-_MODULES = ("cnn", "backbones", "unet", "unetr", "transformer", "hybrid")  # one per family; importing registers
 TRANSFER_KEYS = ("pretrained", "freeze")  # applied to the built model, not passed to it
 
 
 def _load_all() -> None:
-    for module in _MODULES:
-        importlib.import_module(f"medimg_cli.models.{module}")
+    """Import every module of this package, so each family registers itself (no list to forget)."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def model_args(cfg: Mapping, info: DataInfo) -> dict[str, Any]:

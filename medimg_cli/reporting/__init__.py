@@ -29,12 +29,12 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from medimg_cli.errors import ConfigError
-from medimg_cli.grid import IGNORED_KEYS
+from medimg_cli.fileio import write_atomic
+from medimg_cli.metrics import BY_KEY
 from medimg_cli.reporting import render
 from medimg_cli.reporting.html import page
 from medimg_cli.reporting.plots import metric_plot
 from medimg_cli.reporting.tables import (
-    BY_KEY,
     EPOCH_METRICS,
     PER_RUN,
     QUALITY,
@@ -46,7 +46,9 @@ from medimg_cli.reporting.tables import (
     published_table,
     test_table,
 )
-from medimg_cli.results import make_console, read_cases_csv, read_metrics_csv, write_atomic
+from medimg_cli.results import read_cases_csv, read_metrics_csv
+from medimg_cli.resume import neutral
+from medimg_cli.tables import make_console
 
 SETTINGS = {"columns": "model", "every": 10, "alpha": 0.05, "bootstrap": 2000, "published": {}, "tolerance": 0.02}
 
@@ -123,7 +125,7 @@ def find_jobs(root: Path) -> tuple[list[Job], list[Path], dict[str, list[str]]]:
             if (overrides.parent.parent / "config.yaml").is_file():  # a train run, not a benchmark
                 items = OmegaConf.to_container(OmegaConf.load(overrides)) or []
                 values = dict(str(item).lstrip("+~").split("=", 1) for item in items if "=" in str(item))
-                folders[overrides.parent.parent] = {k: v for k, v in values.items() if k not in IGNORED_KEYS}
+                folders[overrides.parent.parent] = {k: v for k, v in values.items() if not neutral(k)}
         keys = list(dict.fromkeys(k for axes in folders.values() for k in axes))
         varying = [k for k in keys if len({axes.get(k) for axes in folders.values()}) > 1 or k == "seed"]
         folders = {folder: {k: axes.get(k, "") for k in varying} for folder, axes in folders.items()}

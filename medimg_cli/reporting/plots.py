@@ -15,9 +15,9 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from medimg_cli.fileio import write_atomic  # noqa: E402
+from medimg_cli.metrics import Metric  # noqa: E402
 from medimg_cli.reporting.stats import mean_sd  # noqa: E402
-from medimg_cli.reporting.tables import Metric  # noqa: E402
-from medimg_cli.results import write_atomic  # noqa: E402
 
 
 def metric_plot(path: Path, metric: Metric, groups: Mapping[str, Sequence[Any]], title: str) -> None:

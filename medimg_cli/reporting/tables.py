@@ -20,42 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from medimg_cli.metrics import accuracy, macro_f1, multilabel_metrics, roc_auc
+from medimg_cli.metrics import BY_KEY, Metric, accuracy, macro_f1, multilabel_metrics, of_kind, roc_auc
 from medimg_cli.reporting.stats import bootstrap_ci, holm, mean_sd, paired_t_test
 
-
-@dataclass(frozen=True)
-class Metric:
-    """A reported number: ``key`` in summaries, ``column`` in metrics.csv, how to show it."""
-
-    key: str
-    column: str
-    title: str
-    scale: float = 1.0  # 100: fractions shown in percent
-    style: str = "{:.1f}"  # format of mean and sd after scaling
-    higher: bool | None = True  # which way is better (None: neither, no bold)
-
-
-QUALITY = (
-    Metric("accuracy", "val_accuracy", "Accuracy %", 100),
-    Metric("f1", "val_f1", "F1 %", 100),
-    Metric("auc", "val_auc", "AUC %", 100),
-    Metric("dice", "val_dice", "Dice %", 100),
-    Metric("iou", "val_iou", "IoU %", 100),
-)
-TIMING = (
-    Metric("seconds_per_image", "seconds_per_image", "Processing s/image", style="{:.2e}", higher=False),
-    Metric("epoch_seconds", "epoch_seconds", "Epoch time, s", style="{:.2f}", higher=False),
-    Metric("train_images_per_second", "train_images_per_second", "Training images/s", style="{:.0f}"),
-)
-LOSS = (Metric("loss", "val_loss", "Validation loss", style="{:.4f}", higher=False),)
-EPOCH_METRICS = QUALITY + TIMING + LOSS
-BY_KEY = {m.key: m for m in EPOCH_METRICS}
-PER_RUN = (
-    Metric("parameters", "parameters", "parameters", style="{:,.0f}", higher=None),
-    Metric("flops_per_image", "flops_per_image", "GFLOPs/image", 1e-9, "{:.3g}", None),
-    Metric("peak_memory_mib", "peak_memory_mib", "peak MiB", style="{:,.0f}", higher=None),
-    Metric("wall_seconds", "wall_seconds", "train min", 1 / 60, "{:.1f}", None),
+QUALITY = of_kind("quality")
+TIMING = (BY_KEY["seconds_per_image"], BY_KEY["epoch_seconds"], BY_KEY["train_images_per_second"])
+EPOCH_METRICS = QUALITY + TIMING + of_kind("loss")  # what the report tabulates and plots per epoch
+PER_RUN = (  # facts of a whole run from summary.json, not per-epoch numbers
+    Metric("parameters", "parameters", "parameters", "parameters", "run", style="{:,.0f}", higher=None),
+    Metric("flops_per_image", "flops_per_image", "GFLOPs/image", "GFLOPs/image", "run", 1e-9, "{:.3g}", None),
+    Metric("peak_memory_mib", "peak_memory_mib", "peak MiB", "peak MiB", "run", style="{:,.0f}", higher=None),
+    Metric("wall_seconds", "wall_seconds", "train min", "train min", "run", 1 / 60, "{:.1f}", None),
 )
 
 
