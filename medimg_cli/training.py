@@ -106,18 +106,7 @@ def setup(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True))
     model, args, loaded, frozen = _build_model(cfg, data, device, processes, resume)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise ConfigError(f"model.freeze={cfg.model.freeze} freezes every parameter; leave the head trainable")
-    optimizer = build_optimizer(OmegaConf.to_container(cfg.optim, resolve=True), trainable)
-    schedule_cfg = cfg.get("scheduler")  # runs saved before schedules existed have none
-    schedule = build_scheduler(
-        OmegaConf.to_container(schedule_cfg) if schedule_cfg is not None else {"name": "none"},
-        optimizer,
-        cfg.trainer.epochs,
-    )
-    augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), data.info)
-    loss_cfg = cfg.get("loss")  # runs saved before the loss group existed have none
-    loss = TaskLoss(data.info, OmegaConf.to_container(loss_cfg, resolve=True) if loss_cfg is not None else None)
+    optimizer, schedule, augment, loss = _build_training(cfg, data.info, trainable)
     mode = monitor_mode(cfg.trainer.monitor, monitor_columns(data.info))
     speed = Speed.from_config(cfg.trainer, device, model, data.info.spatial_dims)
     eval_model, scaler = speed.prepare(model), speed.scaler()
@@ -187,6 +176,23 @@ def _build_model(
     model.to(device)
     check_model_runs(model, cfg.model.name, data.train["image"][:2].to(device))
     return model, args, loaded, frozen
+
+
+def _build_training(cfg: DictConfig, info: Any, trainable: list[nn.Parameter]) -> tuple[Any, Any, Augmenter, TaskLoss]:
+    """The optimizer of the ``trainable`` parameters, its schedule, the augmentation and the loss."""
+    if not trainable:
+        raise ConfigError(f"model.freeze={cfg.model.freeze} freezes every parameter; leave the head trainable")
+    optimizer = build_optimizer(OmegaConf.to_container(cfg.optim, resolve=True), trainable)
+    schedule_cfg = cfg.get("scheduler")  # runs saved before schedules existed have none
+    schedule = build_scheduler(
+        OmegaConf.to_container(schedule_cfg) if schedule_cfg is not None else {"name": "none"},
+        optimizer,
+        cfg.trainer.epochs,
+    )
+    augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), info)
+    loss_cfg = cfg.get("loss")  # runs saved before the loss group existed have none
+    loss = TaskLoss(info, OmegaConf.to_container(loss_cfg, resolve=True) if loss_cfg is not None else None)
+    return optimizer, schedule, augment, loss
 
 
 def _write_new_run_files(run: Run) -> None:

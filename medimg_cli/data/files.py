@@ -202,22 +202,7 @@ def normalise(image: torch.Tensor, how: str) -> torch.Tensor:
 def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> Splits:
     """Decode ``records`` and build the train/val/test tensors as the data config says."""
     task = cfg["task"]
-    if not records:
-        raise ConfigError(f"{source}: no images found (suffixes {', '.join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)})")
-    if cfg["normalize"] not in NORMALISATIONS:
-        raise unknown_choice("data.normalize", cfg["normalize"], NORMALISATIONS)
-    if cfg["channels"] not in (1, 3):
-        raise ConfigError(f"data.channels={cfg['channels']} must be 1 or 3")
-    if task != "segmentation" and any(r.label is None for r in records):
-        raise ConfigError(f"{source}: data.task={task} needs a label for every image")
-    if task != "classification" and any(r.mask is None for r in records):
-        raise ConfigError(f"{source}: data.task={task} needs a mask for every image")
-
-    classes = list(cfg.get("classes") or sorted({r.label for r in records if r.label is not None}))
-    for record in records:
-        if record.label is not None and record.label not in classes:
-            raise ConfigError(f"{record.images[0]}: label '{record.label}' is not in data.classes {classes}")
-
+    classes = _check_records(records, cfg, source)
     decoded = cached(cfg, _source_files(records), lambda: _decode_all(records, cfg, task, source))
     kept = decoded["kept"]
     if decoded["skipped"]:
@@ -268,6 +253,26 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         pixel_spacing={name: [decoded["pixel_spacings"][i] for i in idx] for name, idx in by_split.items()},
         meta=_metadata(records, owners, by_split),
     )
+
+
+def _check_records(records: Sequence[Record], cfg: Mapping, source: str) -> list[str]:
+    """Refuse records the config cannot use; returns the class names (``data.classes`` or the labels found)."""
+    task = cfg["task"]
+    if not records:
+        raise ConfigError(f"{source}: no images found (suffixes {', '.join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)})")
+    if cfg["normalize"] not in NORMALISATIONS:
+        raise unknown_choice("data.normalize", cfg["normalize"], NORMALISATIONS)
+    if cfg["channels"] not in (1, 3):
+        raise ConfigError(f"data.channels={cfg['channels']} must be 1 or 3")
+    if task != "segmentation" and any(r.label is None for r in records):
+        raise ConfigError(f"{source}: data.task={task} needs a label for every image")
+    if task != "classification" and any(r.mask is None for r in records):
+        raise ConfigError(f"{source}: data.task={task} needs a mask for every image")
+    classes = list(cfg.get("classes") or sorted({r.label for r in records if r.label is not None}))
+    for record in records:
+        if record.label is not None and record.label not in classes:
+            raise ConfigError(f"{record.images[0]}: label '{record.label}' is not in data.classes {classes}")
+    return classes
 
 
 def _metadata(records: Sequence[Record], owners: list[int], by_split: dict[str, list[int]]) -> dict | None:

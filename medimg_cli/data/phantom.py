@@ -115,12 +115,7 @@ def generate_phantom(
         ``image`` float32 ``(n, 1, *spatial)`` (in [0, 1] for ``minmax``); ``mask`` uint8 ``(n, 1, *spatial)``;
         ``label`` int64 ``(n,)`` in {0, 1, 2}.
     """
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-    if mask_classes not in (2, 3):
-        raise ValueError(f"mask_classes must be 2 or 3, got {mask_classes}")
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+    _check(spatial_dims, mask_classes, normalize)
     rng = np.random.default_rng(seed)
     shape = (size,) * spatial_dims
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, size)] * spatial_dims, indexing="ij"))
@@ -138,25 +133,7 @@ def generate_phantom(
     mask = np.zeros((n, *shape), dtype=np.uint8)
 
     def place(present: np.ndarray, malignant: bool) -> None:
-        """Add one lesion to each sample where ``present``; benign and malignant draws overlap."""
-        where = (rng.uniform(-0.55, 0.55, size=(n, spatial_dims)) * axes) + centre
-        radius = rng.uniform(0.12, 0.3, size=n)
-        if malignant:
-            irregularity = rng.uniform(0.25, 0.7, size=n)
-            field = _lesion(rng, grid, where, radius, irregularity, frequency=(3, 7))
-            margin = rng.uniform(0.15, 0.35, size=n)  # blurred, infiltrating edge
-            texture = 1 + 0.5 * _smooth_noise(rng, n, shape, 0.25)
-        else:
-            irregularity = rng.uniform(0.0, 0.3, size=n)
-            field = _lesion(rng, grid, where, radius, irregularity, frequency=(1, 3))
-            margin = rng.uniform(0.03, 0.12, size=n)
-            texture = np.ones((n, *shape))
-        contrast = rng.uniform(0.15, 0.4, size=n) * rng.choice([-1.0, 1.0], size=n, p=[0.3, 0.7])
-        weight = _sigmoid(field / _expand(margin, spatial_dims))
-        weight *= _expand(present.astype(float), spatial_dims)
-        image[:] += weight * texture * _expand(contrast, spatial_dims)
-        inside = (field > 0) & _expand(present, spatial_dims)
-        mask[inside] = 2 if (malignant and mask_classes == 3) else 1
+        _place_lesions(rng, grid, image, mask, present, malignant, (centre, axes), mask_classes)
 
     place(labels == 1, malignant=False)
     place((labels == 1) & (rng.uniform(size=n) < 0.4), malignant=False)
@@ -165,11 +142,64 @@ def generate_phantom(
 
     image += _expand(rng.uniform(*noise, size=n), spatial_dims) * rng.standard_normal(image.shape)
     if normalize == "minmax":  # min-max normalisation to [0, 1], seed 001 eq. 2
-        axes_sp = tuple(range(1, spatial_dims + 1))
-        low, high = image.min(axis=axes_sp, keepdims=True), image.max(axis=axes_sp, keepdims=True)
-        image = (image - low) / (high - low)
+        image = _minmax(image)
     return {
         "image": image[:, None].astype(np.float32),
         "mask": mask[:, None],
         "label": labels.astype(np.int64),
     }
+
+
+def _check(spatial_dims: int, mask_classes: int, normalize: str) -> None:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if mask_classes not in (2, 3):
+        raise ValueError(f"mask_classes must be 2 or 3, got {mask_classes}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
+
+
+def _minmax(image: np.ndarray) -> np.ndarray:
+    """Each image ``(n, *spatial)`` scaled to [0, 1] by its own minimum and maximum."""
+    axes = tuple(range(1, image.ndim))
+    low, high = image.min(axis=axes, keepdims=True), image.max(axis=axes, keepdims=True)
+    return (image - low) / (high - low)
+
+
+def _place_lesions(
+    rng: np.random.Generator,
+    grid: np.ndarray,
+    image: np.ndarray,
+    mask: np.ndarray,
+    present: np.ndarray,
+    malignant: bool,
+    organ: tuple[np.ndarray, np.ndarray],
+    mask_classes: int,
+) -> None:
+    """Add one lesion to each sample where ``present``, in place; benign and malignant draws overlap.
+
+    Args:
+        grid: ``(dims, *spatial)`` coordinates in [-1, 1].
+        image: ``(n, *spatial)`` intensities; mask: ``(n, *spatial)`` labels.
+        organ: the organs' centres and semi-axes, ``(n, dims)`` each; lesions lie inside.
+    """
+    n, spatial_dims, shape = len(present), grid.shape[0], image.shape[1:]
+    centre, axes = organ
+    where = (rng.uniform(-0.55, 0.55, size=(n, spatial_dims)) * axes) + centre
+    radius = rng.uniform(0.12, 0.3, size=n)
+    if malignant:
+        irregularity = rng.uniform(0.25, 0.7, size=n)
+        field = _lesion(rng, grid, where, radius, irregularity, frequency=(3, 7))
+        margin = rng.uniform(0.15, 0.35, size=n)  # blurred, infiltrating edge
+        texture = 1 + 0.5 * _smooth_noise(rng, n, shape, 0.25)
+    else:
+        irregularity = rng.uniform(0.0, 0.3, size=n)
+        field = _lesion(rng, grid, where, radius, irregularity, frequency=(1, 3))
+        margin = rng.uniform(0.03, 0.12, size=n)
+        texture = np.ones((n, *shape))
+    contrast = rng.uniform(0.15, 0.4, size=n) * rng.choice([-1.0, 1.0], size=n, p=[0.3, 0.7])
+    weight = _sigmoid(field / _expand(margin, spatial_dims))
+    weight *= _expand(present.astype(float), spatial_dims)
+    image[:] += weight * texture * _expand(contrast, spatial_dims)
+    inside = (field > 0) & _expand(present, spatial_dims)
+    mask[inside] = 2 if (malignant and mask_classes == 3) else 1

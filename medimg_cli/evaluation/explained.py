@@ -49,26 +49,66 @@ def explain_cases(
     device = next(model.parameters()).device
     layer = target_layer(model, settings.target_layer) if method in ("gradcam", "gradcam++") else None
     labels, preds = tensors["label"].numpy(), probs.argmax(1)
-    confidence = probs.max(1)
-    by_confidence = np.argsort(-confidence, kind="stable")
-    wrong = by_confidence[preds[by_confidence] != labels[by_confidence]]
-    groups = {
-        "most_confident": by_confidence[: settings.cases],
-        "least_confident": by_confidence[::-1][: settings.cases].copy(),
-        "misclassified": wrong[: settings.cases],
-    }
     masks = tensors.get("mask")
-    chosen = np.concatenate(list(groups.values()))
-    if masks is not None:  # the pointing game scores every correctly classified case with a lesion
-        lesions = masks.flatten(1).amax(1).numpy() > 0
-        chosen = np.concatenate([chosen, np.flatnonzero(lesions & (preds == labels))])
-    chosen = np.unique(chosen)
+    groups, chosen = _choose_cases(labels, probs, masks, settings.cases)
     images = tensors["image"][chosen].to(device)
     classes = torch.as_tensor(preds[chosen])
     trained = explain(model, images, classes, method, layer, settings.steps).cpu()
     random_model = randomised(payload["model"]["name"], payload["model"]["args"], settings.seed).to(device)
     shuffled = explain(random_model, images, classes, method, layer, settings.steps).cpu()
     rho = rank_correlations(trained, shuffled)
+    maps = {"trained": trained, "random": shuffled, "rho": rho, "method": method}
+    _overlays(folder, groups, chosen, tensors, probs, maps, ids, names)
+    membership = {c: [g for g, cases in groups.items() if c in cases] for c in chosen}
+    table = {
+        "case": [int(c) for c in chosen],
+        "id": [ids[c] for c in chosen],
+        "groups": [" ".join(membership[c]) for c in chosen],
+        "spearman_vs_random_weights": rho.tolist(),
+    }
+    pointing = None
+    if masks is not None:
+        pointing, table["peak_in_mask"] = _pointing_game(
+            masks[chosen], trained, shuffled, preds[chosen] == labels[chosen]
+        )
+    write_atomic(folder / "explain.csv", columns_csv(table))
+    summary = {"method": method, "target_layer": layer, "cases": len(chosen), "pointing_game": pointing}
+    return summary | {"randomisation": _randomisation_verdict(rho)}
+
+
+def _choose_cases(
+    labels: np.ndarray, probs: np.ndarray, masks: torch.Tensor | None, count: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The shown groups (``count`` most and least confident, misclassified) and every case to map:
+    those plus, when masks are known, each correctly classified case with a lesion."""
+    preds, confidence = probs.argmax(1), probs.max(1)
+    by_confidence = np.argsort(-confidence, kind="stable")
+    wrong = by_confidence[preds[by_confidence] != labels[by_confidence]]
+    groups = {
+        "most_confident": by_confidence[:count],
+        "least_confident": by_confidence[::-1][:count].copy(),
+        "misclassified": wrong[:count],
+    }
+    chosen = np.concatenate(list(groups.values()))
+    if masks is not None:  # the pointing game scores every correctly classified case with a lesion
+        lesions = masks.flatten(1).amax(1).numpy() > 0
+        chosen = np.concatenate([chosen, np.flatnonzero(lesions & (preds == labels))])
+    return groups, np.unique(chosen)
+
+
+def _overlays(
+    folder: Path,
+    groups: dict[str, np.ndarray],
+    chosen: np.ndarray,
+    tensors: dict[str, torch.Tensor],
+    probs: np.ndarray,
+    maps: dict[str, Any],
+    ids: list[str],
+    names: tuple[str, ...],
+) -> None:
+    """One overlay grid per group: the trained map above the random-weights map of each case."""
+    labels, preds, confidence = tensors["label"].numpy(), probs.argmax(1), probs.max(1)
+    masks, method, rho = tensors.get("mask"), maps["method"], maps["rho"]
     position = {case: i for i, case in enumerate(chosen)}
     for group, cases in groups.items():
         if not len(cases):
@@ -81,47 +121,47 @@ def explain_cases(
         figures.overlay_figure(
             folder / f"{group}.png",
             tensors["image"][cases],
-            [trained[at], shuffled[at]],
+            [maps["trained"][at], maps["random"][at]],
             titles,
             [method, f"{method}, random weights"],
             masks[cases] if masks is not None else None,
         )
-    membership = {c: [g for g, cases in groups.items() if c in cases] for c in chosen}
-    table = {
-        "case": [int(c) for c in chosen],
-        "id": [ids[c] for c in chosen],
-        "groups": [" ".join(membership[c]) for c in chosen],
-        "spearman_vs_random_weights": rho.tolist(),
+
+
+def _pointing_game(
+    masks: torch.Tensor, trained: torch.Tensor, shuffled: torch.Tensor, correct: np.ndarray
+) -> tuple[dict[str, Any], list[bool | None]]:
+    """Pointing game (Zhang et al. 2016): is the map's peak inside the lesion mask? Scored over the
+    correctly classified cases with a lesion; returns the summary and each case's hit (``None``
+    without a lesion)."""
+    lesion = masks.flatten(1) > 0
+    hits = [lesion.gather(1, m.flatten(1).argmax(1, keepdim=True))[:, 0] for m in (trained, shuffled)]
+    scored = torch.as_tensor(correct) & lesion.any(1)
+
+    def share(values: torch.Tensor) -> float:
+        return float(values[scored].float().mean()) if scored.any() else float("nan")
+
+    summary = {
+        "cases": int(scored.sum()),  # correctly classified cases with a lesion
+        "peak_in_mask": share(hits[0]),
+        "random_weights_peak_in_mask": share(hits[1]),
+        "lesion_share_of_pixels": float(lesion[scored].float().mean()) if scored.any() else float("nan"),
     }
-    pointing = None
-    if masks is not None:  # pointing game (Zhang et al. 2016): is the map's peak inside the lesion mask?
-        lesion = masks[chosen].flatten(1) > 0
-        hits = [lesion.gather(1, m.flatten(1).argmax(1, keepdim=True))[:, 0] for m in (trained, shuffled)]
-        scored = torch.as_tensor(preds[chosen] == labels[chosen]) & lesion.any(1)
-        table["peak_in_mask"] = [bool(h) if a else None for h, a in zip(hits[0], lesion.any(1), strict=True)]
-        pointing = {
-            "cases": int(scored.sum()),  # correctly classified cases with a lesion
-            "peak_in_mask": float(hits[0][scored].float().mean()) if scored.any() else float("nan"),
-            "random_weights_peak_in_mask": float(hits[1][scored].float().mean()) if scored.any() else float("nan"),
-            "lesion_share_of_pixels": float(lesion[scored].float().mean()) if scored.any() else float("nan"),
-        }
-    write_atomic(folder / "explain.csv", columns_csv(table))
+    return summary, [bool(h) if a else None for h, a in zip(hits[0], lesion.any(1), strict=True)]
+
+
+def _randomisation_verdict(rho: np.ndarray) -> dict[str, Any]:
+    """The model-randomisation check's summary from the per-case rank correlations ``rho``."""
     mean = float(np.abs(rho).mean())
     passed = bool(mean < RANDOMISATION_THRESHOLD)
     return {
-        "method": method,
-        "target_layer": layer,
-        "cases": len(chosen),
-        "pointing_game": pointing,
-        "randomisation": {
-            "abs_spearman_mean": mean,
-            "abs_spearman_sd": float(np.abs(rho).std()),
-            "threshold": RANDOMISATION_THRESHOLD,
-            "passed": passed,
-            "verdict": (
-                "the maps change when the weights are randomised: they depend on what the model learned"
-                if passed
-                else "the maps barely change when the weights are randomised: they may show the image, not the model"
-            ),
-        },
+        "abs_spearman_mean": mean,
+        "abs_spearman_sd": float(np.abs(rho).std()),
+        "threshold": RANDOMISATION_THRESHOLD,
+        "passed": passed,
+        "verdict": (
+            "the maps change when the weights are randomised: they depend on what the model learned"
+            if passed
+            else "the maps barely change when the weights are randomised: they may show the image, not the model"
+        ),
     }

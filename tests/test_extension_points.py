@@ -1,0 +1,93 @@
+"""Extension points fail loudly: a transform that would never run, a data key the cache would
+ignore, a module nobody imports, and the keys a resume may change versus those a benchmark ignores."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_config
+from omegaconf import OmegaConf
+
+import medimg_cli
+from medimg_cli.augment import TRANSFORMS, build_augment
+from medimg_cli.augment.geometric import GeometricTransform, _eye
+from medimg_cli.data import DataInfo
+from medimg_cli.data.cache import SPLIT_ONLY_KEYS, cache_key
+from medimg_cli.grid import _without_ignored
+from medimg_cli.resume import NEUTRAL_KEYS, RESUMABLE_KEYS, neutral, resumable
+
+CONF = Path(medimg_cli.__file__).parent / "conf"
+
+
+def test_a_geometric_transform_without_a_place_in_the_stage_is_refused():
+    class Shear(GeometricTransform):
+        def draw(self, batch, shape, device):
+            matrix = _eye(batch, len(shape), device)
+            matrix[:, 0, 1] = 0.5
+            return matrix, {"applied": torch.ones(batch, dtype=torch.bool)}
+
+    TRANSFORMS.register("shear")(Shear)
+    try:
+        info = DataInfo("segmentation", 2, 1, 0, 2, ())
+        with pytest.raises(TypeError, match="shear have no place in GeometricStage.ORDER"):
+            build_augment({"name": "sheared", "shear": {"prob": 1.0}}, info)
+    finally:
+        TRANSFORMS._items.pop("shear")
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, 1]
+    return f"{value}-changed"
+
+
+@pytest.mark.parametrize("source", sorted(p.stem for p in (CONF / "data").glob("*.yaml")))
+def test_every_data_key_but_the_split_ones_changes_the_cache_key(source, tmp_path):
+    cfg = OmegaConf.to_container(compose_config([f"data={source}"]).data)
+    files = [tmp_path / "a.png"]
+    files[0].write_bytes(b"x")
+    key = cache_key(cfg, files)
+    for name, value in cfg.items():
+        changed = cache_key({**cfg, name: _changed(value)}, files)
+        assert (changed == key) == (name in SPLIT_ONLY_KEYS), f"data.{name}"
+
+
+def test_a_new_model_or_source_module_is_found_without_being_listed(tmp_path):
+    """A copy of the package with one new model file and one new source file: both work by name."""
+    package = tmp_path / "medimg_cli"
+    shutil.copytree(Path(medimg_cli.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "models" / "tiny.py").write_text(
+        "from torch import nn\nfrom medimg_cli.models import MODELS\n\n\n"
+        "@MODELS.register('tiny')\nclass Tiny(nn.Module):\n    TASKS = ('classification',)\n\n"
+        "    def __init__(self, task='classification'):\n        super().__init__()\n"
+    )
+    (package / "data" / "toy_source.py").write_text(
+        "from medimg_cli.data import SOURCES\n\n\n@SOURCES.register('toy')\ndef toy(cfg):\n    return 'toy splits'\n"
+    )
+    script = (
+        "from medimg_cli.models import create_model\nfrom medimg_cli.data import build_data\n"
+        "print(type(create_model('tiny', task='classification')).__name__)\n"
+        "try:\n    build_data({'source': 'toy', 'task': 'classification'})\n"
+        "except AttributeError:\n    print('toy source called')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["Tiny", "toy", "source", "called"], result.stderr[-2000:]
+
+
+def test_keys_a_benchmark_ignores_are_resumable_and_come_from_one_place():
+    assert set(NEUTRAL_KEYS) < set(RESUMABLE_KEYS)
+    assert all(resumable(k) and neutral(k) for k in NEUTRAL_KEYS)
+    assert not neutral("trainer.epochs") and resumable("trainer.epochs") and neutral("tracking.mlflow")
+    config = OmegaConf.to_container(compose_config(), resolve=True)
+    kept = _without_ignored(config)
+    assert "tracking" not in kept and "resume" not in kept["trainer"] and "table_every" not in kept["trainer"]
+    assert kept["trainer"]["epochs"] == config["trainer"]["epochs"] and kept["device"] == config["device"]
