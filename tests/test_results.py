@@ -45,3 +45,19 @@ def test_markdown_table_in_percent_with_test_row():
 def test_json_writes_nan_as_null(tmp_path):
     write_json(tmp_path / "s.json", {"auc": math.nan, "nested": [math.nan, 1.0], "path": "NaN"})
     assert json.loads((tmp_path / "s.json").read_text()) == {"auc": None, "nested": [None, 1.0], "path": "NaN"}
+
+
+def test_every_table_takes_its_columns_from_the_metric_specification(tmp_path):
+    from medimg_cli.metrics import METRICS, of_kind
+    from medimg_cli.reporting.tables import EPOCH_METRICS, QUALITY
+
+    row = {m.column: 0.5 for m in METRICS} | {"epoch": 1}
+    append_metrics_row(tmp_path / "metrics.csv", row)
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0] == ",".join(m.column for m in METRICS)
+    test = {m.key: 0.25 for m in METRICS if m.evaluated}
+    lines = markdown_table([row], 1, test=test, best_epoch=1).splitlines()
+    assert lines[0] == "| " + " | ".join(m.header for m in METRICS) + " |"
+    assert lines[2] == "| " + " | ".join(["1*", *(m.show(0.5) for m in METRICS[1:])]) + " |"
+    assert lines[3] == "| " + " | ".join(["test", *(m.show(0.25) if m.evaluated else "" for m in METRICS[1:])]) + " |"
+    assert QUALITY == of_kind("quality") and set(EPOCH_METRICS) == set(of_kind("quality", "timing", "loss"))
+    assert [m.show(0.875) for m in QUALITY] == ["87.5"] * len(QUALITY)  # fractions shown in percent
