@@ -23,20 +23,17 @@ import csv
 import math
 import os
 import platform
-import sys
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+from timing import median_seconds
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from medimg_cli.augment import build_augment
+from medimg_cli.data import DataInfo
+from medimg_cli.data.phantom import generate_phantom
 
-from omegaconf import OmegaConf  # noqa: E402
-from timing import median_seconds  # noqa: E402
-
-from medimg_cli.augment import build_augment  # noqa: E402
-from medimg_cli.data import DataInfo  # noqa: E402
-from medimg_cli.data.phantom import generate_phantom  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository, for the default paths
 
 BATCH = 32
 

@@ -1,6 +1,8 @@
 """Loading speed: medimg's decode-once cache against MONAI ``LoadImage`` + ``Dataset``.
 
-    .venv/bin/python benchmarks/data_cache.py            # writes benchmarks/results/data_cache.{md,csv}
+    PYTHONPATH=tests .venv/bin/python benchmarks/data_cache.py   # writes benchmarks/results/data_cache.{md,csv}
+
+(``tests`` on the path for the tests' writers of NIfTI files and DICOM series.)
 
 For a NIfTI dataset and a DICOM dataset that the script writes into a temporary folder, it times
 one pass over all samples (samples/s, median of repeats):
@@ -18,18 +20,15 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from test_dicom import write_series
+from test_volumes import write_nifti
+from timing import median_seconds
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' writers of NIfTI files and DICOM series
-
-from test_dicom import write_series  # noqa: E402
-from test_volumes import write_nifti  # noqa: E402
-from timing import median_seconds  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository, for the default paths
 
 
 def make_nifti(folder: Path, n: int, size: int) -> None:
@@ -165,7 +164,7 @@ def main() -> None:
         "series (the cache key needs them); caching the series index as well would close most of that gap.",
         "The datasets are small (tens of samples), so the absolute times are short and vary between runs.",
         "",
-        "Command: `.venv/bin/python benchmarks/data_cache.py`",
+        "Command: `PYTHONPATH=tests .venv/bin/python benchmarks/data_cache.py`",
     ]
     (args.out / "data_cache.md").write_text("\n".join(lines) + "\n")
 

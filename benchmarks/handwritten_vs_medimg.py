@@ -40,17 +40,16 @@ from hydra import compose, initialize_config_module
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from medimg_cli.commands.benchmark import matmul_tflops
+from medimg_cli.commands.train import train
+from medimg_cli.data import DataInfo
+from medimg_cli.loop import synchronize
+from medimg_cli.models import create_model
+from medimg_cli.models.transfer import forward_flops
+from medimg_cli.results import read_metrics_csv
+from medimg_cli.runinfo import device_name, versions
 
-from medimg_cli.commands.benchmark import matmul_tflops  # noqa: E402
-from medimg_cli.commands.train import train  # noqa: E402
-from medimg_cli.data import DataInfo  # noqa: E402
-from medimg_cli.loop import synchronize  # noqa: E402
-from medimg_cli.models import create_model  # noqa: E402
-from medimg_cli.models.transfer import forward_flops  # noqa: E402
-from medimg_cli.results import read_metrics_csv  # noqa: E402
-from medimg_cli.runinfo import device_name, versions  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the repository, for the default paths
 
 
 class NpzImages(Dataset):
