@@ -40,7 +40,7 @@ from hydra import compose, initialize_config_module
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from medimg_cli.commands.benchmark import matmul_tflops
+from medimg_cli.benchmark.speed import matmul_tflops
 from medimg_cli.commands.train import train
 from medimg_cli.data import DataInfo
 from medimg_cli.loop import synchronize

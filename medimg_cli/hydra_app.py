@@ -52,8 +52,10 @@ def describe(error: Exception) -> str:
     return " ".join(lines[:3])
 
 
-def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str], config_name: str | None = None) -> int:
-    """Compose ``conf/<config_name>.yaml`` (default: the command) from ``argv`` and call ``task``.
+def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) -> int:
+    """Compose the command's config from ``argv`` and call ``task``.
+
+    Each command's config is named after it: ``medimg augment preview`` reads ``conf/augment_preview.yaml``.
 
     Returns:
         The exit code: 0, or 2 after a user mistake.
@@ -62,7 +64,7 @@ def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str], 
 
     failed_jobs = 0
 
-    @hydra.main(version_base="1.3", config_path="pkg://medimg_cli.conf", config_name=config_name or command)
+    @hydra.main(version_base="1.3", config_path="pkg://medimg_cli.conf", config_name=command.replace(" ", "_"))
     def entry(cfg: DictConfig) -> Any:
         # A user mistake in one job is reported here, so the other jobs of a sweep still run.
         nonlocal failed_jobs

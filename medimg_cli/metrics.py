@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -229,16 +229,35 @@ class TaskMetrics:
 
     def compute(self) -> dict[str, float]:
         """The accumulated metrics as plain floats (fractions in [0, 1])."""
-        result: dict[str, float] = {}
-        if self.info.classifies and self.info.multilabel:
-            result.update(multilabel_metrics(torch.cat(self.probs), torch.cat(self.labels)))
-        elif self.info.classifies:
-            probs, labels = torch.cat(self.probs), torch.cat(self.labels)
-            pred = probs.argmax(dim=1)
-            result["accuracy"] = accuracy(pred, labels)
-            result["f1"] = macro_f1(pred, labels, self.info.num_classes)
-            result["auc"] = roc_auc(probs, labels)
+        found: dict[str, torch.Tensor] = {}
+        if self.info.classifies:
+            found["label"], found["probs"] = torch.cat(self.labels), torch.cat(self.probs)
         if self.info.segments:
-            result["dice"] = torch.cat(self.dice).mean(dim=0).mean().item()
-            result["iou"] = torch.cat(self.iou).mean(dim=0).mean().item()
-        return result
+            found["dice"], found["iou"] = torch.cat(self.dice), torch.cat(self.iou)
+        return quality_metrics(found, self.info.multilabel)
+
+
+def quality_metrics(cases: Mapping[str, torch.Tensor], multilabel: bool = False) -> dict[str, float]:
+    """The one computation of each quality metric, from per-case values.
+
+    Args:
+        cases: ``probs`` ``(N, K)`` and ``label`` ``(N,)`` (``(N, L)`` probabilities and 0/1
+            labels when ``multilabel``) for classification; ``dice`` and ``iou`` ``(N, C)`` per
+            foreground class (or ``(N, 1)`` per-case means) for segmentation.
+
+    Returns:
+        Fractions in [0, 1] keyed as ``METRICS``; segmentation averages over cases, then classes.
+    """
+    result: dict[str, float] = {}
+    if "probs" in cases and multilabel:
+        result.update(multilabel_metrics(cases["probs"], cases["label"]))
+    elif "probs" in cases:
+        probs, labels = cases["probs"], cases["label"]
+        pred = probs.argmax(dim=1)
+        result["accuracy"] = accuracy(pred, labels)
+        result["f1"] = macro_f1(pred, labels, probs.shape[1])
+        result["auc"] = roc_auc(probs, labels)
+    for key in ("dice", "iou"):
+        if key in cases:
+            result[key] = cases[key].mean(dim=0).mean().item()
+    return result

@@ -26,7 +26,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_preview_writes_a_grid_and_one_row_per_augmented_image(tmp_path):
-    preview(compose_config([*PHANTOM, "augment=paper", "images=3", "augment.copies=2"], "preview"), tmp_path)
+    preview(compose_config([*PHANTOM, "augment=paper", "images=3", "augment.copies=2"], "augment_preview"), tmp_path)
     rows = read_csv(tmp_path / "augmentations.csv")
     assert [(r["original"], r["augmented"]) for r in rows] == [
         (f"img_0000{i}", f"img_0000{i}_aug_{c}") for i in range(3) for c in (1, 2)
@@ -40,7 +40,7 @@ def test_preview_writes_a_grid_and_one_row_per_augmented_image(tmp_path):
 
 
 def test_export_writes_a_dataset_that_data_manifest_reads_back(tmp_path):
-    cfg = compose_config([*PHANTOM, "augment=geometric", "augment.copies=2"], "export")
+    cfg = compose_config([*PHANTOM, "augment=geometric", "augment.copies=2"], "augment_export")
     counts = export(cfg, tmp_path / "export")
     original = build_data(OmegaConf.to_container(cfg.data, resolve=True))
     sizes = {s: len(original.split(s)["image"]) for s in ("train", "val", "test")}
@@ -85,7 +85,7 @@ def test_preview_and_export_on_a_medmnist_file(tmp_path):
     assert result.returncode == 0, result.stderr
     assert len(read_csv(tmp_path / "p" / "augmentations.csv")) == 4 * 4
     counts = export(
-        compose_config([*data, "augment=paper", "augment.copies=1", "device=cpu"], "export"), tmp_path / "e"
+        compose_config([*data, "augment=paper", "augment.copies=1", "device=cpu"], "augment_export"), tmp_path / "e"
     )
     assert counts == {"train": 2 * 546, "val": 78, "test": 156}  # BreastMNIST's official split sizes
 

@@ -18,9 +18,9 @@ from conftest import run_cli
 from hydra import initialize_config_module
 from test_reporting import markdown_tables
 
-from medimg_cli import grid
+from medimg_cli.benchmark import grid
+from medimg_cli.benchmark.experiment import gpu_pool, split_arguments
 from medimg_cli.errors import ConfigError
-from medimg_cli.experiment import gpu_pool, split_arguments
 from medimg_cli.results import read_metrics_csv
 
 # the seed_comparison grid on tiny phantoms (64 images) for a few epochs

@@ -10,8 +10,8 @@ import torch
 from conftest import TINY, compose_config
 
 from medimg_cli.commands import export as export_command
-from medimg_cli.commands.eval import load
 from medimg_cli.commands.train import train
+from medimg_cli.trained import load_trained
 
 SMALL = {"transformer": ["model.num_layers=2", "model.patch_size=8"], "unet": [], "cnn": [], "hybrid": []}
 
@@ -32,12 +32,12 @@ def checkpoints(tmp_path_factory):
 @pytest.mark.parametrize("model", list(SMALL))
 def test_exported_model_matches_pytorch_on_a_new_batch_size(checkpoints, tmp_path, model, fmt):
     out = tmp_path / f"model.{fmt}"
-    cfg = compose_config([f"checkpoint={checkpoints[model]}", f"format={fmt}", f"out={out}"], name="export_model")
+    cfg = compose_config([f"checkpoint={checkpoints[model]}", f"format={fmt}", f"out={out}"], name="export")
     description = export_command.export_cfg(cfg)
     assert description["outputs"] == {"class_logits": ["batch", 3], "seg_logits": ["batch", 2, 32, 32]}
     assert json.loads(out.with_name(out.name + ".json").read_text())["check"] == description["check"]
     # independently of the command's own check: the file on 3 images against the rebuilt model
-    _, rebuilt, data, _ = load(checkpoints[model], "cpu")
+    _, rebuilt, data, _ = load_trained(checkpoints[model], "cpu")
     images = data.split("test")["image"][-3:]
     with torch.no_grad():
         outputs = rebuilt.eval()(images)

@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 import medimg_cli
 from medimg_cli.augment import TRANSFORMS, build_augment
 from medimg_cli.augment.geometric import GeometricTransform, _eye
+from medimg_cli.benchmark.grid import _without_ignored
 from medimg_cli.data import DataInfo
 from medimg_cli.data.cache import SPLIT_ONLY_KEYS, cache_key
-from medimg_cli.grid import _without_ignored
 from medimg_cli.resume import NEUTRAL_KEYS, RESUMABLE_KEYS, neutral, resumable
 
 CONF = Path(medimg_cli.__file__).parent / "conf"

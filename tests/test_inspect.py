@@ -27,7 +27,7 @@ def write_class_folder(root, per_class: int) -> None:
 
 
 def run_inspect(tmp_path, *overrides: str) -> dict:
-    report = inspect(compose_config(list(overrides), name="inspect"), tmp_path / "out")
+    report = inspect(compose_config(list(overrides), name="data_inspect"), tmp_path / "out")
     for name in ("report.md", "report.json", "examples.png"):
         assert (tmp_path / "out" / name).is_file(), name
     assert json.loads((tmp_path / "out" / "report.json").read_text())["task"] == report["task"]

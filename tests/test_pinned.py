@@ -17,6 +17,12 @@ from medimg_cli.resume import State
 
 # Pinned from runs on the development machine: x86_64 CPU (2 cores), torch 2.14.1, MONAI 1.6.1,
 # numpy 2.4.6; the same before and after the train recipe was split into setup/run_epoch/finish.
+# Another x86_64 CPU model (an AMD EPYC machine, after the one that pinned them) runs other float kernels:
+# after two epochs losses and Dice moved by up to 4e-4 and the AUC of 9 test cases by 0.019 (one
+# near-tied pair swapped). TOLERANCE covers that and still catches a change of the recipe: a 1%
+# change of the learning rate or of a loss weight moves the epoch-2 training loss by 2e-3 to 7e-3.
+TOLERANCE = {"auc": 0.03}
+DEFAULT_TOLERANCE = 1e-3
 PINNED = {
     "multitask": (
         [],
@@ -44,9 +50,9 @@ def test_two_epoch_run_reproduces_its_pinned_numbers(tiny_cfg, tmp_path, task):
     rows = read_metrics_csv(tmp_path / "metrics.csv")
     for row, pinned in zip(rows, epochs, strict=True):
         for column, value in pinned.items():
-            assert row[column] == pytest.approx(value, abs=2e-6), (row["epoch"], column)
+            assert row[column] == pytest.approx(value, abs=DEFAULT_TOLERANCE), (row["epoch"], column)
     for key, value in test.items():
-        assert summary["test"][key] == pytest.approx(value, abs=2e-6), key
+        assert summary["test"][key] == pytest.approx(value, abs=TOLERANCE.get(key, DEFAULT_TOLERANCE)), key
 
 
 @pytest.mark.parametrize(

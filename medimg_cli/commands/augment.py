@@ -15,8 +15,6 @@ test splits unchanged, and ``manifest.csv``, which ``medimg train data=manifest`
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +29,7 @@ from medimg_cli.augment import Augmenter, build_augment, describe
 from medimg_cli.config import check_numbers, resolve_device, seed_everything
 from medimg_cli.data import SPLITS, Splits, build_data
 from medimg_cli.errors import ConfigError
-from medimg_cli.fileio import write_atomic
+from medimg_cli.fileio import csv_text, write_atomic
 from medimg_cli.hydra_app import print_error, run_hydra
 from medimg_cli.pictures import grid_image, tile
 from medimg_cli.tables import make_console
@@ -48,9 +46,7 @@ def main(argv: list[str]) -> int:
         return 2
     command = argv[0]
     task = preview if command == "preview" else export
-    return run_hydra(
-        f"augment {command}", lambda cfg: task(cfg, Path(HydraConfig.get().runtime.output_dir)), argv[1:], command
-    )
+    return run_hydra(f"augment {command}", lambda cfg: task(cfg, Path(HydraConfig.get().runtime.output_dir)), argv[1:])
 
 
 def _setup(cfg: DictConfig) -> tuple[Splits, Augmenter, int, torch.device]:
@@ -85,11 +81,7 @@ def augmented(
 
 
 def _table(rows: list[tuple[str, str, str]]) -> str:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(("original", "augmented", "transformation"))
-    writer.writerows(rows)
-    return text.getvalue()
+    return csv_text(("original", "augmented", "transformation"), rows)
 
 
 def _name(index: int, copy: int = 0) -> str:
@@ -149,9 +141,7 @@ def export(cfg: DictConfig, out: Path) -> dict[str, Any]:
     indices = list(range(len(data.train["image"])))
     for index, copy, sample, applied in augmented(augmenter, data.train, indices, copies, device):
         write(f"train_{index:05d}_aug_{copy}", "train", sample, f"train_{index:05d}", applied)
-    text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows(manifest)
-    write_atomic(out / "manifest.csv", text.getvalue())
+    write_atomic(out / "manifest.csv", csv_text(manifest[0], manifest[1:]))
     counts = {s: sum(1 for row in manifest[1:] if row[3] == s) for s in SPLITS}
     classes = ",".join(info.class_names)
     make_console().print(

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in SUBCOMMANDS:
         print_error("data", f"expected a subcommand: {', '.join(SUBCOMMANDS)} (e.g. medimg data inspect data=phantom)")
         return 2
-    return run_hydra("data inspect", _hydra_task, argv[1:], config_name="inspect")
+    return run_hydra("data inspect", _hydra_task, argv[1:])
 
 
 def _hydra_task(cfg: DictConfig) -> dict[str, Any]:

@@ -20,19 +20,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
-from torch import nn
 
-from medimg_cli.checkpoint import load_checkpoint, model_from_checkpoint
-from medimg_cli.config import resolve_device
-from medimg_cli.data import Splits, build_data
 from medimg_cli.data.batches import TensorBatches
-from medimg_cli.errors import ConfigError
 from medimg_cli.evaluation.run import Settings, evaluate_split
 from medimg_cli.hydra_app import run_hydra
 from medimg_cli.loop import evaluate
 from medimg_cli.losses import TaskLoss
-from medimg_cli.speed import Speed
 from medimg_cli.tables import make_console
+from medimg_cli.trained import load_trained
 
 HELP = "evaluate a checkpoint: metrics with CIs, calibration, uncertainty, maps (checkpoint=<run>/checkpoints/best.pt)"
 log = logging.getLogger(__name__)
@@ -44,28 +39,6 @@ def main(argv: list[str]) -> int:
     return run_hydra("eval", evaluate_checkpoint_cfg, argv)
 
 
-def load(
-    path: Path, device: str = "auto", data_changes: Mapping[str, Any] | None = None
-) -> tuple[dict[str, Any], nn.Module, Splits, Speed]:
-    """The checkpoint's payload, its model (eval-ready on ``device``), its data and the evaluation ``Speed``."""
-    torch_device = resolve_device(device)
-    payload = load_checkpoint(path, torch_device)
-    config = payload["config"]
-    unknown = [key for key in data_changes or {} if key not in config["data"]]
-    if unknown:
-        keys = ", ".join(sorted(config["data"]))
-        raise ConfigError(f"data.{unknown[0]} is not a key of this run's data config; its keys: {keys}")
-    data_cfg = OmegaConf.merge(config["data"], dict(data_changes or {}))
-    data = build_data(OmegaConf.to_container(data_cfg, resolve=True))
-    if data.fingerprint != payload["data_fingerprint"] and not data_changes:
-        log.warning("the rebuilt data differ from the data this model was trained on (fingerprint)")
-    # the run's layout in fp32, as training evaluated, so the test split reproduces summary.json
-    model = model_from_checkpoint(payload).to(torch_device)
-    speed = Speed.from_config(config["trainer"], torch_device, model, data.info.spatial_dims, compile=False)
-    speed = speed.for_evaluation()
-    return payload, speed.prepare(model), data, speed
-
-
 def evaluate_checkpoint(
     path: Path, split: str = "test", device: str = "auto", batch_size: int | None = None
 ) -> dict[str, float]:
@@ -75,7 +48,7 @@ def evaluate_checkpoint(
         ``loss``, the task's metrics (fractions) and ``seconds_per_image``: for the test split of
         ``best.pt``, the test numbers of the run's summary.json.
     """
-    payload, model, data, speed = load(path, device)
+    payload, model, data, speed = load_trained(path, device)
     size = batch_size or payload["config"]["trainer"]["eval_batch_size"]
     loss = TaskLoss(data.info, payload["config"].get("loss"))
     return evaluate(model, TensorBatches(data.split(split), size, speed.device), loss, speed)
@@ -96,7 +69,7 @@ def evaluate_checkpoint_cfg(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as the ``eval`` config says, write the eval folder and print the headline numbers."""
     path = Path(cfg.checkpoint)
     changes = OmegaConf.to_container(cfg.data, resolve=True)
-    payload, model, data, speed = load(path, cfg.device, changes)
+    payload, model, data, speed = load_trained(path, cfg.device, changes)
     out = eval_folder(cfg)
     settings = Settings(**OmegaConf.to_container(cfg.eval, resolve=True))
     size = cfg.batch_size or payload["config"]["trainer"]["eval_batch_size"]

@@ -23,11 +23,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from medimg_cli.commands.eval import load
 from medimg_cli.errors import ConfigError, unknown_choice
 from medimg_cli.fileio import atomic_file, write_json
 from medimg_cli.hydra_app import run_hydra
 from medimg_cli.tables import make_console
+from medimg_cli.trained import load_trained
 
 HELP = "export a checkpoint as ONNX or TorchScript and check its outputs against PyTorch"
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -49,7 +49,7 @@ class TupleOutputs(nn.Module):
 
 
 def main(argv: list[str]) -> int:
-    return run_hydra("export", export_cfg, argv, config_name="export_model")
+    return run_hydra("export", export_cfg, argv)
 
 
 def export_onnx(model: TupleOutputs, example: torch.Tensor, path: Path) -> None:
@@ -106,7 +106,7 @@ def export_checkpoint(
         missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
         if missing:
             raise ConfigError(f"format=onnx needs {', '.join(missing)}: pip install 'medimg[export]'")
-    payload, model, data, speed = load(checkpoint, device)
+    payload, model, data, speed = load_trained(checkpoint, device)
     model = model.float().eval()
     wanted = {"class_logits": data.info.classifies, "seg_logits": data.info.segments}
     names = tuple(name for name in OUTPUTS if wanted[name])

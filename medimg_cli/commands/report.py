@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
 
 def _many(folder: Path, columns: str | None, every: int | None, out: Path) -> int:
     """Write the report of the finished runs below ``folder`` (a benchmark's settings when it is one)."""
-    from medimg_cli.experiment import override_note
+    from medimg_cli.benchmark.experiment import override_note
     from medimg_cli.reporting import find_jobs, write_report  # numpy, scipy, matplotlib
 
     jobs, unfinished, order = find_jobs(folder)

@@ -16,8 +16,6 @@ Runs come from ``medimg benchmark`` (which knows its axes) or from any folder of
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -29,7 +27,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from medimg_cli.errors import ConfigError
-from medimg_cli.fileio import write_atomic
+from medimg_cli.fileio import csv_text, write_atomic
 from medimg_cli.metrics import BY_KEY
 from medimg_cli.reporting import render
 from medimg_cli.reporting.html import page
@@ -264,19 +262,17 @@ def tidy_csv(jobs: Sequence[Job]) -> str:
     """One row per run x split x epoch x metric: ``run``, the axes, ``seed``, ``split`` (val, test
     or run for per-run sizes), ``epoch`` (the best epoch for test), ``metric``, ``value``."""
     keys = list(dict.fromkeys(k for job in jobs for k in job.axes if k != "seed"))
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["run", *keys, "seed", "split", "epoch", "metric", "value"])
+    rows: list[list[Any]] = []
     for job in jobs:
         head = [job.folder.name, *(job.axes.get(k, "") for k in keys), job.seed]
         for row in job.rows:
             for metric in EPOCH_METRICS:
                 if row.get(metric.column) is not None:
-                    writer.writerow([*head, "val", int(row["epoch"]), metric.key, repr(row[metric.column])])
+                    rows.append([*head, "val", int(row["epoch"]), metric.key, repr(row[metric.column])])
         for metric in (*QUALITY, BY_KEY["seconds_per_image"], BY_KEY["loss"]):
             if job.test(metric.key) is not None:
-                writer.writerow([*head, "test", job.summary.get("best_epoch"), metric.key, repr(job.test(metric.key))])
+                rows.append([*head, "test", job.summary.get("best_epoch"), metric.key, repr(job.test(metric.key))])
         for metric in PER_RUN:
             if job.summary.get(metric.key) is not None:
-                writer.writerow([*head, "run", "", metric.key, repr(job.summary[metric.key])])
-    return text.getvalue()
+                rows.append([*head, "run", "", metric.key, repr(job.summary[metric.key])])
+    return csv_text(["run", *keys, "seed", "split", "epoch", "metric", "value"], rows)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medimg_cli.metrics import BY_KEY, Metric, accuracy, macro_f1, multilabel_metrics, of_kind, roc_auc
+from medimg_cli.metrics import BY_KEY, Metric, of_kind, quality_metrics
 from medimg_cli.reporting.stats import bootstrap_ci, holm, mean_sd, paired_t_test
 
 QUALITY = of_kind("quality")
@@ -219,21 +220,17 @@ def interval_table(name: str, groups: Groups, resamples: int) -> Table | None:
 
 def case_statistics(cases: Mapping[str, np.ndarray]) -> dict[Metric, Callable[[np.ndarray], float]]:
     """Each test metric as a function of resampled case indices, computed as training computes it."""
-    found: dict[Metric, Callable[[np.ndarray], float]] = {}
-    if "probs" in cases:
-        probs, labels = torch.from_numpy(cases["probs"]).float(), torch.from_numpy(cases["label"])
-        if labels.ndim == 2:
-            for key in ("accuracy", "f1", "auc"):
-                found[BY_KEY[key]] = lambda i, k=key: multilabel_metrics(probs[i], labels[i].float())[k]
-        else:
-            pred, k = probs.argmax(dim=1), probs.shape[1]
-            found[BY_KEY["accuracy"]] = lambda i: accuracy(pred[i], labels[i])
-            found[BY_KEY["f1"]] = lambda i: macro_f1(pred[i], labels[i], k)
-            found[BY_KEY["auc"]] = lambda i: roc_auc(probs[i], labels[i])
-    for key in ("dice", "iou"):
-        if key in cases:
-            found[BY_KEY[key]] = lambda i, v=cases[key]: float(np.mean(v[i]))
-    return found
+    tensors = {key: torch.from_numpy(values) for key, values in cases.items()}
+    multilabel = "label" in tensors and tensors["label"].ndim == 2
+    if "dice" in tensors:  # test_predictions.csv holds per-case means over the foreground classes
+        tensors |= {key: tensors[key][:, None] for key in ("dice", "iou") if key in tensors}
+    if "probs" in tensors:
+        tensors["probs"] = tensors["probs"].float()
+
+    def statistic(indices: np.ndarray, key: str) -> float:
+        return quality_metrics({name: values[indices] for name, values in tensors.items()}, multilabel)[key]
+
+    return {BY_KEY[key]: functools.partial(statistic, key=key) for key in quality_metrics(tensors, multilabel)}
 
 
 def published_table(name: str, jobs: Sequence[Any], published: Mapping, tolerance: float) -> Table | None:

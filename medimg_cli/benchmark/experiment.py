@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from medimg_cli import grid
+from medimg_cli.benchmark import grid
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_json
 

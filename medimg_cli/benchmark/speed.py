@@ -1,0 +1,199 @@
+"""``medimg benchmark speed``: how fast each model trains and infers, per speed setting:
+
+    medimg benchmark speed
+    medimg benchmark speed models=[resnet18] image_sizes=[28] settings=[fp32,bf16+channels_last+cuda_graphs]
+    medimg benchmark speed models=[resnet18] +model_args.resnet18.stem=cifar   # a model key changed
+
+For every model x input size x setting (``bf16+channels_last+compile``: a precision, then
+options), on synthetic batches already on the device, so that data loading is not timed:
+
+- training images/s: ``loop.train_epoch`` over ``steps`` batches (forward, loss, backward,
+  Adam step), median of ``repeats`` passes after a warm-up pass (which also compiles);
+- inference images/s at ``eval_batch_size`` and latency at batch 1: ``loop.evaluate``'s
+  synchronised forward timing; seconds per image as the papers define it (seed 001 eq. 8);
+- peak memory of training (CUDA), parameters, forward FLOPs per image (torch's counter) and
+  achieved training TFLOP/s (3 x forward FLOPs per image x images/s: backward costs about twice
+  the forward), also as a fraction of the device's matrix-multiply rate measured in the same run.
+
+Writes ``speed.csv`` (one row per measurement) and ``speed.md`` with the device, versions and
+settings, and prints the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import medimg_cli
+from medimg_cli.augment import build_augment
+from medimg_cli.config import resolve_device, seed_everything
+from medimg_cli.data import TASKS, DataInfo
+from medimg_cli.data.batches import TensorBatches
+from medimg_cli.errors import ConfigError, unknown_choice
+from medimg_cli.fileio import csv_text, write_atomic
+from medimg_cli.loop import evaluate, synchronize, train_epoch
+from medimg_cli.losses import TaskLoss
+from medimg_cli.models import create_model, model_args, model_names
+from medimg_cli.models.transfer import forward_flops
+from medimg_cli.runinfo import device_name, versions
+from medimg_cli.speed import PRECISIONS, Speed, configure_backends
+from medimg_cli.tables import grid_markdown, grid_rich, make_console
+
+OPTIONS = {"channels_last": {"channels_last": True}, "compile": {"compile": "default"}}
+OPTIONS["cuda_graphs"] = {"compile": "reduce-overhead"}
+MODEL_CONF = Path(medimg_cli.__file__).parent / "conf" / "model"
+COLUMNS = (
+    "model", "image_size", "setting", "train_images_per_second", "inference_images_per_second",
+    "latency_ms", "seconds_per_image", "peak_memory_mib", "parameters", "gflops_per_image",
+    "train_tflops", "fraction_of_matmul_peak",
+)  # fmt: skip
+log = logging.getLogger(__name__)
+
+
+def parse_setting(setting: str) -> dict[str, Any]:
+    """``bf16+channels_last+compile`` -> the ``trainer`` keys it stands for."""
+    precision, *options = str(setting).split("+")
+    if precision not in PRECISIONS:
+        raise unknown_choice("settings: precision", precision, PRECISIONS)
+    keys: dict[str, Any] = {"precision": precision, "channels_last": False}
+    for option in options:
+        if option not in OPTIONS:
+            raise unknown_choice(f"settings: option of '{setting}'", option, list(OPTIONS))
+        keys |= OPTIONS[option]
+    return keys
+
+
+def matmul_tflops(device: torch.device, repeats: int = 5) -> tuple[float, str]:
+    """The device's measured dense matrix-multiply rate: bf16 8192^3 on CUDA, fp32 2048^3 on CPU."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    times = []
+    for index in range(repeats + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        if index:  # the first product warms up
+            times.append(time.perf_counter() - start)
+    label = f"{str(dtype).removeprefix('torch.')} {n}x{n}x{n}"
+    return 2 * n**3 / statistics.median(times) / 1e12, label
+
+
+def measure(name: str, size: int, setting: str, cfg: DictConfig, device: torch.device, peak: float) -> dict[str, Any]:
+    """One row of the table: ``name`` at ``size`` with ``setting`` on ``device``."""
+    dims, task = cfg.spatial_dims, cfg.task
+    info = DataInfo(task, dims, cfg.in_channels, 3, 2, ("a", "b", "c"), image_size=(size,) * dims)
+    seed_everything(0)
+    model_cfg = OmegaConf.to_container(OmegaConf.load(MODEL_CONF / f"{name}.yaml"))
+    model_cfg |= OmegaConf.to_container(cfg.model_args).get(name, {})
+    model = create_model(name, **model_args(model_cfg, info)).to(device)
+    speed = Speed.from_config(parse_setting(setting), device, model, dims)
+    runner = speed.prepare(model)
+    samples = max(cfg.batch_size * cfg.steps, 2 * cfg.eval_batch_size)  # inference times two full batches
+    data = {
+        "image": torch.randn(samples, cfg.in_channels, *info.image_size),
+        "label": torch.randint(0, 3, (samples,)),
+        "mask": torch.randint(0, 2, (samples, 1, *info.image_size), dtype=torch.uint8),
+    }
+    loss_fn, none = TaskLoss(info), build_augment({"name": "none"}, info)
+    optimizer, scaler = torch.optim.Adam(model.parameters(), lr=1e-3), speed.scaler()
+    train = TensorBatches({k: v[: cfg.batch_size * cfg.steps] for k, v in data.items()}, cfg.batch_size, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rates = [train_epoch(runner, train, 0, loss_fn, optimizer, none, speed, scaler) for _ in range(cfg.repeats + 1)]
+    train_rate = statistics.median(r["train_images_per_second"] for r in rates[1:])
+    memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    infer = TensorBatches({k: v[: cfg.eval_batch_size * 2] for k, v in data.items()}, cfg.eval_batch_size, device)
+    single = TensorBatches({k: v[: cfg.steps] for k, v in data.items()}, 1, device)
+    per_image = _median_eval(runner, infer, loss_fn, speed, cfg.repeats)
+    latency = _median_eval(runner, single, loss_fn, speed, cfg.repeats)
+    flops = forward_flops(model, cfg.in_channels, info.image_size, device)
+    achieved = 3 * flops * train_rate / 1e12
+    return {
+        "model": name,
+        "image_size": size,
+        "setting": setting,
+        "train_images_per_second": train_rate,
+        "inference_images_per_second": 1 / per_image,
+        "latency_ms": 1000 * latency,
+        "seconds_per_image": per_image,
+        "peak_memory_mib": memory,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "gflops_per_image": flops / 1e9,
+        "train_tflops": achieved,
+        "fraction_of_matmul_peak": achieved / peak,
+    }
+
+
+def _median_eval(model: Any, batches: TensorBatches, loss_fn: TaskLoss, speed: Speed, repeats: int) -> float:
+    """Median seconds per image of ``repeats`` evaluation passes after a warm-up pass."""
+    times = [evaluate(model, batches, loss_fn, speed)["seconds_per_image"] for _ in range(repeats + 1)]
+    return statistics.median(times[1:])
+
+
+def speed(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
+    """Measure every model x size x setting of ``cfg`` (the ``speed`` config); write and print the table."""
+    if cfg.task not in TASKS:
+        raise unknown_choice("task", cfg.task, TASKS)
+    for key in ("batch_size", "eval_batch_size", "steps", "repeats"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]!r} must be a whole number >= 1")
+    unknown = [m for m in cfg.models if m not in model_names()]
+    if unknown:
+        raise unknown_choice("models", unknown[0], model_names())
+    for setting in cfg.settings:
+        parse_setting(setting)  # every mistake before the first measurement
+    device = resolve_device(cfg.device)
+    configure_backends(device, deterministic=False, cudnn_benchmark="auto")
+    peak, peak_label = matmul_tflops(device)
+    log.info("%s: matrix multiply %s at %.1f TFLOP/s", device_name(device), peak_label, peak)
+    rows = []
+    for name in cfg.models:
+        for size in cfg.image_sizes:
+            for setting in cfg.settings:
+                rows.append(measure(name, size, setting, cfg, device, peak))
+                log.info("%s %s %s: %.0f training images/s", name, size, setting, rows[-1]["train_images_per_second"])
+    headers, body = _cells(rows)
+    title = f"Speed on {device_name(device)}"
+    caption = (
+        f"{cfg.spatial_dims}D, {cfg.in_channels} channel(s), task {cfg.task}; training batch {cfg.batch_size} x "
+        f"{cfg.steps} steps, inference batch {cfg.eval_batch_size}, latency at batch 1; median of {cfg.repeats} "
+        f"passes after a warm-up. Matrix multiply ({peak_label}): {peak:.1f} TFLOP/s. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in versions().items())
+    )
+    make_console().print(grid_rich(headers, body, title, caption))
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "speed.md", grid_markdown(headers, body, title, caption))
+    write_atomic(out / "speed.csv", csv_text(COLUMNS, ([row[c] for c in COLUMNS] for row in rows)))
+    return rows
+
+
+def _cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    headers = [
+        "model", "size", "setting", "train img/s", "infer img/s", "latency ms", "s/img", "peak MiB",
+        "params", "GFLOPs/img", "train TFLOP/s", "of matmul peak",
+    ]  # fmt: skip
+    body = [
+        [
+            r["model"],
+            str(r["image_size"]),
+            r["setting"],
+            f"{r['train_images_per_second']:,.0f}",
+            f"{r['inference_images_per_second']:,.0f}",
+            f"{r['latency_ms']:.2f}",
+            f"{r['seconds_per_image']:.2e}",
+            "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:,.0f}",
+            f"{r['parameters']:,}",
+            f"{r['gflops_per_image']:.3f}",
+            f"{r['train_tflops']:.2f}",
+            f"{100 * r['fraction_of_matmul_peak']:.1f}%",
+        ]
+        for r in rows
+    ]
+    return headers, body
