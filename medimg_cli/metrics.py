@@ -203,7 +203,8 @@ class TaskMetrics:
         self.iou: list[torch.Tensor] = []
 
     def update(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
-        """Add one batch: logits from the model, ``label`` ``(B,)`` and ``mask`` ``(B, 1, *spatial)``."""
+        """Add one batch: logits from the model, ``label`` ``(B,)``, ``mask`` ``(B, 1, *spatial)`` and, when
+        only some pixels count, ``roi`` ``(B, 1, *spatial)`` (1 inside)."""
         if self.info.classifies:
             logits = outputs["class_logits"].detach().float()
             self.probs.append(logits.sigmoid() if self.info.multilabel else logits.softmax(dim=1))
@@ -212,6 +213,8 @@ class TaskMetrics:
             k = self.info.num_seg_classes
             pred = F.one_hot(outputs["seg_logits"].argmax(dim=1), k).movedim(-1, 1)
             true = F.one_hot(batch["mask"][:, 0].long(), k).movedim(-1, 1)
+            if "roi" in batch:  # only pixels inside the region of interest count
+                pred, true = pred * batch["roi"], true * batch["roi"]
             self.dice.append(compute_dice(pred, true, include_background=False, ignore_empty=False).float())
             self.iou.append(compute_iou(pred, true, include_background=False, ignore_empty=False).float())
 

@@ -108,7 +108,7 @@ def test_resampling_to_a_spacing_scales_the_mask(tmp_path):
         )
         write_nifti(tmp_path / "masks" / f"c{i}.nii", mask, np.diag([2.0, 2.0, 2.0, 1.0]))
     cfg = compose_config(
-        nifti_overrides(tmp_path, "data.spacing=[1,1,1]", "data.image_size=16", "data.split=[0.5,0.25,0.25]")
+        nifti_overrides(tmp_path, "data.spacing=[1,1,1]", "data.image_size=null", "data.split=[0.5,0.25,0.25]")
     )
     splits = build_data(dict(cfg.data))
     assert int(splits.train["mask"][0].sum()) == 8 * 8  # 2x2x2 voxels at 2 mm -> 4x4x4 at 1 mm

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from medimg_cli.augment.transforms import TRANSFORMS, Params, RandomTransform, uniform
+from medimg_cli.data.native import PIXEL_MAPS
 
 PADDING_MODES = ("zeros", "border", "reflection")
 
@@ -278,10 +279,10 @@ class GeometricStage:
                 grid = grid + field
         out = dict(batch)
         out["image"] = F.grid_sample(image, grid, mode="bilinear", padding_mode=self.padding, align_corners=False)
-        if "mask" in batch:
-            mask = batch["mask"]
-            moved = F.grid_sample(mask.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-            out["mask"] = moved.round().to(mask.dtype)
+        for key in PIXEL_MAPS:  # outside the image the mask is background and the ROI empty
+            if key in batch:
+                moved = F.grid_sample(batch[key].float(), grid, "nearest", "zeros", align_corners=False)
+                out[key] = moved.round().to(batch[key].dtype)
         return out
 
     @staticmethod
@@ -290,7 +291,7 @@ class GeometricStage:
         flips = flip.flips(batch["image"].shape[0], batch["image"].device)
         for column, axis in enumerate(flip.axes):
             chosen = flips[:, column].view(-1, *([1] * (batch["image"].dim() - 1)))
-            for key in ("image", "mask"):
+            for key in ("image", *PIXEL_MAPS):
                 if key in out:
                     out[key] = torch.where(chosen, out[key].flip(2 + axis), out[key])
         record["flip"] = flip.params(flips)

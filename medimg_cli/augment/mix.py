@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from medimg_cli.augment.transforms import TRANSFORMS, Params, RandomTransform, per_sample, uniform
+from medimg_cli.data.native import PIXEL_MAPS
 
 
 class MixTransform(RandomTransform):
@@ -106,8 +107,9 @@ class Cutmix(MixTransform):
         box = inside[:, None]  # (B, 1, *spatial)
         out = dict(batch)
         out["image"] = torch.where(box, image[partner], image)
-        if "mask" in batch:
-            out["mask"] = torch.where(box, batch["mask"][partner], batch["mask"])
+        for key in PIXEL_MAPS:
+            if key in batch:
+                out[key] = torch.where(box, batch[key][partner], batch[key])
         kept = 1 - box.flatten(1).float().mean(1)
         if "label" in batch:
             labels = self.soft_labels(batch["label"])

@@ -5,7 +5,8 @@ reoriented to the closest canonical RAS+ orientation) or DICOM series. The ``fol
 ``manifest``, ``nifti``, ``nnunet`` and ``dicom`` sources list their samples as ``Record`` s;
 ``records_to_splits``
 decodes them, optionally resamples volumes to ``data.spacing`` or cuts them into 2D slices
-(``data.slice_axis``), resizes to ``data.image_size``, normalises, maps labels to classes, assigns
+(``data.slice_axis``), resizes to ``data.image_size`` (``null``: native size, see ``native.py``;
+never after ``data.spacing``), normalises, maps labels to classes, assigns
 splits (explicit, from ``data.splits``, or grouped by patient and stratified by label), audits
 them for leakage, and returns tensors. Ids written anywhere are salted hashes of the relative
 paths, and patient ids are hashed before they are used.
@@ -28,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from medimg_cli.data import DataInfo, Splits, fingerprint
 from medimg_cli.data.cache import cached
 from medimg_cli.data.dicom import apply_window, read_segmentation, read_series
+from medimg_cli.data.native import stack_native
 from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits
 from medimg_cli.errors import ConfigError, unknown_choice
 
@@ -128,9 +130,25 @@ def resize(array: np.ndarray, size: Sequence[int], nearest: bool = False) -> tor
     return F.interpolate(tensor, size=tuple(size), mode=mode, antialias=len(size) == 2, align_corners=False)[0]
 
 
-def _spatial_size(cfg: Mapping, dims: int) -> tuple[int, ...]:
-    size = cfg["image_size"]
-    return tuple(size) if isinstance(size, Sequence) else (size,) * dims
+def _spatial_size(cfg: Mapping, image: np.ndarray, name: Path) -> tuple[int, ...]:
+    """The size ``image`` ``(C, *spatial)`` is stored at: ``data.image_size``, or its own (native)."""
+    size, dims = cfg["image_size"], image.ndim - 1
+    if size is None:
+        return tuple(image.shape[1:])
+    size = tuple(size) if isinstance(size, Sequence) else (size,) * dims
+    if len(size) != dims:
+        raise ConfigError(f"data.image_size={list(size)} does not fit {name} ({dims}D)")
+    return size
+
+
+def _check_spacing(cfg: Mapping) -> None:
+    """``data.spacing`` delivers exactly that spacing, so a resize after it is refused, not done."""
+    if cfg.get("spacing") and cfg.get("image_size") is not None:
+        raise ConfigError(
+            f"data.spacing={list(cfg['spacing'])} resamples every volume to that spacing and keeps the resampled "
+            f"size; data.image_size={cfg['image_size']} would resize it again and change the spacing: "
+            "add data.image_size=null (or drop data.spacing)"
+        )
 
 
 def _decode(
@@ -227,6 +245,8 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         tensors["label"] = torch.tensor([classes.index(records[i].label) for i in owners], dtype=torch.int64)
     if task != "classification":
         tensors["mask"] = masks
+    if decoded.get("roi") is not None:  # native sizes padded to one (data/native.py)
+        tensors["roi"] = decoded["roi"]
     by_split = {name: [i for i, s in enumerate(splits) if s == name] for name in SPLIT_NAMES}
     for name, indices in by_split.items():
         if not indices:
@@ -295,12 +315,14 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
         ``images`` ``(N, C, *size)``, ``masks`` ``(N, 1, *size)`` or ``None``, ``owners`` (the
         index into ``kept`` of each sample), ``kept`` (indices of the records decoded),
         ``digests`` (a content hash per kept record), ``spacings`` (native spacing per kept record),
-        ``pixel_spacings`` (mm per pixel of each sample as stored, after resizing, or ``None``)
+        ``pixel_spacings`` (mm per pixel of each sample as stored, after resizing, or ``None``), ``roi``
+        (``(N, 1, *size)`` when native sizes differ, see ``data/native.py``, else ``None``)
         and ``skipped`` (one message per bad file when ``data.on_bad_file=skip``).
     """
     if cfg.get("on_bad_file", "error") not in BAD_FILE_POLICIES:
         raise unknown_choice("data.on_bad_file", cfg["on_bad_file"], BAD_FILE_POLICIES)
-    images, masks, owners, kept, digests, skipped, spacings, size = [], [], [], [], [], [], [], None
+    _check_spacing(cfg)
+    images, masks, owners, kept, digests, skipped, spacings = [], [], [], [], [], [], []
     pixel_spacings = []
     for index, record in enumerate(records):
         try:
@@ -312,9 +334,7 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
             continue
         digests.append(hashlib.sha256(b"".join(image.tobytes() for image, _ in samples)).hexdigest())
         for image, mask in samples:
-            size = size or _spatial_size(cfg, image.ndim - 1)
-            if len(size) != image.ndim - 1:
-                raise ConfigError(f"data.image_size={list(size)} does not fit {record.images[0]} ({image.ndim - 1}D)")
+            size = _spatial_size(cfg, image, record.images[0])
             images.append(normalise(resize(image, size), cfg["normalize"]))
             pixel_spacings.append(
                 [s * n / m for s, n, m in zip(sample_spacing, image.shape[1:], size, strict=True)]
@@ -326,11 +346,17 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
             owners.append(len(kept))
         kept.append(index)
         spacings.append(list(spacing) if spacing else None)
-    if len({tuple(i.shape) for i in images}) > 1:
+    if len({(i.shape[0], i.dim()) for i in images}) > 1:
         raise ConfigError(f"{source}: images differ in channels or dimensions; use one kind of image per dataset")
+    if cfg["image_size"] is None and images:
+        stacked, stacked_masks, roi = stack_native(images, masks)
+    else:
+        stacked, stacked_masks, roi = torch.stack(images) if images else torch.zeros(0), None, None
+        stacked_masks = torch.stack(masks) if masks else None
     return {
-        "images": torch.stack(images) if images else torch.zeros(0),
-        "masks": torch.stack(masks) if masks else None,
+        "images": stacked,
+        "masks": stacked_masks,
+        "roi": roi,
         "owners": owners,
         "kept": kept,
         "digests": digests,

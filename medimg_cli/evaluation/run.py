@@ -239,19 +239,31 @@ def _classification_outputs(
 
 
 def _segmentation_outputs(
-    predictions: Predictions, masks: torch.Tensor, num_classes: int, spacing: list[list[float]], batch_size: int
+    predictions: Predictions,
+    masks: torch.Tensor,
+    roi: torch.Tensor | None,
+    num_classes: int,
+    spacing: list[list[float]],
+    batch_size: int,
 ) -> dict[str, np.ndarray]:
-    """Per-case, per-foreground-class Dice, IoU, HD95 and ASD ``(N, C - 1)``, batch by batch."""
+    """Per-case, per-foreground-class Dice, IoU, HD95 and ASD ``(N, C - 1)``, batch by batch, inside
+    the ``(N, *spatial)`` ROI when there is one."""
     parts = [
         case_metrics(
             predictions.seg_labels[start : start + batch_size],
             masks[start : start + batch_size],
             num_classes,
             spacing[start : start + batch_size],
+            None if roi is None else roi[start : start + batch_size],
         )
         for start in range(0, len(masks), batch_size)
     ]
     return {name: np.concatenate([part[name] for part in parts]) for name in SEGMENTATION}
+
+
+def _roi(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """The split's ``(N, *spatial)`` region of interest, or ``None``."""
+    return tensors["roi"][:, 0] if "roi" in tensors else None
 
 
 def _model_task(info: DataInfo, task: str) -> DataInfo:
@@ -312,7 +324,9 @@ def evaluate_split(
         spacing = (data.pixel_spacing or {}).get(split) or [None] * count
         unit = "mm" if all(s is not None for s in spacing) else "pixels"
         spacing = [s if s is not None else [1.0] * info.spatial_dims for s in spacing]
-        values = _segmentation_outputs(predictions, tensors["mask"][:, 0], info.num_seg_classes, spacing, batch_size)
+        values = _segmentation_outputs(
+            predictions, tensors["mask"][:, 0], _roi(tensors), info.num_seg_classes, spacing, batch_size
+        )
         cases |= values
         _segmentation(result, values, indices, unit)
         for name, per_case in values.items():

@@ -25,7 +25,11 @@ SEGMENTATION = ("dice", "iou", "hd95", "asd")
 
 
 def case_metrics(
-    pred: torch.Tensor, mask: torch.Tensor, num_classes: int, spacing: Sequence[Sequence[float]]
+    pred: torch.Tensor,
+    mask: torch.Tensor,
+    num_classes: int,
+    spacing: Sequence[Sequence[float]],
+    roi: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Metrics of a batch of label maps.
 
@@ -34,12 +38,16 @@ def case_metrics(
         mask: ``(B, *spatial)`` true labels.
         num_classes: labels including background 0.
         spacing: per case, the pixel spacing in mm of each spatial axis.
+        roi: ``(B, *spatial)``, 1 where pixels count (padding of native sizes, a field of view);
+            labels outside it count as background in both maps.
 
     Returns:
         ``dice``, ``iou``, ``hd95`` and ``asd`` as ``(B, num_classes - 1)`` arrays (foreground classes).
     """
     pred_1hot = F.one_hot(pred.long(), num_classes).movedim(-1, 1).float()
     true_1hot = F.one_hot(mask.long(), num_classes).movedim(-1, 1).float()
+    if roi is not None:
+        pred_1hot, true_1hot = pred_1hot * roi[:, None], true_1hot * roi[:, None]
     spacing = [list(map(float, s)) for s in spacing]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MONAI warns on every empty structure; handled below
