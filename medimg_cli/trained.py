@@ -17,8 +17,10 @@ from torch import nn
 from medimg_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from medimg_cli.config import resolve_device
 from medimg_cli.data import Splits, build_data
+from medimg_cli.data.patches import patch_size
 from medimg_cli.errors import ConfigError
 from medimg_cli.speed import Speed
+from medimg_cli.training import whole_images
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,19 @@ class Trained(NamedTuple):
     speed: Speed  # the run's speed settings for evaluation (no compile, fp32)
 
 
-def load_trained(path: Path, device: str = "auto", data_changes: Mapping[str, Any] | None = None) -> Trained:
+def load_trained(
+    path: Path,
+    device: str = "auto",
+    data_changes: Mapping[str, Any] | None = None,
+    overlap: float | None = None,
+    windows: bool = True,
+) -> Trained:
     """Rebuild the run stored in the checkpoint at ``path``.
 
     ``data_changes`` (``{key: value}``) change the checkpoint's data config, e.g. to evaluate on
-    another site; a key the run's data config lacks raises a ``ConfigError``.
+    another site; a key the run's data config lacks raises a ``ConfigError``. A run trained on
+    patches predicts whole images through sliding windows (``overlap``: the run's unless given),
+    or, with ``windows=False``, is the bare network that takes patches.
     """
     torch_device = resolve_device(device)
     payload = load_checkpoint(path, torch_device)
@@ -53,4 +63,5 @@ def load_trained(path: Path, device: str = "auto", data_changes: Mapping[str, An
     model = model_from_checkpoint(payload).to(torch_device)
     speed = Speed.from_config(config["trainer"], torch_device, model, data.info.spatial_dims, compile=False)
     speed = speed.for_evaluation()
-    return Trained(payload, speed.prepare(model), data, speed)
+    patch = patch_size(config["data"], data.info) if windows else None
+    return Trained(payload, whole_images(speed.prepare(model), patch, config["trainer"], overlap), data, speed)

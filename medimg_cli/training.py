@@ -9,7 +9,9 @@ after seeding, so the steps that draw random numbers keep their order.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from medimg_cli.augment import Augmenter, build_augment
 from medimg_cli.config import build_optimizer, build_scheduler, check_numbers, resolve_device, seed_everything
 from medimg_cli.data import Splits, build_data
 from medimg_cli.data.batches import choose_loader, make_batches
+from medimg_cli.data.patches import PatchBatches, patch_size
 from medimg_cli.distributed import device_for_rank, is_distributed, world
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_atomic, write_json
@@ -32,6 +35,7 @@ from medimg_cli.models import check_model_runs, create_model, model_args
 from medimg_cli.models.transfer import forward_flops, freeze, layer_cells, load_pretrained, transfer_rows
 from medimg_cli.resume import Resume, State, restore, resume_checkpoint
 from medimg_cli.runinfo import device_name
+from medimg_cli.sliding import SlidingWindow
 from medimg_cli.speed import Speed, configure_backends
 from medimg_cli.tables import grid_markdown, grid_rich, make_console
 
@@ -104,20 +108,24 @@ def setup(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     # checkpoints written before these keys existed lack them
     configure_backends(device, cfg.trainer.get("deterministic", False), cfg.trainer.get("cudnn_benchmark", "auto"))
     data = build_data(OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True))
+    patch = patch_size(cfg.data, data.info)
+    if patch is not None:  # the network is built for, and sees, patches
+        data.info = dataclasses.replace(data.info, image_size=patch)
     model, args, loaded, frozen = _build_model(cfg, data, device, processes, resume)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, schedule, augment, loss = _build_training(cfg, data.info, trainable)
     mode = monitor_mode(cfg.trainer.monitor, monitor_columns(data.info))
     speed = Speed.from_config(cfg.trainer, device, model, data.info.spatial_dims)
-    eval_model, scaler = speed.prepare(model), speed.scaler()
+    prepared, scaler = speed.prepare(model), speed.scaler()
+    eval_model = whole_images(prepared, patch, cfg.trainer)
     # DDP averages the gradients of the processes; rank 0 evaluates with ``eval_model`` alone
     train_model = (
         # static_graph: the same parameters every step, some never used (MONAI ViT's unused outputs)
         DistributedDataParallel(
-            eval_model, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
+            prepared, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
         )
         if processes > 1
-        else eval_model
+        else prepared
     )
     trainer = cfg.trainer
     loader, workers = choose_loader(
@@ -127,9 +135,7 @@ def setup(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         cfg, run_dir, device, rank, processes, data, model, train_model, eval_model, optimizer, schedule, scaler,
         augment, loss, speed, loader, workers, None, None, mode, State(), {}, {},
     )  # fmt: skip
-    run.train_batches = run.batches(
-        data.train, trainer.batch_size, shuffle=True, drop_last=True, seed=cfg.seed, shard=(rank, processes)
-    )
+    run.train_batches = _train_batches(run, patch)
     run.val_batches = run.batches(data.val, trainer.eval_batch_size)
     if resume is not None:
         run.state = restore(resume.checkpoint, model, optimizer, scaler, schedule)
@@ -152,6 +158,26 @@ def setup(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         _describe_layers(run, layers, bool(loaded or frozen))
     _log_start(run)
     return run
+
+
+def whole_images(model: nn.Module, patch: tuple[int, ...] | None, trainer: Mapping, overlap: float | None = None):
+    """``model`` as it predicts whole images: through sliding windows of the patch size when the run
+    trained on patches (``overlap``: ``trainer.overlap`` unless given)."""
+    if patch is None:
+        return model
+    overlap = trainer.get("overlap", 0.5) if overlap is None else overlap
+    return SlidingWindow(model, patch, overlap, trainer["batch_size"])
+
+
+def _train_batches(run: Run, patch: tuple[int, ...] | None) -> Any:
+    """Shuffled training batches of whole images, or ``trainer.steps_per_epoch`` batches of patches."""
+    cfg, shard = run.cfg, (run.rank, run.processes)
+    if patch is None:
+        return run.batches(
+            run.data.train, cfg.trainer.batch_size, shuffle=True, drop_last=True, seed=cfg.seed, shard=shard
+        )
+    steps, fraction = cfg.trainer.get("steps_per_epoch", 250), cfg.data.get("foreground_fraction", 0.33)
+    return PatchBatches(run.data.train, cfg.trainer.batch_size, run.device, patch, fraction, steps, cfg.seed, shard)
 
 
 def _build_model(

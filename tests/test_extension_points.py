@@ -18,7 +18,7 @@ from medimg_cli.augment import TRANSFORMS, build_augment
 from medimg_cli.augment.geometric import GeometricTransform, _eye
 from medimg_cli.benchmark.grid import _without_ignored
 from medimg_cli.data import DataInfo
-from medimg_cli.data.cache import SPLIT_ONLY_KEYS, cache_key
+from medimg_cli.data.cache import NOT_DECODING_KEYS, cache_key
 from medimg_cli.resume import NEUTRAL_KEYS, RESUMABLE_KEYS, neutral, resumable
 
 CONF = Path(medimg_cli.__file__).parent / "conf"
@@ -58,7 +58,7 @@ def test_every_data_key_but_the_split_ones_changes_the_cache_key(source, tmp_pat
     key = cache_key(cfg, files)
     for name, value in cfg.items():
         changed = cache_key({**cfg, name: _changed(value)}, files)
-        assert (changed == key) == (name in SPLIT_ONLY_KEYS), f"data.{name}"
+        assert (changed == key) == (name in NOT_DECODING_KEYS), f"data.{name}"
 
 
 def test_a_new_model_or_source_module_is_found_without_being_listed(tmp_path):

@@ -69,9 +69,9 @@ def evaluate_checkpoint_cfg(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as the ``eval`` config says, write the eval folder and print the headline numbers."""
     path = Path(cfg.checkpoint)
     changes = OmegaConf.to_container(cfg.data, resolve=True)
-    payload, model, data, speed = load_trained(path, cfg.device, changes)
-    out = eval_folder(cfg)
     settings = Settings(**OmegaConf.to_container(cfg.eval, resolve=True))
+    payload, model, data, speed = load_trained(path, cfg.device, changes, settings.overlap)
+    out = eval_folder(cfg)
     size = cfg.batch_size or payload["config"]["trainer"]["eval_batch_size"]
     facts = {"checkpoint": str(path), "data_changes": changes}
     document = evaluate_split(model, payload, data, cfg.split, out, settings, speed, size, facts)

@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from medimg_cli.data.patches import pad_for_patches, patch_size
 from medimg_cli.errors import ConfigError, unknown_choice
 from medimg_cli.fileio import atomic_file, write_json
 from medimg_cli.hydra_app import run_hydra
@@ -106,12 +107,16 @@ def export_checkpoint(
         missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
         if missing:
             raise ConfigError(f"format=onnx needs {', '.join(missing)}: pip install 'medimg[export]'")
-    payload, model, data, speed = load_trained(checkpoint, device)
+    # a run trained on patches exports its network for patches: the sliding windows stay in the caller
+    payload, model, data, speed = load_trained(checkpoint, device, windows=False)
     model = model.float().eval()
     wanted = {"class_logits": data.info.classifies, "seg_logits": data.info.segments}
     names = tuple(name for name in OUTPUTS if wanted[name])
     wrapped = TupleOutputs(model, names).eval()
     images = data.split("test")["image"]
+    patch = patch_size(payload["config"]["data"], data.info)
+    if patch is not None:  # the first patch of each test image
+        images = pad_for_patches({"image": images}, patch)["image"][(..., *(slice(0, n) for n in patch))]
     if len(images) < 2:
         raise ConfigError(
             f"{checkpoint}: the test split has {len(images)} image; export needs 2 to check a new batch size"

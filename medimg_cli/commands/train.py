@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from medimg_cli.data.patches import patch_size
 from medimg_cli.distributed import barrier, join, launch, leave, reduce_across, requested_devices, world
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_atomic, write_json
@@ -35,7 +36,7 @@ from medimg_cli.results import append_metrics_row, cases_csv
 from medimg_cli.runinfo import device_name, git_commit, peak_memory, versions
 from medimg_cli.tables import make_console, markdown_table, rich_table, run_title
 from medimg_cli.tracking import Tracker, sample_predictions
-from medimg_cli.training import Run, setup
+from medimg_cli.training import Run, setup, whole_images
 
 HELP = "train a model; Hydra overrides pick data, model, augment, optim, trainer"
 log = logging.getLogger(__name__)
@@ -201,7 +202,8 @@ def _payload(run: Run, epoch: int, start: float | None = None, resumable: bool =
 def _samples(run: Run, count: int) -> dict[str, Any]:
     """The tracker's validation picture: the first ``count`` validation images with their predictions."""
     samples = {key: value[:count].to(run.device) for key, value in run.data.val.items()}
-    return sample_predictions(run.model, samples["image"], run.data.info, samples)
+    model = whole_images(run.model, patch_size(run.cfg.data, run.data.info), run.cfg.trainer)
+    return sample_predictions(model, samples["image"], run.data.info, samples)
 
 
 def _progress(main: bool) -> Progress:

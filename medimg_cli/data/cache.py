@@ -1,6 +1,6 @@
 """An on-disk cache of decoded, preprocessed datasets, so files are decoded once.
 
-The key is a SHA-256 of the data config (all but ``SPLIT_ONLY_KEYS``) and of every source
+The key is a SHA-256 of the data config (all but ``NOT_DECODING_KEYS``) and of every source
 file's path, size and modification time: changing a file or a preprocessing key decodes again;
 changing the split, the seed or the training config does not. Entries are ``torch.save`` files written atomically.
 """
@@ -19,15 +19,16 @@ import torch
 from medimg_cli.fileio import atomic_file
 
 log = logging.getLogger(__name__)
-# data keys that only choose the split of the decoded samples, or where the cache lives; every
-# other key (a new preprocessing key too) is part of the key, so it can never serve stale data
-SPLIT_ONLY_KEYS = ("split", "splits", "seed", "salt", "cache", "cache_dir")
-FORMAT = 2  # bumped when the decoded dictionary changes (2: pixel_spacings), so old entries are not read
+# data keys that only choose the split of the decoded samples, how batches are drawn from them,
+# or where the cache lives; every other key (a new preprocessing key too) is part of the key, so
+# it can never serve stale data
+NOT_DECODING_KEYS = ("split", "splits", "seed", "salt", "cache", "cache_dir", "patch_size", "foreground_fraction")
+FORMAT = 3  # bumped when the decoded dictionary changes (2: pixel_spacings, 3: roi), so old entries are not read
 
 
 def cache_key(cfg: Mapping, files: Iterable[Path]) -> str:
     """The key of a decoded dataset: its decode config and its files' paths, sizes and mtimes."""
-    settings = {k: v for k, v in cfg.items() if k not in SPLIT_ONLY_KEYS} | {"format": FORMAT}
+    settings = {k: v for k, v in cfg.items() if k not in NOT_DECODING_KEYS} | {"format": FORMAT}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in files:
         stat = path.stat()

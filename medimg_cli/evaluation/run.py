@@ -55,6 +55,7 @@ class Settings:
     target_layer: str | None = None
     cases: int = 8
     steps: int = 32
+    overlap: float | None = None  # used by load_trained, which builds the sliding-window model
 
 
 @dataclass
