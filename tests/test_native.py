@@ -154,3 +154,9 @@ def test_segmentation_trains_on_images_of_different_sizes(tmp_path):
     document = evaluate_checkpoint_cfg(eval_cfg)  # medimg eval scores inside the ROI as training did
     for key in ("dice", "iou"):
         assert document["metrics"][key]["value"] == pytest.approx(summary["test"][key], abs=1e-6), key
+
+
+def test_with_patches_the_native_stack_is_not_rounded_up(tmp_path):
+    _write_folder(tmp_path)
+    splits = build_data(dict(_folder_cfg(tmp_path, "data.patch_size=[16,16]").data))
+    assert splits.train["image"].shape[2:] == (40, 44)  # the sliding windows pad where they need to

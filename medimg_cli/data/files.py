@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from medimg_cli.data import DataInfo, Splits, fingerprint
 from medimg_cli.data.cache import cached
 from medimg_cli.data.dicom import apply_window, read_segmentation, read_series
-from medimg_cli.data.native import stack_native
+from medimg_cli.data.native import MULTIPLE, stack_native
 from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits
 from medimg_cli.errors import ConfigError, unknown_choice
 
@@ -349,7 +349,7 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
     if len({(i.shape[0], i.dim()) for i in images}) > 1:
         raise ConfigError(f"{source}: images differ in channels or dimensions; use one kind of image per dataset")
     if cfg["image_size"] is None and images:
-        stacked, stacked_masks, roi = stack_native(images, masks)
+        stacked, stacked_masks, roi = stack_native(images, masks, 1 if cfg.get("patch_size") else MULTIPLE)
     else:
         stacked, stacked_masks, roi = torch.stack(images) if images else torch.zeros(0), None, None
         stacked_masks = torch.stack(masks) if masks else None

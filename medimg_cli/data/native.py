@@ -7,8 +7,9 @@ axis to the largest size of the dataset, and a ``roi`` map ``(N, 1, *spatial)`` 
 the sample) says which pixels are real. The loss and the metrics count only pixels inside the
 ROI, so the padding changes no number; geometric augmentation moves the ROI with the image.
 
-The common size is also rounded up to a multiple of ``MULTIPLE``, so that networks that halve the
-size several times (U-Net, UNETR) take the whole image. Padding rather than lists of tensors keeps
+Without patches the common size is also rounded up to a multiple of ``MULTIPLE``, so that
+networks that halve the size several times (U-Net, UNETR) take the whole image; with patches
+the sliding windows pad where they need to. Padding rather than lists of tensors keeps
 batches one ``index_select`` on the device; it costs memory when sizes vary a lot (the largest
 sample sets the size of all).
 """
@@ -32,17 +33,17 @@ def pad_to(sample: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def stack_native(
-    images: list[torch.Tensor], masks: list[torch.Tensor] | None
+    images: list[torch.Tensor], masks: list[torch.Tensor] | None, multiple: int = MULTIPLE
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Stack ``(C, *spatial_i)`` samples of any sizes.
 
     Returns:
         images ``(N, C, *size)``, masks ``(N, 1, *size)`` (or ``None``) and the ROI ``(N, 1, *size)``
         uint8, where ``size`` is the largest extent on each axis rounded up to a multiple of
-        ``MULTIPLE``; the ROI is ``None`` when every sample already has that size (nothing is padded).
+        ``multiple``; the ROI is ``None`` when every sample already has that size (nothing is padded).
     """
     shapes = [tuple(image.shape[1:]) for image in images]
-    size = tuple(-(-max(axis) // MULTIPLE) * MULTIPLE for axis in zip(*shapes, strict=True))
+    size = tuple(-(-max(axis) // multiple) * multiple for axis in zip(*shapes, strict=True))
     if all(shape == size for shape in shapes):
         return torch.stack(images), torch.stack(masks) if masks else None, None
     roi = [pad_to(torch.ones(1, *shape, dtype=torch.uint8), size) for shape in shapes]
