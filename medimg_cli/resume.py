@@ -22,9 +22,9 @@ from medimg_cli.metrics import improves
 # Keys (or groups of keys) that cannot change a run's numbers: how to resume, print, load
 # (the loaders give identical batches) or track. A benchmark ignores them in a run's identity.
 NEUTRAL_KEYS = ("trainer.resume", "trainer.table_every", "trainer.loader", "trainer.workers", "tracking")
-# A resumed run may also train longer or move to another device; anything else would make it a
-# different experiment. Both stay part of a benchmark run's identity.
-RESUMABLE_KEYS = (*NEUTRAL_KEYS, "trainer.epochs", "device")
+# A resumed run may also train longer (more epochs, a larger time budget) or move to another
+# device; anything else would make it a different experiment. They stay part of a benchmark run's identity.
+RESUMABLE_KEYS = (*NEUTRAL_KEYS, "trainer.epochs", "trainer.max_minutes", "device")
 
 
 def resumable(key: str) -> bool:

@@ -74,6 +74,7 @@ class Run:
     state: State
     checkpoint_base: dict[str, Any]  # what every checkpoint of this run holds besides its state
     size: dict[str, int]  # parameters, trainable_parameters, flops_per_image
+    ended_by: str = "trainer.epochs"  # or "trainer.max_minutes" when the time budget ended training
 
     @property
     def main(self) -> bool:

@@ -193,3 +193,12 @@ def test_resumable_keys_include_whole_groups_but_not_look_alikes():
 
     assert resumable("trainer.epochs") and resumable("tracking.mlflow") and resumable("tracking")
     assert not resumable("trainer.epochsx") and not resumable("optim.lr") and not resumable("trackingx")
+
+
+def test_a_time_budget_ends_training_after_the_epoch_that_crosses_it(tiny_cfg, tmp_path):
+    summary = train(tiny_cfg("trainer.epochs=50", "trainer.max_minutes=0.0001"), tmp_path)
+    assert len(read_metrics_csv(tmp_path / "metrics.csv")) == 1  # 6 ms: over after the first epoch
+    assert summary["ended_by"] == "trainer.max_minutes" and summary["epochs_trained"] == 1
+    assert summary["best_epoch"] == 1 and summary["test"]["loss"] > 0  # best.pt was tested
+    full = train(tiny_cfg(), tmp_path / "full")
+    assert full["ended_by"] == "trainer.epochs" and full["epochs_trained"] == 2

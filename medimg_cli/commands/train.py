@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from medimg_cli.data.patches import patch_size
-from medimg_cli.distributed import barrier, join, launch, leave, reduce_across, requested_devices, world
+from medimg_cli.distributed import barrier, join, launch, leave, reduce_across, requested_devices, sum_across, world
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
@@ -94,6 +94,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
                 if progress.disable:
                     log.info("epoch %d/%d  %s  (%.1fs)", epoch, epochs, status, row["epoch_seconds"])
             barrier()  # rank 0 evaluates and writes the epoch
+            if epoch < epochs and _budget_spent(run, start, epoch):
+                break
         if not run.main:
             return {"rank": run.rank}
         test = test_best(run)
@@ -163,6 +165,8 @@ def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str,
         "task": run.data.info.task,
         "seed": cfg.seed,
         "epochs": cfg.trainer.epochs,
+        "epochs_trained": state.epoch,
+        "ended_by": run.ended_by,
         "monitor": cfg.trainer.monitor,
         "best_epoch": state.best_epoch,
         "best": next(r for r in state.history if r["epoch"] == state.best_epoch),
@@ -179,6 +183,21 @@ def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str,
         "data_fingerprint": run.data.fingerprint,
         "run_dir": str(run.run_dir),
     }
+
+
+def _budget_spent(run: Run, start: float, epoch: int) -> bool:
+    """Whether ``trainer.max_minutes`` has passed after ``epoch`` (then ``run.ended_by`` says so),
+    counting earlier sessions of a resumed run; under DDP any process's clock decides for all, so
+    every process stops after the same epoch."""
+    limit = run.cfg.trainer.get("max_minutes")
+    if limit is None:
+        return False
+    elapsed = run.state.prior_seconds + time.perf_counter() - start
+    if sum_across(float(elapsed >= 60 * limit))[0] == 0:
+        return False
+    run.ended_by = "trainer.max_minutes"
+    log.info("trainer.max_minutes=%s reached after epoch %d of %d", limit, epoch, run.cfg.trainer.epochs)
+    return True
 
 
 def _payload(run: Run, epoch: int, start: float | None = None, resumable: bool = False) -> dict[str, Any]:
