@@ -160,3 +160,57 @@ def test_with_patches_the_native_stack_is_not_rounded_up(tmp_path):
     _write_folder(tmp_path)
     splits = build_data(dict(_folder_cfg(tmp_path, "data.patch_size=[16,16]").data))
     assert splits.train["image"].shape[2:] == (40, 44)  # the sliding windows pad where they need to
+
+
+def _vessel_folder(root, count: int = 8) -> None:
+    """CHASE_DB1-like names: Image_NN.jpg, masks Image_NN_1stHO.gif (0/255), field of view Image_NN_fov.png."""
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        image = rng.integers(0, 80, (36, 40, 3)).astype(np.uint8)
+        mask = np.zeros((36, 40), np.uint8)
+        mask[10:30, 18:21] = 255  # a vertical vessel
+        image[mask > 0] = 200
+        fov = np.zeros((36, 40), np.uint8)
+        fov[2:34, 2:38] = 1
+        for folder in ("images", "manual", "fov"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "images" / f"Image_{i:02d}.jpg")
+        Image.fromarray(mask).convert("P").save(root / "manual" / f"Image_{i:02d}_1stHO.gif")
+        Image.fromarray(fov).save(root / "fov" / f"Image_{i:02d}_fov.png")
+
+
+def test_folder_masks_and_rois_found_by_suffix_in_any_format(tmp_path):
+    _vessel_folder(tmp_path)
+    overrides = [
+        "data=folder",
+        f"data.root={tmp_path / 'images'}",
+        f"data.mask_root={tmp_path / 'manual'}",
+        "data.task=segmentation",
+        "data.channels=3",
+        "data.image_size=null",
+        "data.split=[0.5,0.25,0.25]",
+        "data.cache=false",
+    ]
+    with pytest.raises(ConfigError, match=r"no Image_00<\.png, .*\.gif.*> under data.mask_root=.*set data.mask_suffix"):
+        build_data(dict(compose_config(overrides).data))
+    found = [*overrides, "data.mask_suffix=_1stHO", f"data.roi_root={tmp_path / 'fov'}", "data.roi_suffix=_fov"]
+    splits = build_data(dict(compose_config(found).data))
+    assert splits.info.num_seg_classes == 2 and int(splits.train["mask"][0].sum()) == 60  # 0/255 GIF -> 0/1
+    roi = splits.train["roi"][0, 0]
+    assert roi.shape == (64, 64) and int(roi.sum()) == 32 * 36 and int(roi[2:34, 2:38].sum()) == 32 * 36
+    resized = build_data(dict(compose_config([*found, "data.image_size=32"]).data))
+    assert resized.train["roi"].shape == (len(resized.train["image"]), 1, 32, 32)  # resized with its image
+
+
+def test_manifest_roi_column_and_a_missing_roi_file(tmp_path):
+    _vessel_folder(tmp_path)
+    rows = ["image,mask,roi"] + [f"images/Image_{i:02d}.jpg,manual/Image_{i:02d}_1stHO.gif,fov/Image_{i:02d}_fov.png"
+                                 for i in range(8)]  # fmt: skip
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    overrides = ["data=manifest", f"data.path={tmp_path / 'm.csv'}", "data.task=segmentation", "data.image_size=null",
+                 "data.cache=false", "data.split=[0.5,0.25,0.25]"]  # fmt: skip
+    splits = build_data(dict(compose_config(overrides).data))
+    assert int(splits.test["roi"][0].sum()) == 32 * 36
+    (tmp_path / "fov" / "Image_03_fov.png").unlink()
+    with pytest.raises(ConfigError, match="roi .*Image_03_fov.png is missing"):
+        build_data(dict(compose_config(overrides).data))

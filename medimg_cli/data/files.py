@@ -33,7 +33,7 @@ from medimg_cli.data.native import MULTIPLE, stack_native
 from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits
 from medimg_cli.errors import ConfigError, unknown_choice
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".npy")
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 NORMALISATIONS = ("minmax", "zscore", "none")
 BAD_FILE_POLICIES = ("error", "skip")
@@ -48,6 +48,7 @@ class Record:
     images: tuple[Path, ...]  # one file per channel group (nnU-Net's _0000, _0001 ...), stacked
     label: str | None = None
     mask: Path | None = None
+    roi: Path | None = None  # a region-of-interest mask (field of view, body): nonzero pixels count
     patient: str | None = None
     split: str | None = None
     kind: str = "file"  # "dicom": ``images`` are the slice files of one series, in spatial order
@@ -176,6 +177,11 @@ def _decode(
         mask = read_mask(record.mask)[None]
     if mask is not None and mask.shape[1:] != image.shape[1:]:
         raise ConfigError(f"{record.mask}: mask shape {mask.shape[1:]} differs from image shape {image.shape[1:]}")
+    if record.roi is not None and mask is not None:  # a second mask channel until the samples are stacked
+        roi = (read_mask(record.roi) > 0).astype(np.int64)[None]
+        if roi.shape[1:] != image.shape[1:]:
+            raise ConfigError(f"{record.roi}: ROI shape {roi.shape[1:]} differs from image shape {image.shape[1:]}")
+        mask = np.concatenate([mask, roi])
     sample_spacing = spacing if spacing is not None and len(spacing) == image.ndim - 1 else None
     if sample_spacing is not None and cfg.get("spacing"):  # resample to the target spacing
         sample_spacing = tuple(float(t) for t in cfg["spacing"])
@@ -348,11 +354,13 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
         spacings.append(list(spacing) if spacing else None)
     if len({(i.shape[0], i.dim()) for i in images}) > 1:
         raise ConfigError(f"{source}: images differ in channels or dimensions; use one kind of image per dataset")
+    rois = [m[1:] for m in masks] if masks and masks[0].shape[0] == 2 else None
+    masks = [m[:1] for m in masks]
     if cfg["image_size"] is None and images:
-        stacked, stacked_masks, roi = stack_native(images, masks, 1 if cfg.get("patch_size") else MULTIPLE)
+        stacked, stacked_masks, roi = stack_native(images, masks, 1 if cfg.get("patch_size") else MULTIPLE, rois)
     else:
-        stacked, stacked_masks, roi = torch.stack(images) if images else torch.zeros(0), None, None
-        stacked_masks = torch.stack(masks) if masks else None
+        stacked = torch.stack(images) if images else torch.zeros(0)
+        stacked_masks, roi = torch.stack(masks) if masks else None, torch.stack(rois) if rois else None
     return {
         "images": stacked,
         "masks": stacked_masks,

@@ -1,7 +1,8 @@
 """The ``folder`` data source: images in class sub-folders (the ImageFolder layout), optional masks.
 
     <root>/<class>/<any/depth>/<image>.png      labels are the class folder names
-    <mask_root>/<class>/<any/depth>/<image>.png  a mask with the same relative path and stem
+    <mask_root>/<class>/<any/depth>/<image><mask_suffix>.<any>  a mask with the same relative path and stem
+    <roi_root>/<class>/<any/depth>/<image><roi_suffix>.<any>    a region of interest (field of view)
 
 For segmentation without classes, put the images straight under ``root`` (``data.task=segmentation``).
 """
@@ -16,30 +17,52 @@ from medimg_cli.data.files import IMAGE_SUFFIXES, VOLUME_SUFFIXES, Record, full_
 from medimg_cli.errors import ConfigError
 
 
-def _find_mask(mask_root: Path, relative: Path) -> Path | None:
-    """The file under ``mask_root`` with the same relative path and stem as ``relative``, any suffix."""
-    stem = strip_suffix(mask_root / relative)
-    for suffix in IMAGE_SUFFIXES + VOLUME_SUFFIXES:
-        candidate = stem.with_name(stem.name + suffix)
+def _find_mask(root: Path, relative: Path, suffix: str) -> Path | None:
+    """The file under ``root`` with the relative path and stem of ``relative`` plus ``suffix``
+    (``data.mask_suffix``: ``_manual1`` finds ``01_manual1.gif`` for ``01.tif``), any file type."""
+    stem = strip_suffix(root / relative)
+    for ending in IMAGE_SUFFIXES + VOLUME_SUFFIXES:
+        candidate = stem.with_name(stem.name + suffix + ending)
         if candidate.is_file():
             return candidate
     return None
 
 
+def _required(root: Path, relative: Path, suffix: str, key: str) -> Path:
+    """``_find_mask``'s file, or one line saying which names were tried and how to fix it."""
+    found = _find_mask(root, relative, suffix)
+    if found is None:
+        name = strip_suffix(relative).name + suffix
+        endings = ", ".join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)
+        raise ConfigError(
+            f"{root / relative}: no {name}<{endings}> under data.{key}_root={root}; if {key} names add "
+            f"something to the image's name (e.g. _1stHO), set data.{key}_suffix"
+        )
+    return found
+
+
 def list_records(cfg: Mapping, suffixes: tuple[str, ...]) -> list[Record]:
-    """Records of the files with ``suffixes`` under ``cfg["root"]``; labels are the class folders."""
+    """Records of the files with ``suffixes`` under ``cfg["root"]``; labels are the class folders.
+
+    A mask (``data.mask_root``) and a region of interest (``data.roi_root``) have the image's
+    relative path and stem plus ``data.mask_suffix`` / ``data.roi_suffix``, in any file type.
+    """
     root = Path(cfg["root"]).expanduser()
     if not root.is_dir():
         raise ConfigError(f"data.root={root} is not a folder")
-    mask_root = Path(cfg["mask_root"]).expanduser() if cfg.get("mask_root") else None
+    roots = {key: Path(cfg[f"{key}_root"]).expanduser() for key in ("mask", "roi") if cfg.get(f"{key}_root")}
+    if "roi" in roots and cfg["task"] == "classification":
+        raise ConfigError("data.roi_root restricts segmentation; data.task=classification has no masks")
     records = []
     for path in sorted(p for p in root.rglob("*") if full_suffix(p) in suffixes and p.is_file()):
         relative = path.relative_to(root)
         label = relative.parts[0] if len(relative.parts) > 1 else None
-        mask = _find_mask(mask_root, relative) if mask_root else None
-        if mask_root and mask is None and cfg["task"] != "classification":
-            raise ConfigError(f"{path}: no mask with the same relative path under data.mask_root={mask_root}")
-        records.append(Record(name=str(relative), images=(path,), label=label, mask=mask))
+        found = {
+            key: _required(folder, relative, cfg.get(f"{key}_suffix") or "", key)
+            for key, folder in roots.items()
+            if cfg["task"] != "classification"
+        }
+        records.append(Record(str(relative), (path,), label, found.get("mask"), found.get("roi")))
     return records
 
 

@@ -1,7 +1,8 @@
 """The ``manifest`` data source: a CSV or JSON list of samples.
 
 Columns (CSV header or JSON object keys): ``image`` (required), and optionally ``label``,
-``mask``, ``patient_id``, ``split`` (train/val/test) and any metadata such as ``site``, which
+``mask``, ``roi`` (a region-of-interest mask: a retinal field of view, a body mask; pixels outside
+it count in no loss or metric), ``patient_id``, ``split`` (train/val/test) and any metadata such as ``site``, which
 travels with each sample (``Splits.meta``) for subgroup analyses. Paths are relative to the
 manifest's folder. With ``patient_id`` and no ``split``, the automatic
 split keeps each patient's images together; a patient listed in two explicit splits is refused.
@@ -36,7 +37,7 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
     return [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
 
 
-KNOWN_COLUMNS = ("image", "label", "mask", "patient_id", "split")
+KNOWN_COLUMNS = ("image", "label", "mask", "roi", "patient_id", "split")
 
 
 @SOURCES.register("manifest")
@@ -53,6 +54,7 @@ def manifest_splits(cfg: Mapping) -> Splits:
             images=(base / row["image"],),
             label=row.get("label") or None,
             mask=base / row["mask"] if row.get("mask") else None,
+            roi=base / row["roi"] if row.get("roi") else None,
             patient=row.get("patient_id") or None,
             split=row.get("split") or None,
             meta=tuple((k, v) for k, v in row.items() if k not in KNOWN_COLUMNS),
@@ -60,6 +62,9 @@ def manifest_splits(cfg: Mapping) -> Splits:
         for row in rows
     ]
     for record in records:
-        if not record.images[0].is_file():
-            raise ConfigError(f"{path}: image {record.images[0]} is missing")
+        for kind, file in (("image", record.images[0]), ("mask", record.mask), ("roi", record.roi)):
+            if file is not None and not file.is_file():
+                raise ConfigError(f"{path}: {kind} {file} is missing")
+    if cfg["task"] == "classification" and any(r.roi for r in records):
+        raise ConfigError(f"{path}: a roi column restricts segmentation; data.task=classification has no masks")
     return records_to_splits(records, cfg, str(path))

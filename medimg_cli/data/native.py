@@ -33,19 +33,24 @@ def pad_to(sample: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def stack_native(
-    images: list[torch.Tensor], masks: list[torch.Tensor] | None, multiple: int = MULTIPLE
+    images: list[torch.Tensor],
+    masks: list[torch.Tensor] | None,
+    multiple: int = MULTIPLE,
+    rois: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Stack ``(C, *spatial_i)`` samples of any sizes.
 
     Returns:
         images ``(N, C, *size)``, masks ``(N, 1, *size)`` (or ``None``) and the ROI ``(N, 1, *size)``
         uint8, where ``size`` is the largest extent on each axis rounded up to a multiple of
-        ``multiple``; the ROI is ``None`` when every sample already has that size (nothing is padded).
+        ``multiple``; the ROI is ``None`` when every sample already has that size (nothing is padded)
+        and no ``rois`` ``(1, *spatial_i)`` were given (regions read from files, padded too).
     """
     shapes = [tuple(image.shape[1:]) for image in images]
     size = tuple(-(-max(axis) // multiple) * multiple for axis in zip(*shapes, strict=True))
-    if all(shape == size for shape in shapes):
+    if all(shape == size for shape in shapes) and rois is None:
         return torch.stack(images), torch.stack(masks) if masks else None, None
-    roi = [pad_to(torch.ones(1, *shape, dtype=torch.uint8), size) for shape in shapes]
+    rois = rois or [torch.ones(1, *shape, dtype=torch.uint8) for shape in shapes]
+    roi = [pad_to(region.to(torch.uint8), size) for region in rois]
     stacked_masks = torch.stack([pad_to(mask, size) for mask in masks]) if masks else None
     return torch.stack([pad_to(image, size) for image in images]), stacked_masks, torch.stack(roi)
