@@ -19,6 +19,7 @@ from test_volumes import nifti_dataset, nifti_overrides  # noqa: F401  (nifti_da
 
 from medimg_cli.commands import eval as eval_command
 from medimg_cli.commands.train import train
+from medimg_cli.evaluation.run import mask_png
 
 CLASSIFYING = ["metrics.json", "metrics.csv", "predictions.csv", "confusion_matrix.csv", "confusion_matrix.png"]
 CLASSIFYING += ["roc.png", "reliability.png", "reliability.csv", "risk_coverage.png", "risk_coverage.csv"]
@@ -79,7 +80,7 @@ def test_eval_writes_every_file_for_the_three_phantom_tasks(tmp_path, capsys, ta
         masks = sorted((out / "masks").glob("*.png"))
         assert len(masks) == cases
         labels = np.array(Image.open(masks[0]))
-        assert labels.shape == (32, 32) and set(np.unique(labels)) <= {0, 1}
+        assert labels.shape == (32, 32) and set(np.unique(labels)) <= {0, 255}  # visible: 0/255
         dice = np.mean([float(r["dice"]) for r in rows])
         assert document["metrics"]["dice"]["value"] == pytest.approx(dice)
         assert document["distance_unit"] == "pixels"
@@ -198,3 +199,13 @@ def test_grad_cam_peaks_inside_the_lesion_for_most_correctly_classified_cases(tm
         scored = [r for r in rows if predictions[r["case"]]["correct"] == "True"]
         assert len(scored) == pointing["cases"]
         assert np.mean([r["peak_in_mask"] == "True" for r in scored]) == pytest.approx(pointing["peak_in_mask"])
+
+
+def test_masks_with_several_classes_are_palette_pngs_whose_indices_are_the_labels(tmp_path):
+    labels = np.zeros((6, 5), np.uint8)
+    labels[1:3, 1:3], labels[4:, 2:] = 1, 2
+    (tmp_path / "m.png").write_bytes(mask_png(labels, num_classes=3))
+    picture = Image.open(tmp_path / "m.png")
+    assert picture.mode == "P" and np.array_equal(np.array(picture), labels)
+    colours = np.array(picture.convert("RGB"))
+    assert (colours[0, 0] == 0).all() and colours[1, 1].any() and (colours[1, 1] != colours[4, 2]).any()

@@ -138,17 +138,35 @@ def _validation_logits(model: nn.Module, data: Splits, info: DataInfo, batch_siz
     return predict(model, batches, info, speed).logits[0]
 
 
-def _write_masks(folder: Path, labels: torch.Tensor, ids: list[str], spacing: list[list[float] | None]) -> None:
-    """One file per case: PNG of the label values (2D) or NIfTI with the pixel spacing (3D)."""
+# PNG palette of label maps with several classes: background black, then distinct colours
+PALETTE = [0, 0, 0, 230, 25, 75, 60, 180, 75, 255, 225, 25, 0, 130, 200, 245, 130, 48, 145, 30, 180, 70, 240, 240]
+
+
+def mask_png(labels: np.ndarray, num_classes: int) -> bytes:
+    """A ``(H, W)`` label map as a PNG that opens as a visible picture: 0/255 grayscale for one
+    foreground class, else a palette image whose pixel indices are the labels."""
+    if num_classes <= 2:
+        picture = Image.fromarray((labels > 0).astype(np.uint8) * 255)
+    else:
+        picture = Image.fromarray(labels.astype(np.uint8))
+        colours = PALETTE[3:] * (1 + 3 * num_classes // (len(PALETTE) - 3))  # cycled after 7 classes
+        picture.putpalette(PALETTE[:3] + colours[: 3 * 255])  # an "L" image becomes "P"
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_masks(
+    folder: Path, labels: torch.Tensor, ids: list[str], spacing: list[list[float] | None], num_classes: int
+) -> None:
+    """One file per case: a visible PNG (``mask_png``, 2D) or NIfTI of the labels with the pixel spacing (3D)."""
     import nibabel as nib
 
     folder.mkdir(parents=True, exist_ok=True)
     for case, name in enumerate(ids):
         array = labels[case].numpy().astype(np.uint8)
         if array.ndim == 2:
-            buffer = io.BytesIO()
-            Image.fromarray(array).save(buffer, format="PNG")
-            write_atomic(folder / f"{name}.png", buffer.getvalue())
+            write_atomic(folder / f"{name}.png", mask_png(array, num_classes))
         else:
             affine = np.diag([*(spacing[case] or [1.0, 1.0, 1.0]), 1.0])
             write_atomic(folder / f"{name}.nii.gz", gzip.compress(nib.Nifti1Image(array, affine).to_bytes()))
@@ -337,7 +355,7 @@ def evaluate_split(
         if not info.classifies:  # the risk-coverage curve of a segmenter: Dice against mask entropy
             quality, uncertainty = torch.as_tensor(values["dice"].mean(axis=1)), predictions.seg_entropy
         if settings.masks:
-            _write_masks(out / "masks", predictions.seg_labels, ids, spacing)
+            _write_masks(out / "masks", predictions.seg_labels, ids, spacing, info.num_seg_classes)
     curve = risk_coverage(uncertainty, quality)
     quality_name = "accuracy" if info.classifies else "Dice"
     write_atomic(out / "risk_coverage.csv", columns_csv({k: v.tolist() for k, v in curve.items()}))
