@@ -280,6 +280,20 @@ def _segmentation_outputs(
     return {name: np.concatenate([part[name] for part in parts]) for name in SEGMENTATION}
 
 
+def _risk_coverage(
+    result: Evaluation, out: Path, uncertainty: torch.Tensor, quality: torch.Tensor, name: str, settings: Settings
+) -> None:
+    """The risk-coverage curve of ``(N,)`` per-case ``quality`` ordered by ``uncertainty``: CSV, figure, summary."""
+    curve = risk_coverage(uncertainty, quality)
+    write_atomic(out / "risk_coverage.csv", columns_csv({k: v.tolist() for k, v in curve.items()}))
+    figures.risk_coverage_figure(out / "risk_coverage.png", curve, name, settings.uncertainty)
+    result.document["risk_coverage"] = {
+        "quality": name,
+        "aurc": float((1 - curve["quality"]).mean()),  # area under the risk (1 - quality) curve
+        "quality_at_80_percent": float(curve["quality"][int(np.ceil(0.8 * len(quality))) - 1]),
+    }
+
+
 def _roi(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
     """The split's ``(N, *spatial)`` region of interest, or ``None``."""
     return tensors["roi"][:, 0] if "roi" in tensors else None
@@ -356,15 +370,7 @@ def evaluate_split(
             quality, uncertainty = torch.as_tensor(values["dice"].mean(axis=1)), predictions.seg_entropy
         if settings.masks:
             _write_masks(out / "masks", predictions.seg_labels, ids, spacing, info.num_seg_classes)
-    curve = risk_coverage(uncertainty, quality)
-    quality_name = "accuracy" if info.classifies else "Dice"
-    write_atomic(out / "risk_coverage.csv", columns_csv({k: v.tolist() for k, v in curve.items()}))
-    figures.risk_coverage_figure(out / "risk_coverage.png", curve, quality_name, settings.uncertainty)
-    result.document["risk_coverage"] = {
-        "quality": quality_name,
-        "aurc": float((1 - curve["quality"]).mean()),  # area under the risk (1 - quality) curve
-        "quality_at_80_percent": float(curve["quality"][int(np.ceil(0.8 * count)) - 1]),
-    }
+    _risk_coverage(result, out, uncertainty, quality, "accuracy" if info.classifies else "Dice", settings)
     write_atomic(out / "predictions.csv", columns_csv(columns))
     groups = _subgroups(data, split, settings.subgroups, cases, settings)
     if groups["column"]:
