@@ -8,13 +8,15 @@ volumes of different sizes around 48^3 with a bright sphere as foreground, or th
 Hippocampus from ``--hippocampus`` when given), the same patch size, batch, loss (Dice + CE) and
 optimizer (Adam) on both sides:
 
-- training patches/s over ``--steps`` steps (after ``--warmup`` untimed steps):
+- training patches/s over passes of ``--steps`` steps (median of ``--repeats``, after a warm-up
+  pass; the two sides alternate):
   ``medimg``: ``PatchBatches`` (patches cut on the device, a third on foreground) and
   ``loop.train_epoch``; ``MONAI``: ``CacheDataset`` + ``RandCropByPosNegLabeld`` (pos 1 : neg 2,
   the same third) + ``DataLoader`` (``--workers``) and the same step written as MONAI's tutorials do;
 - inference seconds per volume over the volumes: ``medimg``'s ``SlidingWindow`` on the padded
-  stack (Gaussian blending, overlap 0.5) against ``sliding_window_inference`` on each volume at
-  its own size, both with ``--windows`` windows per forward pass.
+  stack, each volume tiled over its region (Gaussian blending, overlap 0.5), against
+  ``sliding_window_inference`` on each volume at its own size, both with ``--windows`` windows
+  per forward pass and without loss or metrics.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from medimg_cli.augment import build_augment
 from medimg_cli.data import DataInfo
@@ -34,7 +38,7 @@ from medimg_cli.data.batches import TensorBatches
 from medimg_cli.data.native import stack_native
 from medimg_cli.data.patches import PatchBatches
 from medimg_cli.fileio import csv_text, write_atomic
-from medimg_cli.loop import evaluate, synchronize, train_epoch
+from medimg_cli.loop import synchronize, train_epoch
 from medimg_cli.losses import TaskLoss
 from medimg_cli.models import create_model
 from medimg_cli.sliding import SlidingWindow
@@ -76,8 +80,8 @@ def unet(device: torch.device, classes: int) -> torch.nn.Module:
     return create_model("unet", **args).to(device)
 
 
-def medimg_side(volumes, args, device, classes) -> tuple[float, float]:
-    """(training patches/s, inference s/volume) of medimg's patch pipeline."""
+def medimg_side(volumes, args, device, classes) -> dict[str, Callable[[], object]]:
+    """The timed passes of medimg's patch pipeline: ``train`` (``--steps`` steps), ``infer`` (all volumes)."""
     images, masks, roi = stack_native([v[0] for v in volumes], [v[1] for v in volumes], 1)
     tensors = {"image": images, "mask": masks} | ({"roi": roi} if roi is not None else {})
     info = DataInfo("segmentation", 3, 1, 0, classes, (), image_size=(args.patch,) * 3)
@@ -85,21 +89,21 @@ def medimg_side(volumes, args, device, classes) -> tuple[float, float]:
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     speed = Speed.from_config({"precision": "fp32", "channels_last": False}, device, model, 3)
     augment, scaler = build_augment({"name": "none"}, info), speed.scaler()
-    patch = (args.patch,) * 3
-    warm = PatchBatches(tensors, args.batch, device, patch, 1 / 3, args.warmup, seed=1)
-    train_epoch(model, warm, 0, loss, optimizer, augment, speed, scaler)
-    timed = PatchBatches(tensors, args.batch, device, patch, 1 / 3, args.steps, seed=0)
-    stats = train_epoch(model, timed, 1, loss, optimizer, augment, speed, scaler)
-    window = SlidingWindow(model, patch, 0.5, args.windows)
-    synchronize(device)
-    start = time.perf_counter()
-    evaluate(window, TensorBatches(tensors, 1, device), loss, speed)
-    synchronize(device)
-    return stats["train_images_per_second"], (time.perf_counter() - start) / len(volumes)
+    batches = PatchBatches(tensors, args.batch, device, (args.patch,) * 3, 1 / 3, args.steps, seed=0)
+    window, whole = SlidingWindow(model, (args.patch,) * 3, 0.5, args.windows), TensorBatches(tensors, 1, device)
+
+    @torch.no_grad()
+    def infer() -> None:  # the forward passes alone, as on the MONAI side (evaluate adds loss and metrics)
+        model.eval()
+        for batch in whole.epoch():
+            window(batch["image"], batch.get("roi"))
+        synchronize(device)
+
+    return {"train": lambda: train_epoch(model, batches, 1, loss, optimizer, augment, speed, scaler), "infer": infer}
 
 
-def monai_side(volumes, args, device, classes) -> tuple[float, float]:
-    """(training patches/s, inference s/volume) of the MONAI tutorial pipeline on the same data."""
+def monai_side(volumes, args, device, classes) -> dict[str, Callable[[], object]]:
+    """The same passes of the MONAI tutorial pipeline on the same data."""
     from monai import transforms as mt
     from monai.data import CacheDataset, DataLoader
     from monai.inferers import sliding_window_inference
@@ -112,33 +116,41 @@ def monai_side(volumes, args, device, classes) -> tuple[float, float]:
     model, loss_fn = unet(device, classes), DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
 
-    def steps(count: int) -> int:
+    def train() -> None:
+        model.train()
         done = 0
-        while done < count:
+        while done < args.steps:
             for batch in loader:
                 image, label = batch["image"].to(device), batch["label"].to(device)
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn(model(image)["seg_logits"], label.long()).backward()
                 optimizer.step()
                 done += 1
-                if done == count:
+                if done == args.steps:
                     break
-        return done
+        synchronize(device)
 
-    model.train()
-    steps(args.warmup)
-    synchronize(device)
-    start = time.perf_counter()
-    steps(args.steps)
-    synchronize(device)
-    train_rate = args.steps * args.batch / (time.perf_counter() - start)
-    model.eval()
-    start = time.perf_counter()
-    with torch.no_grad():
+    @torch.no_grad()
+    def infer() -> None:
+        model.eval()
         for image, _ in volumes:
             sliding_window_inference(image[None].to(device), (args.patch,) * 3, args.windows, model, 0.5, "gaussian")
-    synchronize(device)
-    return train_rate, (time.perf_counter() - start) / len(volumes)
+        synchronize(device)
+
+    return {"train": train, "infer": infer}
+
+
+def measure(sides: dict[str, dict[str, Callable[[], object]]], repeats: int) -> dict[str, dict[str, float]]:
+    """Median seconds of each side's passes, the sides alternating so both see the same machine state."""
+    for passes in sides.values():  # warm-up: first-call allocations and kernel selection
+        for run in passes.values():
+            run()
+    times = {name: {kind: [] for kind in passes} for name, passes in sides.items()}
+    for _ in range(repeats):
+        for name, passes in sides.items():
+            for kind, run in passes.items():
+                times[name][kind].append(median_seconds(run, 1, warmup=False))
+    return {name: {kind: statistics.median(values) for kind, values in kinds.items()} for name, kinds in times.items()}
 
 
 def main() -> None:
@@ -149,7 +161,7 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=32)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--windows", type=int, default=4)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -160,7 +172,9 @@ def main() -> None:
     volumes = hippocampus(args.hippocampus, args.volumes) if args.hippocampus else synthetic_volumes(args.volumes)
     classes = int(max(int(m.max()) for _, m in volumes)) + 1
     data = f"MSD Hippocampus, {len(volumes)} cases" if args.hippocampus else f"{len(volumes)} synthetic volumes"
-    results = {side.__name__.split("_")[0]: side(volumes, args, device, classes) for side in (medimg_side, monai_side)}
+    sides = {side.__name__.split("_")[0]: side(volumes, args, device, classes) for side in (medimg_side, monai_side)}
+    seconds = measure(sides, args.repeats)
+    results = {name: (args.steps * args.batch / t["train"], t["infer"] / len(volumes)) for name, t in seconds.items()}
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, GPU: {gpu}"
     header = ("pipeline", "device", "training_patches_per_second", "inference_seconds_per_volume")
@@ -173,8 +187,9 @@ def main() -> None:
         "# Patch training and sliding-window inference: medimg vs MONAI's standard pipeline",
         "",
         f"Machine: {machine}. Versions: torch {torch.__version__}, monai {monai.__version__}.",
-        f"Data: {data}; 3D BasicUNet, patch {args.patch}^3, batch {args.batch}, {args.steps} timed steps after "
-        f"{args.warmup}, DataLoader workers {args.workers}, {args.windows} windows per pass, overlap 0.5.",
+        f"Data: {data}; 3D BasicUNet, patch {args.patch}^3, batch {args.batch}, {args.steps} steps per pass, "
+        f"a warm-up pass, median of {args.repeats} alternating repeats, DataLoader workers {args.workers}, "
+        f"{args.windows} windows per forward pass, overlap 0.5.",
         "",
         "| pipeline | training patches/s | inference s/volume |",
         "|---|---:|---:|",

@@ -20,6 +20,7 @@ from medimg_cli.augment import Augmenter
 from medimg_cli.data.batches import StreamBatches, TensorBatches
 from medimg_cli.losses import TaskLoss
 from medimg_cli.metrics import TaskMetrics
+from medimg_cli.sliding import call
 from medimg_cli.speed import Speed
 
 Batches = TensorBatches | StreamBatches
@@ -87,7 +88,7 @@ def evaluate(
         synchronize(batches.device)
         start = time.perf_counter()
         with speed.autocast():
-            outputs = model(speed.layout(batch["image"]))
+            outputs = call(model, speed.layout(batch["image"]), batch.get("roi"))
         synchronize(batches.device)
         seconds += time.perf_counter() - start
         size = batch["image"].shape[0]

@@ -144,9 +144,12 @@ def test_geometric_augmentation_moves_the_roi_with_the_image():
     assert 0 < int(moved["roi"].sum()) < 2 * 256  # corners rotated in from outside are not real pixels
 
 
-def test_segmentation_trains_on_images_of_different_sizes(tmp_path):
+@pytest.mark.parametrize("patches", [[], ["data.patch_size=[32,32]", "trainer.steps_per_epoch=3"]])
+def test_segmentation_trains_on_images_of_different_sizes(tmp_path, patches):
     _write_folder(tmp_path / "data")
-    cfg = _folder_cfg(tmp_path / "data", "model=unet", "trainer.epochs=2", "trainer.batch_size=4", "device=cpu")
+    cfg = _folder_cfg(
+        tmp_path / "data", "model=unet", "trainer.epochs=2", "trainer.batch_size=4", "device=cpu", *patches
+    )
     summary = train(cfg, tmp_path / "run")
     check_test_metrics(tmp_path / "run", summary["test"])
     checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"

@@ -117,3 +117,17 @@ def test_segmentation_trains_on_patches_and_eval_reproduces_its_test_numbers(tmp
     metrics = evaluate_checkpoint(tmp_path / "checkpoints" / "best.pt", "test", "cpu")
     for key in ("loss", "dice", "iou"):  # medimg eval runs the same sliding windows
         assert metrics[key] == pytest.approx(summary["test"][key], abs=1e-6), key
+
+
+@torch.no_grad()
+def test_sliding_window_tiles_each_image_over_its_roi_bounding_box_only():
+    model, images = _unet(), torch.randn(2, 1, 64, 48)
+    roi = torch.zeros(2, 1, 64, 48, dtype=torch.uint8)
+    roi[0, :, :40, :33] = 1  # a 40 x 33 image padded to 64 x 48
+    roi[1, :, 5:60, 2:48] = 1  # a field of view
+    window = SlidingWindow(model, (32, 32), overlap=0.5)
+    found = window(images, roi)["seg_logits"]
+    alone = window(images[:1, :, :40, :33])["seg_logits"]
+    torch.testing.assert_close(found[:1, :, :40, :33], alone)
+    assert found[0, :, 40:].abs().sum() == 0 and found[0, :, :, 33:].abs().sum() == 0
+    torch.testing.assert_close(found[1:, :, 5:60, 2:48], window(images[1:, :, 5:60, 2:48])["seg_logits"])

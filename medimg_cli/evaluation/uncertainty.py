@@ -23,6 +23,7 @@ from torch import nn
 from medimg_cli.data import DataInfo
 from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError, unknown_choice
+from medimg_cli.sliding import call
 from medimg_cli.speed import Speed
 
 METHODS = ("none", "mc_dropout", "tta")
@@ -99,8 +100,9 @@ def predict(
             for index in range(passes):
                 axes = flips[index] if method == "tta" else ()
                 image = batch["image"].flip(axes) if axes else batch["image"]
+                roi = batch.get("roi")
                 with speed.autocast():
-                    outputs = model(speed.layout(image))
+                    outputs = call(model, speed.layout(image), roi.flip(axes) if axes and roi is not None else roi)
                 if info.classifies:
                     batch_logits.append(outputs["class_logits"].float().cpu())
                 if info.segments:
