@@ -217,3 +217,25 @@ def test_manifest_roi_column_and_a_missing_roi_file(tmp_path):
     (tmp_path / "fov" / "Image_03_fov.png").unlink()
     with pytest.raises(ConfigError, match="roi .*Image_03_fov.png is missing"):
         build_data(dict(compose_config(overrides).data))
+
+
+def test_a_case_column_names_every_output_and_is_checked(tmp_path):
+    _vessel_folder(tmp_path)
+    rows = ["case,image,mask"] + [
+        f"eye{i:02d},images/Image_{i:02d}.jpg,manual/Image_{i:02d}_1stHO.gif" for i in range(8)
+    ]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    overrides = ["data=manifest", f"data.path={tmp_path / 'm.csv'}", "data.task=segmentation", "data.image_size=32",
+                 "data.cache=false", "data.split=[0.5,0.25,0.25]", "model=unet", "trainer.epochs=1",
+                 "device=cpu"]  # fmt: skip
+    train(compose_config(overrides), tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
+    evaluate_checkpoint_cfg(
+        compose_config([f"checkpoint={checkpoint}", "device=cpu", "eval.bootstrap=20"], name="eval")
+    )
+    written = sorted(p.stem for p in (tmp_path / "run" / "eval" / "test" / "masks").glob("*.png"))
+    assert len(written) == 2 and all(name.startswith("eye") for name in written)
+    for bad, message in (("eye01", "case 'eye01' is listed twice"), ("../x", "case '../x' must be letters")):
+        (tmp_path / "m.csv").write_text("\n".join([*rows, f"{bad},images/Image_00.jpg,manual/Image_00_1stHO.gif"]))
+        with pytest.raises(ConfigError, match=message):
+            build_data(dict(compose_config(overrides).data))

@@ -49,6 +49,7 @@ class Record:
     label: str | None = None
     mask: Path | None = None
     roi: Path | None = None  # a region-of-interest mask (field of view, body): nonzero pixels count
+    case: str | None = None  # the user's own name of the case, used instead of the hashed id
     patient: str | None = None
     split: str | None = None
     kind: str = "file"  # "dicom": ``images`` are the slice files of one series, in spatial order
@@ -238,7 +239,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
     if not records:
         raise ConfigError(f"{source}: every file was skipped as bad")
     salt = cfg["salt"]
-    record_ids = [anonymise(r.name, salt) for r in records]
+    record_ids = [r.case or anonymise(r.name, salt) for r in records]
     patients = [anonymise(r.patient, salt) if r.patient else None for r in records]
     record_splits = _assign_splits(records, record_ids, patients, cfg, source)
     audit_counts = audit(record_splits, patients, digests)

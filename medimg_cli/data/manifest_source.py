@@ -1,17 +1,20 @@
 """The ``manifest`` data source: a CSV or JSON list of samples.
 
 Columns (CSV header or JSON object keys): ``image`` (required), and optionally ``label``,
-``mask``, ``roi`` (a region-of-interest mask: a retinal field of view, a body mask; pixels outside
-it count in no loss or metric), ``patient_id``, ``split`` (train/val/test) and any metadata such as ``site``, which
-travels with each sample (``Splits.meta``) for subgroup analyses. Paths are relative to the
-manifest's folder. With ``patient_id`` and no ``split``, the automatic
-split keeps each patient's images together; a patient listed in two explicit splits is refused.
+``mask``, ``case`` (a name of your own for the case, used in every output instead of the hashed
+id; it must not identify a patient), ``roi`` (a region-of-interest mask: a retinal field of
+view, a body mask; pixels outside it count in no loss or metric), ``patient_id``, ``split``
+(train/val/test) and any metadata such as ``site``, which travels with each sample
+(``Splits.meta``) for subgroup analyses. Paths are relative to the manifest's folder. With
+``patient_id`` and no ``split``, the automatic split keeps each patient's images together; a
+patient listed in two explicit splits is refused.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,7 +40,23 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
     return [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
 
 
-KNOWN_COLUMNS = ("image", "label", "mask", "roi", "patient_id", "split")
+KNOWN_COLUMNS = ("image", "label", "mask", "roi", "case", "patient_id", "split")
+CASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # it becomes a file name
+
+
+def _check_cases(cases: list[str | None], path: Path) -> None:
+    """A ``case`` column names every row once, with a name that can be a file name."""
+    named = [c for c in cases if c is not None]
+    if not named:
+        return
+    if len(named) < len(cases):
+        raise ConfigError(f"{path}: the case column is empty in {len(cases) - len(named)} row(s); name every case")
+    bad = next((c for c in named if not CASE_NAME.fullmatch(c)), None)
+    if bad is not None:
+        raise ConfigError(f"{path}: case {bad!r} must be letters, digits, '.', '_' or '-' (it names output files)")
+    repeated = next((c for c in named if named.count(c) > 1), None)
+    if repeated is not None:
+        raise ConfigError(f"{path}: case {repeated!r} is listed twice; each row needs its own case name")
 
 
 @SOURCES.register("manifest")
@@ -55,6 +74,7 @@ def manifest_splits(cfg: Mapping) -> Splits:
             label=row.get("label") or None,
             mask=base / row["mask"] if row.get("mask") else None,
             roi=base / row["roi"] if row.get("roi") else None,
+            case=row.get("case") or None,
             patient=row.get("patient_id") or None,
             split=row.get("split") or None,
             meta=tuple((k, v) for k, v in row.items() if k not in KNOWN_COLUMNS),
@@ -65,6 +85,7 @@ def manifest_splits(cfg: Mapping) -> Splits:
         for kind, file in (("image", record.images[0]), ("mask", record.mask), ("roi", record.roi)):
             if file is not None and not file.is_file():
                 raise ConfigError(f"{path}: {kind} {file} is missing")
+    _check_cases([r.case for r in records], path)
     if cfg["task"] == "classification" and any(r.roi for r in records):
         raise ConfigError(f"{path}: a roi column restricts segmentation; data.task=classification has no masks")
     return records_to_splits(records, cfg, str(path))
