@@ -19,7 +19,7 @@ from test_volumes import nifti_dataset, nifti_overrides  # noqa: F401  (nifti_da
 
 from medimg_cli.commands import eval as eval_command
 from medimg_cli.commands.train import train
-from medimg_cli.evaluation.run import mask_png
+from medimg_cli.evaluation.written import mask_png
 
 CLASSIFYING = ["metrics.json", "metrics.csv", "predictions.csv", "confusion_matrix.csv", "confusion_matrix.png"]
 CLASSIFYING += ["roc.png", "reliability.png", "reliability.csv", "risk_coverage.png", "risk_coverage.csv"]
@@ -119,7 +119,8 @@ def test_surface_distances_of_a_nifti_dataset_are_in_millimetres(nifti_dataset, 
     document = _eval(checkpoint)
     assert document["distance_unit"] == "mm"
     written = nib.load(sorted((tmp_path / "run" / "eval" / "test" / "masks").glob("*.nii.gz"))[0])
-    assert written.header.get_zooms() == (4.0, 2.0, 2.0)  # 16 voxels of 2 x 1 x 1 mm resized to 8
+    # resized to 8^3 (4 x 2 x 2 mm) for the model; written back at the original 16^3 of 2 x 1 x 1 mm
+    assert written.shape == (16, 16, 16) and written.header.get_zooms() == (2.0, 1.0, 1.0)
 
 
 @needs_shared

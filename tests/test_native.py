@@ -17,6 +17,7 @@ from medimg_cli.commands.train import train
 from medimg_cli.data import DataInfo, build_data
 from medimg_cli.data.native import MULTIPLE, stack_native
 from medimg_cli.errors import ConfigError
+from medimg_cli.evaluation.written import to_original
 from medimg_cli.losses import SEGMENTATION_LOSSES
 from medimg_cli.metrics import TaskMetrics
 
@@ -153,10 +154,17 @@ def test_segmentation_trains_on_images_of_different_sizes(tmp_path, patches):
     summary = train(cfg, tmp_path / "run")
     check_test_metrics(tmp_path / "run", summary["test"])
     checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
-    eval_cfg = compose_config([f"checkpoint={checkpoint}", "device=cpu", "eval.bootstrap=50"], name="eval")
-    document = evaluate_checkpoint_cfg(eval_cfg)  # medimg eval scores inside the ROI as training did
+    overrides = [f"checkpoint={checkpoint}", "device=cpu", "eval.bootstrap=50", "eval.save_probabilities=true"]
+    document = evaluate_checkpoint_cfg(compose_config(overrides, name="eval"))  # scored inside the ROI as in training
     for key in ("dice", "iou"):
         assert document["metrics"][key]["value"] == pytest.approx(summary["test"][key], abs=1e-6), key
+    out = tmp_path / "run" / "eval" / "test"
+    for path in sorted((out / "masks").glob("*.png")):  # each at its image's own size, 0/255
+        mask = np.array(Image.open(path))
+        probabilities = np.load(out / "probabilities" / f"{path.stem}.npz")["probabilities"]
+        assert mask.shape in SIZES and probabilities.shape == (2, *mask.shape) and probabilities.dtype == np.float16
+        np.testing.assert_allclose(probabilities.astype(np.float32).sum(0), 1, atol=2e-3)
+        assert ((probabilities[1] > probabilities[0]) == (mask == 255)).mean() > 0.99  # float16 ties aside
 
 
 def test_with_patches_the_native_stack_is_not_rounded_up(tmp_path):
@@ -239,3 +247,14 @@ def test_a_case_column_names_every_output_and_is_checked(tmp_path):
         (tmp_path / "m.csv").write_text("\n".join([*rows, f"{bad},images/Image_00.jpg,manual/Image_00_1stHO.gif"]))
         with pytest.raises(ConfigError, match=message):
             build_data(dict(compose_config(overrides).data))
+
+
+def test_outputs_go_back_to_the_original_size():
+    stored = torch.arange(2 * 6 * 8, dtype=torch.float32).view(2, 6, 8)
+    cropped = to_original(stored, [[4, 5], [4, 5]], labels=False)  # padded native image: crop only
+    torch.testing.assert_close(cropped, stored[:, :4, :5])
+    labels = torch.tensor([[[0, 1], [2, 1]]], dtype=torch.uint8)
+    assert to_original(labels, [[2, 2], [4, 4]], labels=True).tolist() == [
+        [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 1, 1], [2, 2, 1, 1]]
+    ]  # resized from 4 x 4 to 2 x 2 for training: labels back by nearest neighbour
+    assert to_original(stored, None, labels=False) is stored

@@ -64,6 +64,8 @@ class Splits:
     meta: dict[str, dict[str, list[str]]] | None = None  # per split: metadata column -> value per sample
     spacings: list[list[float] | None] | None = None  # native voxel spacing (mm) of each record, before resizing
     pixel_spacing: dict[str, list[list[float] | None]] | None = None  # per split: mm per pixel of each sample
+    # per split and sample: [its extent in the stack (before padding), its size before resizing]
+    sizes: dict[str, list[list[list[int]]]] | None = None
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         if name not in SPLITS:

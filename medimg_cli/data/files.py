@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from medimg_cli.data import DataInfo, Splits, fingerprint
 from medimg_cli.data.cache import cached
 from medimg_cli.data.dicom import apply_window, read_segmentation, read_series
-from medimg_cli.data.native import MULTIPLE, stack_native
+from medimg_cli.data.native import MULTIPLE, check_spacing, stack_native, stored_size
 from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits
 from medimg_cli.errors import ConfigError, unknown_choice
 
@@ -130,27 +130,6 @@ def resize(array: np.ndarray, size: Sequence[int], nearest: bool = False) -> tor
         return F.interpolate(tensor, size=tuple(size), mode="nearest-exact")[0]
     mode = "bilinear" if len(size) == 2 else "trilinear"
     return F.interpolate(tensor, size=tuple(size), mode=mode, antialias=len(size) == 2, align_corners=False)[0]
-
-
-def _spatial_size(cfg: Mapping, image: np.ndarray, name: Path) -> tuple[int, ...]:
-    """The size ``image`` ``(C, *spatial)`` is stored at: ``data.image_size``, or its own (native)."""
-    size, dims = cfg["image_size"], image.ndim - 1
-    if size is None:
-        return tuple(image.shape[1:])
-    size = tuple(size) if isinstance(size, Sequence) else (size,) * dims
-    if len(size) != dims:
-        raise ConfigError(f"data.image_size={list(size)} does not fit {name} ({dims}D)")
-    return size
-
-
-def _check_spacing(cfg: Mapping) -> None:
-    """``data.spacing`` delivers exactly that spacing, so a resize after it is refused, not done."""
-    if cfg.get("spacing") and cfg.get("image_size") is not None:
-        raise ConfigError(
-            f"data.spacing={list(cfg['spacing'])} resamples every volume to that spacing and keeps the resampled "
-            f"size; data.image_size={cfg['image_size']} would resize it again and change the spacing: "
-            "add data.image_size=null (or drop data.spacing)"
-        )
 
 
 def _decode(
@@ -278,6 +257,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         skipped=decoded["skipped"],
         spacings=decoded["spacings"],
         pixel_spacing={name: [decoded["pixel_spacings"][i] for i in idx] for name, idx in by_split.items()},
+        sizes={name: [decoded["sizes"][i] for i in idx] for name, idx in by_split.items()},
         meta=_metadata(records, owners, by_split),
     )
 
@@ -323,14 +303,15 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
         index into ``kept`` of each sample), ``kept`` (indices of the records decoded),
         ``digests`` (a content hash per kept record), ``spacings`` (native spacing per kept record),
         ``pixel_spacings`` (mm per pixel of each sample as stored, after resizing, or ``None``), ``roi``
-        (``(N, 1, *size)`` when native sizes differ, see ``data/native.py``, else ``None``)
+        (``(N, 1, *size)`` when native sizes differ, see ``data/native.py``, else ``None``), ``sizes``
+        (per sample: its stored extent inside the stack and its size before resizing)
         and ``skipped`` (one message per bad file when ``data.on_bad_file=skip``).
     """
     if cfg.get("on_bad_file", "error") not in BAD_FILE_POLICIES:
         raise unknown_choice("data.on_bad_file", cfg["on_bad_file"], BAD_FILE_POLICIES)
-    _check_spacing(cfg)
+    check_spacing(cfg)
     images, masks, owners, kept, digests, skipped, spacings = [], [], [], [], [], [], []
-    pixel_spacings = []
+    pixel_spacings, sizes = [], []
     for index, record in enumerate(records):
         try:
             samples, spacing, sample_spacing = _decode(record, cfg, task)
@@ -341,7 +322,8 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
             continue
         digests.append(hashlib.sha256(b"".join(image.tobytes() for image, _ in samples)).hexdigest())
         for image, mask in samples:
-            size = _spatial_size(cfg, image, record.images[0])
+            size = stored_size(cfg, image, record.images[0])
+            sizes.append([list(size), list(image.shape[1:])])
             images.append(normalise(resize(image, size), cfg["normalize"]))
             pixel_spacings.append(
                 [s * n / m for s, n, m in zip(sample_spacing, image.shape[1:], size, strict=True)]
@@ -372,6 +354,7 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
         "skipped": skipped,
         "spacings": spacings,
         "pixel_spacings": pixel_spacings,
+        "sizes": sizes,
     }
 
 

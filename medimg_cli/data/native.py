@@ -16,13 +16,38 @@ sample sets the size of all).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medimg_cli.errors import ConfigError
+
 PIXEL_MAPS = ("mask", "roi")  # per-pixel maps that move with the image, by nearest neighbour
 MULTIPLE = 32  # the largest total downsampling of the built-in networks (UNETR, Swin-UNETR: 32)
+
+
+def stored_size(cfg: Mapping, image: np.ndarray, name: Path) -> tuple[int, ...]:
+    """The size ``image`` ``(C, *spatial)`` is stored at: ``data.image_size``, or its own (native)."""
+    size, dims = cfg["image_size"], image.ndim - 1
+    if size is None:
+        return tuple(image.shape[1:])
+    size = tuple(size) if isinstance(size, Sequence) else (size,) * dims
+    if len(size) != dims:
+        raise ConfigError(f"data.image_size={list(size)} does not fit {name} ({dims}D)")
+    return size
+
+
+def check_spacing(cfg: Mapping) -> None:
+    """``data.spacing`` delivers exactly that spacing, so a resize after it is refused, not done."""
+    if cfg.get("spacing") and cfg.get("image_size") is not None:
+        raise ConfigError(
+            f"data.spacing={list(cfg['spacing'])} resamples every volume to that spacing and keeps the resampled "
+            f"size; data.image_size={cfg['image_size']} would resize it again and change the spacing: "
+            "add data.image_size=null (or drop data.spacing)"
+        )
 
 
 def pad_to(sample: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

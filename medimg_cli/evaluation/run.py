@@ -12,8 +12,6 @@ training randomness (``medimg benchmark`` with several seeds does).
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from medimg_cli.data import DataInfo, Splits
@@ -32,6 +29,7 @@ from medimg_cli.evaluation.classification import OVERALL, PER_CLASS, classificat
 from medimg_cli.evaluation.explained import explain_cases
 from medimg_cli.evaluation.segmentation import SEGMENTATION, case_metrics
 from medimg_cli.evaluation.uncertainty import Predictions, predict, risk_coverage, sample_statistics
+from medimg_cli.evaluation.written import write_masks, write_probabilities
 from medimg_cli.fileio import columns_csv, write_atomic, write_json
 from medimg_cli.reporting.stats import percentile_interval, resample_indices
 from medimg_cli.speed import Speed
@@ -56,6 +54,7 @@ class Settings:
     cases: int = 8
     steps: int = 32
     overlap: float | None = None  # used by load_trained, which builds the sliding-window model
+    save_probabilities: bool = False
 
 
 @dataclass
@@ -136,40 +135,6 @@ def _validation_logits(model: nn.Module, data: Splits, info: DataInfo, batch_siz
     """``(N, K)`` class logits of the val split, one pass (for temperature scaling)."""
     batches = TensorBatches(data.split("val"), batch_size, speed.device)
     return predict(model, batches, info, speed).logits[0]
-
-
-# PNG palette of label maps with several classes: background black, then distinct colours
-PALETTE = [0, 0, 0, 230, 25, 75, 60, 180, 75, 255, 225, 25, 0, 130, 200, 245, 130, 48, 145, 30, 180, 70, 240, 240]
-
-
-def mask_png(labels: np.ndarray, num_classes: int) -> bytes:
-    """A ``(H, W)`` label map as a PNG that opens as a visible picture: 0/255 grayscale for one
-    foreground class, else a palette image whose pixel indices are the labels."""
-    if num_classes <= 2:
-        picture = Image.fromarray((labels > 0).astype(np.uint8) * 255)
-    else:
-        picture = Image.fromarray(labels.astype(np.uint8))
-        colours = PALETTE[3:] * (1 + 3 * num_classes // (len(PALETTE) - 3))  # cycled after 7 classes
-        picture.putpalette(PALETTE[:3] + colours[: 3 * 255])  # an "L" image becomes "P"
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _write_masks(
-    folder: Path, labels: torch.Tensor, ids: list[str], spacing: list[list[float] | None], num_classes: int
-) -> None:
-    """One file per case: a visible PNG (``mask_png``, 2D) or NIfTI of the labels with the pixel spacing (3D)."""
-    import nibabel as nib
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for case, name in enumerate(ids):
-        array = labels[case].numpy().astype(np.uint8)
-        if array.ndim == 2:
-            write_atomic(folder / f"{name}.png", mask_png(array, num_classes))
-        else:
-            affine = np.diag([*(spacing[case] or [1.0, 1.0, 1.0]), 1.0])
-            write_atomic(folder / f"{name}.nii.gz", gzip.compress(nib.Nifti1Image(array, affine).to_bytes()))
 
 
 def _subgroups(
@@ -338,7 +303,9 @@ def evaluate_split(
     result = Evaluation(document=dict(facts or {}))
     result.document.update(split=split, cases=count, bootstrap=settings.bootstrap, uncertainty=settings.uncertainty)
     batches = TensorBatches(tensors, batch_size, device)
-    predictions = predict(model, batches, info, speed, settings.uncertainty, settings.samples, settings.seed)
+    predictions = predict(
+        model, batches, info, speed, settings.uncertainty, settings.samples, settings.seed, settings.save_probabilities
+    )
     out.mkdir(parents=True, exist_ok=True)
     columns: dict[str, list] = {"case": list(range(count)), "id": ids}
     columns |= {c: list(v) for c, v in ((data.meta or {}).get(split) or {}).items()}
@@ -368,8 +335,12 @@ def evaluate_split(
         columns["mask_entropy"] = predictions.seg_entropy.tolist()
         if not info.classifies:  # the risk-coverage curve of a segmenter: Dice against mask entropy
             quality, uncertainty = torch.as_tensor(values["dice"].mean(axis=1)), predictions.seg_entropy
+        sizes = (data.sizes or {}).get(split)
+        sizes = sizes if sizes and len(sizes) == count else None
         if settings.masks:
-            _write_masks(out / "masks", predictions.seg_labels, ids, spacing, info.num_seg_classes)
+            write_masks(out / "masks", predictions.seg_labels, ids, spacing, info.num_seg_classes, sizes)
+        if settings.save_probabilities:
+            write_probabilities(out / "probabilities", predictions.seg_probs, ids, sizes)
     _risk_coverage(result, out, uncertainty, quality, "accuracy" if info.classifies else "Dice", settings)
     write_atomic(out / "predictions.csv", columns_csv(columns))
     groups = _subgroups(data, split, settings.subgroups, cases, settings)

@@ -38,11 +38,13 @@ class Predictions:
         logits: ``(S, N, K)`` class logits of each pass (classification), else ``None``.
         seg_labels: ``(N, *spatial)`` predicted mask labels from the mean probabilities, else ``None``.
         seg_entropy: ``(N,)`` mean per-pixel predictive entropy of the masks, else ``None``.
+        seg_probs: ``(N, K, *spatial)`` float16 mean class probabilities, when asked for, else ``None``.
     """
 
     logits: torch.Tensor | None
     seg_labels: torch.Tensor | None
     seg_entropy: torch.Tensor | None
+    seg_probs: torch.Tensor | None = None
 
 
 def entropy(probs: torch.Tensor, dim: int) -> torch.Tensor:
@@ -77,8 +79,10 @@ def predict(
     method: str = "none",
     samples: int = 1,
     seed: int = 0,
+    keep_probabilities: bool = False,
 ) -> Predictions:
-    """Run ``model`` over ``batches`` ``samples`` times as ``method`` says (see the module docstring)."""
+    """Run ``model`` over ``batches`` ``samples`` times as ``method`` says (see the module docstring);
+    ``keep_probabilities`` keeps the segmentation probabilities (``Predictions.seg_probs``)."""
     if method not in METHODS:
         raise unknown_choice("eval.uncertainty", method, METHODS)
     model.eval()
@@ -93,7 +97,7 @@ def predict(
     passes = len(flips) if method == "tta" else (samples if method == "mc_dropout" else 1)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    logits, seg_labels, seg_entropy = [], [], []
+    logits, seg_labels, seg_entropy, kept = [], [], [], []
     try:
         for batch in batches.epoch():
             batch_logits, seg_probs = [], 0.0
@@ -113,6 +117,8 @@ def predict(
             if info.segments:
                 seg_labels.append(seg_probs.argmax(dim=1).to(torch.uint8).cpu())
                 seg_entropy.append(entropy(seg_probs, dim=1).flatten(1).mean(1).cpu())
+                if keep_probabilities:
+                    kept.append(seg_probs.to(torch.float16).cpu())
     finally:
         torch.random.set_rng_state(generator_state)
         model.eval()
@@ -120,6 +126,7 @@ def predict(
         logits=torch.cat(logits, dim=1) if logits else None,
         seg_labels=torch.cat(seg_labels) if seg_labels else None,
         seg_entropy=torch.cat(seg_entropy) if seg_entropy else None,
+        seg_probs=torch.cat(kept) if kept else None,
     )
 
 
