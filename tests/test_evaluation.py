@@ -132,12 +132,53 @@ def test_surface_distances_equal_a_brute_force_reference_on_random_shapes():
         assert found["iou"][0, 0] == pytest.approx(overlap / (masks[0] | masks[1]).sum())
 
 
+def _nsd_reference(pred: np.ndarray, truth: np.ndarray, spacing, tolerance: float) -> float:
+    """NSD by brute force: boundary voxels of each mask within ``tolerance`` mm of the other's boundary."""
+    surfaces = [np.argwhere(m & ~ndimage.binary_erosion(m)) * np.array(spacing) for m in (pred, truth)]
+    distances = cdist(*surfaces)
+    near = (distances.min(1) <= tolerance).sum() + (distances.min(0) <= tolerance).sum()
+    return near / (len(surfaces[0]) + len(surfaces[1]))
+
+
+def test_normalised_surface_distance_equals_a_brute_force_reference():
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(np.arange(32), np.arange(32), indexing="ij"), -1)
+    for tolerance in (0.5, 1.0, 2.5):
+        centres, radii = rng.uniform(10, 22, (2, 2)), rng.uniform(4, 8, 2)
+        masks = [np.linalg.norm(grid - c, axis=-1) < r for c, r in zip(centres, radii, strict=True)]
+        spacing = rng.uniform(0.5, 1.5, 2).tolist()
+        found = case_metrics(
+            torch.as_tensor(masks[0][None]), torch.as_tensor(masks[1][None]), 2, [spacing], None, tolerance
+        )
+        assert found["nsd"][0, 0] == pytest.approx(_nsd_reference(masks[0], masks[1], spacing, tolerance), abs=1e-6)
+    shifted = case_metrics(_points((16, 16), (5, 6)), _points((16, 16), (5, 5)), 2, [[1.0, 1.0]], None, 1.0)
+    assert shifted["nsd"][0, 0] == 1 and shifted["dice"][0, 0] == 0  # one pixel off: within 1 mm, no overlap
+
+
+def test_pixel_auc_and_average_precision_equal_scikit_learn_inside_the_roi():
+    from medimg_cli.evaluation.run import Evaluation, _pixel_scores
+
+    rng = np.random.default_rng(0)
+    masks = torch.as_tensor(rng.random((3, 12, 12)) < 0.3).long()
+    probs1 = torch.as_tensor(np.clip(masks.numpy() * 0.4 + rng.random((3, 12, 12)) * 0.6, 0, 1)).float()
+    probs = torch.stack([1 - probs1, probs1], dim=1)
+    roi = torch.zeros(3, 12, 12, dtype=torch.uint8)
+    roi[:, 2:10, 1:11] = 1
+    result = Evaluation()
+    _pixel_scores(result, probs, masks, roi)
+    inside = roi.bool().numpy()
+    truth, scores = masks.numpy()[inside], probs1.numpy()[inside]
+    assert result.document["metrics"]["pixel_auc"]["value"] == pytest.approx(skm.roc_auc_score(truth, scores))
+    assert result.document["metrics"]["pixel_ap"]["value"] == pytest.approx(skm.average_precision_score(truth, scores))
+
+
 def test_empty_structures_score_perfect_or_worst():
     empty, lesion = torch.zeros(1, 10, 20, dtype=torch.long), _points((10, 20), (3, 3))
     both = case_metrics(empty, empty, 2, [[1.0, 1.0]])
-    assert both["dice"][0, 0] == 1 and both["hd95"][0, 0] == 0 and both["asd"][0, 0] == 0
+    assert both["dice"][0, 0] == 1 and both["hd95"][0, 0] == 0 and both["asd"][0, 0] == 0 and both["nsd"][0, 0] == 1
     missed = case_metrics(empty, lesion, 2, [[2.0, 1.0]])
     assert missed["dice"][0, 0] == 0 and missed["hd95"][0, 0] == pytest.approx(math.hypot(20, 20))
+    assert missed["nsd"][0, 0] == 0
     invented = case_metrics(lesion, empty, 2, [[1.0, 1.0]])
     assert invented["asd"][0, 0] == pytest.approx(math.hypot(10, 20)) and invented["iou"][0, 0] == 0
 

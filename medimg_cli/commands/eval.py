@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,8 @@ def print_evaluation(document: Mapping[str, Any], title: str) -> None:
         k: v for k, v in document.get("calibration", {}).items() if isinstance(v, dict) and "value" in v
     }
     for name, entry in rows.items():
-        table.add_row(name, f"{entry['value']:.4f}", f"[{entry['low']:.4f}, {entry['high']:.4f}]")
+        interval = "pooled, no CI" if math.isnan(entry["low"]) else f"[{entry['low']:.4f}, {entry['high']:.4f}]"
+        table.add_row(name, f"{entry['value']:.4f}", interval)
     console.print(table)
     if document.get("calibration", {}).get("temperature", 1.0) != 1.0:
         console.print(f"temperature fitted on the val split: T = {document['calibration']['temperature']:.3f}")

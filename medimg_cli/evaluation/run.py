@@ -12,6 +12,7 @@ training randomness (``medimg benchmark`` with several seeds does).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.metrics import compute_average_precision, compute_roc_auc
 from torch import nn
 
 from medimg_cli.data import DataInfo, Splits
@@ -55,6 +57,7 @@ class Settings:
     steps: int = 32
     overlap: float | None = None  # used by load_trained, which builds the sliding-window model
     save_probabilities: bool = False
+    nsd_tolerance: float = 1.0
 
 
 @dataclass
@@ -229,9 +232,10 @@ def _segmentation_outputs(
     num_classes: int,
     spacing: list[list[float]],
     batch_size: int,
+    tolerance: float,
 ) -> dict[str, np.ndarray]:
-    """Per-case, per-foreground-class Dice, IoU, HD95 and ASD ``(N, C - 1)``, batch by batch, inside
-    the ``(N, *spatial)`` ROI when there is one."""
+    """Per-case, per-foreground-class Dice, IoU, HD95, ASD and NSD ``(N, C - 1)``, batch by batch,
+    inside the ``(N, *spatial)`` ROI when there is one."""
     parts = [
         case_metrics(
             predictions.seg_labels[start : start + batch_size],
@@ -239,6 +243,7 @@ def _segmentation_outputs(
             num_classes,
             spacing[start : start + batch_size],
             None if roi is None else roi[start : start + batch_size],
+            tolerance,
         )
         for start in range(0, len(masks), batch_size)
     ]
@@ -257,6 +262,55 @@ def _risk_coverage(
         "aurc": float((1 - curve["quality"]).mean()),  # area under the risk (1 - quality) curve
         "quality_at_80_percent": float(curve["quality"][int(np.ceil(0.8 * len(quality))) - 1]),
     }
+
+
+def _segmentation_split(
+    result: Evaluation,
+    out: Path,
+    predictions: Predictions,
+    data: Splits,
+    split: str,
+    info: DataInfo,
+    settings: Settings,
+    batch_size: int,
+    indices: np.ndarray,
+    ids: list[str],
+) -> dict[str, np.ndarray]:
+    """The segmentation metrics of ``split`` into ``result`` and the mask (and probability) files;
+    returns the per-case values ``(N, C - 1)`` per metric."""
+    tensors, count = data.split(split), len(ids)
+    spacing = (data.pixel_spacing or {}).get(split) or [None] * count
+    unit = "mm" if all(s is not None for s in spacing) else "pixels"
+    spacing = [s if s is not None else [1.0] * info.spatial_dims for s in spacing]
+    masks, roi = tensors["mask"][:, 0], _roi(tensors)
+    values = _segmentation_outputs(
+        predictions, masks, roi, info.num_seg_classes, spacing, batch_size, settings.nsd_tolerance
+    )
+    if info.num_seg_classes == 2:
+        _pixel_scores(result, predictions.seg_probs, masks, roi)
+    _segmentation(result, values, indices, unit)
+    sizes = (data.sizes or {}).get(split)
+    sizes = sizes if sizes and len(sizes) == count else None
+    if settings.masks:
+        write_masks(out / "masks", predictions.seg_labels, ids, spacing, info.num_seg_classes, sizes)
+    if settings.save_probabilities:
+        write_probabilities(out / "probabilities", predictions.seg_probs, ids, sizes)
+    return values
+
+
+def _pixel_scores(result: Evaluation, probs: torch.Tensor, masks: torch.Tensor, roi: torch.Tensor | None) -> None:
+    """Pixel AUC and average precision of binary masks, pooled over every pixel inside the ROI of
+    every case (as retinal-vessel papers report them); no bootstrap CI: pixels are not independent
+    cases, and resampling cases would recompute a ranking of millions of pixels each time."""
+    inside = roi.bool() if roi is not None else torch.ones_like(masks, dtype=torch.bool)
+    scores, truth = probs[:, 1][inside].float(), (masks[inside] > 0).long()
+    if truth.unique().numel() < 2:
+        return  # both need foreground and background pixels
+    auc, ap = float(compute_roc_auc(scores, truth)), float(compute_average_precision(scores, truth))
+    for name, value in (("pixel_auc", auc), ("pixel_ap", ap)):
+        result.add(name, "all", value, (math.nan, math.nan, 0), len(masks))
+        result.document.setdefault("metrics", {})[name] = {"value": value, "low": math.nan, "high": math.nan}
+    result.document["pixel_metrics"] = "pooled over the pixels inside the ROI of every case; no CI"
 
 
 def _roi(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
@@ -303,9 +357,8 @@ def evaluate_split(
     result = Evaluation(document=dict(facts or {}))
     result.document.update(split=split, cases=count, bootstrap=settings.bootstrap, uncertainty=settings.uncertainty)
     batches = TensorBatches(tensors, batch_size, device)
-    predictions = predict(
-        model, batches, info, speed, settings.uncertainty, settings.samples, settings.seed, settings.save_probabilities
-    )
+    keep = settings.save_probabilities or info.num_seg_classes == 2  # pixel AUC and AP of binary masks
+    predictions = predict(model, batches, info, speed, settings.uncertainty, settings.samples, settings.seed, keep)
     out.mkdir(parents=True, exist_ok=True)
     columns: dict[str, list] = {"case": list(range(count)), "id": ids}
     columns |= {c: list(v) for c, v in ((data.meta or {}).get(split) or {}).items()}
@@ -321,26 +374,14 @@ def evaluate_split(
         columns |= result.columns
         cases |= result.cases
     if info.segments:
-        spacing = (data.pixel_spacing or {}).get(split) or [None] * count
-        unit = "mm" if all(s is not None for s in spacing) else "pixels"
-        spacing = [s if s is not None else [1.0] * info.spatial_dims for s in spacing]
-        values = _segmentation_outputs(
-            predictions, tensors["mask"][:, 0], _roi(tensors), info.num_seg_classes, spacing, batch_size
-        )
+        values = _segmentation_split(result, out, predictions, data, split, info, settings, batch_size, indices, ids)
         cases |= values
-        _segmentation(result, values, indices, unit)
         for name, per_case in values.items():
             suffixes = [""] if per_case.shape[1] == 1 else [f"_{c + 1}" for c in range(per_case.shape[1])]
             columns |= {f"{name}{s}": per_case[:, c].tolist() for c, s in enumerate(suffixes)}
         columns["mask_entropy"] = predictions.seg_entropy.tolist()
         if not info.classifies:  # the risk-coverage curve of a segmenter: Dice against mask entropy
             quality, uncertainty = torch.as_tensor(values["dice"].mean(axis=1)), predictions.seg_entropy
-        sizes = (data.sizes or {}).get(split)
-        sizes = sizes if sizes and len(sizes) == count else None
-        if settings.masks:
-            write_masks(out / "masks", predictions.seg_labels, ids, spacing, info.num_seg_classes, sizes)
-        if settings.save_probabilities:
-            write_probabilities(out / "probabilities", predictions.seg_probs, ids, sizes)
     _risk_coverage(result, out, uncertainty, quality, "accuracy" if info.classifies else "Dice", settings)
     write_atomic(out / "predictions.csv", columns_csv(columns))
     groups = _subgroups(data, split, settings.subgroups, cases, settings)

@@ -1,12 +1,14 @@
-"""Per-case, per-class segmentation metrics: Dice, IoU, HD95 and average surface distance.
+"""Per-case, per-class segmentation metrics: Dice, IoU, HD95, average surface distance and the
+normalised surface distance (NSD: the share of both boundaries within a tolerance of the other,
+as the Metrics Reloaded recommendations (Maier-Hein et al. 2024) ask for boundary quality).
 
 Overlaps come from MONAI's ``compute_dice``/``compute_iou``; distances from MONAI's
 ``compute_hausdorff_distance`` (95th percentile, symmetric) and
-``compute_average_surface_distance`` (symmetric), in millimetres through each case's pixel
-spacing. Empty structures follow one rule for every metric:
+``compute_average_surface_distance`` (symmetric) and ``compute_surface_dice`` (NSD), in
+millimetres through each case's pixel spacing. Empty structures follow one rule for every metric:
 
-- both empty (no lesion, none predicted): Dice and IoU 1, distances 0;
-- one empty: Dice and IoU 0, distances the image diagonal in mm, the largest distance the
+- both empty (no lesion, none predicted): Dice, IoU and NSD 1, distances 0;
+- one empty: Dice, IoU and NSD 0, distances the image diagonal in mm, the largest distance the
   image can hold, so a missed or invented structure is penalised rather than dropped.
 """
 
@@ -19,9 +21,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_iou
+from monai.metrics import (
+    compute_average_surface_distance,
+    compute_dice,
+    compute_hausdorff_distance,
+    compute_iou,
+    compute_surface_dice,
+)
 
-SEGMENTATION = ("dice", "iou", "hd95", "asd")
+SEGMENTATION = ("dice", "iou", "hd95", "asd", "nsd")
 
 
 def case_metrics(
@@ -30,6 +38,7 @@ def case_metrics(
     num_classes: int,
     spacing: Sequence[Sequence[float]],
     roi: torch.Tensor | None = None,
+    tolerance: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Metrics of a batch of label maps.
 
@@ -40,9 +49,10 @@ def case_metrics(
         spacing: per case, the pixel spacing in mm of each spatial axis.
         roi: ``(B, *spatial)``, 1 where pixels count (padding of native sizes, a field of view);
             labels outside it count as background in both maps.
+        tolerance: the NSD's boundary tolerance, in the unit of ``spacing`` (mm, or pixels).
 
     Returns:
-        ``dice``, ``iou``, ``hd95`` and ``asd`` as ``(B, num_classes - 1)`` arrays (foreground classes).
+        ``dice``, ``iou``, ``hd95``, ``asd`` and ``nsd`` as ``(B, num_classes - 1)`` arrays (foreground classes).
     """
     pred_1hot = F.one_hot(pred.long(), num_classes).movedim(-1, 1).float()
     true_1hot = F.one_hot(mask.long(), num_classes).movedim(-1, 1).float()
@@ -60,6 +70,7 @@ def case_metrics(
             "asd": compute_average_surface_distance(
                 pred_1hot, true_1hot, include_background=False, symmetric=True, spacing=spacing
             ),
+            "nsd": compute_surface_dice(pred_1hot, true_1hot, [tolerance] * (num_classes - 1), spacing=spacing),
         }
     found = {key: value.cpu().double().numpy() for key, value in found.items()}
     pred_empty = (pred_1hot[:, 1:].flatten(2).sum(2) == 0).cpu().numpy()
@@ -69,4 +80,5 @@ def case_metrics(
     for key in ("hd95", "asd"):
         found[key] = np.where(pred_empty & true_empty, 0.0, found[key])
         found[key] = np.where(one_empty, diagonal[:, None], found[key])
+    found["nsd"] = np.where(pred_empty & true_empty, 1.0, np.where(one_empty, 0.0, found["nsd"]))
     return found
