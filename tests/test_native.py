@@ -17,7 +17,7 @@ from medimg_cli.commands.train import train
 from medimg_cli.data import DataInfo, build_data
 from medimg_cli.data.native import MULTIPLE, stack_native
 from medimg_cli.errors import ConfigError
-from medimg_cli.evaluation.written import to_original
+from medimg_cli.evaluation.written import to_original, write_masks
 from medimg_cli.losses import SEGMENTATION_LOSSES
 from medimg_cli.metrics import TaskMetrics
 
@@ -258,3 +258,16 @@ def test_outputs_go_back_to_the_original_size():
         [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 1, 1], [2, 2, 1, 1]]
     ]  # resized from 4 x 4 to 2 x 2 for training: labels back by nearest neighbour
     assert to_original(stored, None, labels=False) is stored
+
+
+def test_3d_masks_are_written_at_their_own_size_and_spacing(tmp_path):
+    import nibabel as nib
+
+    labels = torch.zeros(2, 10, 12, 8, dtype=torch.uint8)
+    labels[0, 1:3, 2:4, 1:2] = 1
+    sizes = [[[6, 7, 5], [6, 7, 5]], [[10, 12, 8], [20, 24, 8]]]  # padded native; resized from 20 x 24 x 8
+    write_masks(tmp_path, labels, ["a", "b"], [[1.5, 1.0, 2.0], [2.0, 2.0, 3.0]], 2, sizes)
+    padded, resized = nib.load(tmp_path / "a.nii.gz"), nib.load(tmp_path / "b.nii.gz")
+    assert padded.shape == (6, 7, 5) and padded.header.get_zooms() == (1.5, 1.0, 2.0)
+    assert np.asarray(padded.dataobj).sum() == 4
+    assert resized.shape == (20, 24, 8) and resized.header.get_zooms() == (1.0, 1.0, 3.0)

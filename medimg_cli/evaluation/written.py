@@ -68,12 +68,12 @@ def write_masks(
 
     folder.mkdir(parents=True, exist_ok=True)
     for case, name in enumerate(ids):
-        stored = labels[case]
-        array = to_original(stored[None], sizes[case] if sizes else None, labels=True)[0].numpy().astype(np.uint8)
+        size = sizes[case] if sizes else None
+        array = to_original(labels[case][None], size, labels=True)[0].numpy().astype(np.uint8)
         if array.ndim == 2:
             write_atomic(folder / f"{name}.png", mask_png(array, num_classes))
-        else:
-            scale = [n / m for n, m in zip(stored.shape, array.shape, strict=True)]
+        else:  # the stored spacing times stored pixels per original pixel
+            scale = [extent / before for extent, before in zip(*size, strict=True)] if size else [1.0] * array.ndim
             affine = np.diag([*(s * k for s, k in zip(spacing[case], scale, strict=True)), 1.0])
             write_atomic(folder / f"{name}.nii.gz", gzip.compress(nib.Nifti1Image(array, affine).to_bytes()))
 
