@@ -231,7 +231,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         tensors["label"] = torch.tensor([classes.index(records[i].label) for i in owners], dtype=torch.int64)
     if task != "classification":
         tensors["mask"] = masks
-    if decoded.get("roi") is not None:  # native sizes padded to one (data/native.py)
+    if decoded["roi"] is not None:  # native sizes padded to one, or ROIs from files (data/native.py)
         tensors["roi"] = decoded["roi"]
     by_split = {name: [i for i, s in enumerate(splits) if s == name] for name in SPLIT_NAMES}
     for name, indices in by_split.items():
@@ -339,11 +339,11 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
         raise ConfigError(f"{source}: images differ in channels or dimensions; use one kind of image per dataset")
     rois = [m[1:] for m in masks] if masks and masks[0].shape[0] == 2 else None
     masks = [m[:1] for m in masks]
-    if cfg["image_size"] is None and images:
-        stacked, stacked_masks, roi = stack_native(images, masks, 1 if cfg.get("patch_size") else MULTIPLE, rois)
-    else:
-        stacked = torch.stack(images) if images else torch.zeros(0)
-        stacked_masks, roi = torch.stack(masks) if masks else None, torch.stack(rois) if rois else None
+    # whole native images are padded to a size U-Nets take; patches and resized images need no rounding
+    multiple = MULTIPLE if cfg["image_size"] is None and not cfg.get("patch_size") else 1
+    stacked, stacked_masks, roi = (
+        (torch.zeros(0), None, None) if not images else stack_native(images, masks, multiple, rois)
+    )
     return {
         "images": stacked,
         "masks": stacked_masks,
