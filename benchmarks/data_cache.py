@@ -49,90 +49,70 @@ def make_dicom(folder: Path, n: int, slices: int) -> Path:
     return folder / "labels.csv"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--volumes", type=int, default=24, help="NIfTI volumes and DICOM series")
-    parser.add_argument("--size", type=int, default=64, help="NIfTI edge; DICOM series are 16 slices of 16x16")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-
-    import monai
-    import torch
-    from monai.data import Dataset
+def datasets(tmp: Path, volumes: int, size: int) -> dict[str, tuple[dict, list[dict], object]]:
+    """Write the NIfTI and DICOM test data under ``tmp``; per dataset: medimg's data config, MONAI's
+    items and MONAI's reader."""
     from monai.transforms import LoadImage
+
+    make_nifti(tmp / "nifti", volumes, size)
+    labels = make_dicom(tmp / "dicom", volumes, 16)
+    common = {"split": [0.5, 0.25, 0.25], "splits": None, "seed": 0, "salt": "b", "channels": 1, "classes": None,
+              "mask_classes": None, "spacing": None, "slice_axis": None, "denoise": None, "on_bad_file": "error",
+              "cache": True}  # fmt: skip
+    nifti = {**common, "source": "nifti", "task": "segmentation", "root": str(tmp / "nifti" / "images"),
+             "mask_root": str(tmp / "nifti" / "masks"), "image_size": size, "normalize": "zscore"}  # fmt: skip
+    dicom = {**common, "source": "dicom", "task": "classification", "root": str(tmp / "dicom" / "study"),
+             "labels": str(labels), "label_key": "SeriesInstanceUID", "image_size": [16, 16, 16], "window": None,
+             "normalize": "minmax"}  # fmt: skip
+    return {
+        "NIfTI": (
+            nifti,
+            [{"image": str(p)} for p in sorted((tmp / "nifti" / "images").glob("*.nii.gz"))],
+            LoadImage(reader="NibabelReader", image_only=True),
+        ),
+        "DICOM": (
+            dicom,
+            [{"image": str(p)} for p in sorted((tmp / "dicom" / "study").iterdir())],
+            LoadImage(reader="PydicomReader", image_only=True),
+        ),
+    }
+
+
+def measure(name: str, cfg: dict, items: list[dict], loader, tmp: Path, repeats: int) -> list[dict]:
+    """Rows of medimg's cold and cached builds and of one MONAI ``Dataset`` pass over ``items``."""
+    from monai.data import Dataset
 
     from medimg_cli.data import build_data
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        make_nifti(tmp / "nifti", args.volumes, args.size)
-        labels = make_dicom(tmp / "dicom", args.volumes, 16)
-        common = {"split": [0.5, 0.25, 0.25], "splits": None, "seed": 0, "salt": "b", "channels": 1, "classes": None,
-                  "mask_classes": None, "spacing": None, "slice_axis": None, "denoise": None, "on_bad_file": "error",
-                  "cache": True}  # fmt: skip
-        datasets = {
-            "NIfTI": (
-                {
-                    **common,
-                    "source": "nifti",
-                    "task": "segmentation",
-                    "root": str(tmp / "nifti" / "images"),
-                    "mask_root": str(tmp / "nifti" / "masks"),
-                    "image_size": args.size,
-                    "normalize": "zscore",
-                },  # fmt: skip
-                [{"image": str(p)} for p in sorted((tmp / "nifti" / "images").glob("*.nii.gz"))],
-                LoadImage(reader="NibabelReader", image_only=True),
-            ),
-            "DICOM": (
-                {
-                    **common,
-                    "source": "dicom",
-                    "task": "classification",
-                    "root": str(tmp / "dicom" / "study"),
-                    "labels": str(labels),
-                    "label_key": "SeriesInstanceUID",
-                    "image_size": [16, 16, 16],
-                    "window": None,
-                    "normalize": "minmax",
-                },  # fmt: skip
-                [{"image": str(p)} for p in sorted((tmp / "dicom" / "study").iterdir())],
-                LoadImage(reader="PydicomReader", image_only=True),
-            ),
-        }
-        for name, (cfg, items, loader) in datasets.items():
-            n = len(items)
+    def cold():
+        build_data({**cfg, "cache_dir": str(Path(tempfile.mkdtemp(dir=tmp)))})
 
-            def cold(cfg=cfg):
-                cache = Path(tempfile.mkdtemp(dir=tmp))
-                build_data({**cfg, "cache_dir": str(cache)})
+    warm_dir = tmp / f"warm-{name}"
+    build_data({**cfg, "cache_dir": str(warm_dir)})  # fill the cache once
 
-            warm_dir = tmp / f"warm-{name}"
-            build_data({**cfg, "cache_dir": str(warm_dir)})  # fill the cache once
+    def monai_pass():
+        dataset = Dataset(items, transform=lambda d: loader(d["image"]))
+        for index in range(len(dataset)):
+            dataset[index]
 
-            def monai_pass(items=items, loader=loader):
-                dataset = Dataset(items, transform=lambda d: loader(d["image"]))
-                for index in range(len(dataset)):
-                    dataset[index]
+    rows, n = [], len(items)
+    for method, fn in (
+        ("medimg cold (decode + store)", cold),
+        ("medimg cached", lambda: build_data({**cfg, "cache_dir": str(warm_dir)})),
+        ("MONAI LoadImage + Dataset, one epoch", monai_pass),
+    ):
+        seconds = median_seconds(fn, repeats, warmup=False)  # cold passes must stay cold
+        rows.append(
+            {"data": name, "samples": n, "method": method, "seconds": seconds, "samples_per_second": n / seconds}
+        )
+        print(f"{name:6s} {method:40s} {n / seconds:10.1f} samples/s")
+    return rows
 
-            for method, fn in (
-                ("medimg cold (decode + store)", cold),
-                ("medimg cached", lambda cfg=cfg, warm_dir=warm_dir: build_data({**cfg, "cache_dir": str(warm_dir)})),
-                ("MONAI LoadImage + Dataset, one epoch", monai_pass),
-            ):
-                seconds = median_seconds(fn, args.repeats, warmup=False)  # cold passes must stay cold
-                rows.append(
-                    {
-                        "data": name,
-                        "samples": n,
-                        "method": method,
-                        "seconds": seconds,
-                        "samples_per_second": n / seconds,
-                    }
-                )
-                print(f"{name:6s} {method:40s} {n / seconds:10.1f} samples/s")
+
+def write_results(rows: list[dict], args: argparse.Namespace) -> None:
+    """``data_cache.csv`` and ``data_cache.md`` (with the machine and versions) into ``args.out``."""
+    import monai
+    import torch
 
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {platform.system()}"
     versions = f"python {platform.python_version()}, torch {torch.__version__}, monai {monai.__version__}"
@@ -167,6 +147,20 @@ def main() -> None:
         "Command: `PYTHONPATH=tests .venv/bin/python benchmarks/data_cache.py`",
     ]
     (args.out / "data_cache.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volumes", type=int, default=24, help="NIfTI volumes and DICOM series")
+    parser.add_argument("--size", type=int, default=64, help="NIfTI edge; DICOM series are 16 slices of 16x16")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (cfg, items, loader) in datasets(Path(tmp), args.volumes, args.size).items():
+            rows += measure(name, cfg, items, loader, Path(tmp), args.repeats)
+    write_results(rows, args)
 
 
 if __name__ == "__main__":
