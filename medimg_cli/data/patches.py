@@ -133,12 +133,13 @@ class PatchBatches:
     def _cut(self, samples: torch.Tensor, corners: torch.Tensor) -> Batch:
         """The patches at ``corners`` of images ``samples``: one advanced-indexing gather per key."""
         dims = len(self.patch)
-        index = [samples.to(self.device).view(-1, *[1] * dims)]
+        samples, corners = samples.to(self.device), corners.to(self.device)  # one copy per batch
+        index = [samples.view(-1, *[1] * dims)]
         for axis, length in enumerate(self.patch):
             shape = [-1] + [1] * dims
             shape[1 + axis] = length
             steps = torch.arange(length, device=self.device)
-            index.append((corners[:, axis].to(self.device)[:, None] + steps).view(shape))
+            index.append((corners[:, axis, None] + steps).view(shape))
         batch = {}
         for key, value in self.tensors.items():
             if value.dim() == dims + 2:  # (N, C, *spatial) -> (B, *patch, C) -> (B, C, *patch)
