@@ -109,10 +109,22 @@ def monai_side(volumes, args, device, classes) -> dict[str, Callable[[], object]
     from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
 
-    crop = mt.RandCropByPosNegLabeld(["image", "label"], "label", (args.patch,) * 3, pos=1, neg=2, num_samples=1)
+    keys = ["image", "label"]  # padded to the patch first, as MONAI's tutorials do for small volumes
+    crop = mt.RandCropByPosNegLabeld(keys, "label", (args.patch,) * 3, pos=1, neg=2, num_samples=1)
     samples = [{"image": image, "label": mask} for image, mask in volumes]
-    dataset = CacheDataset(samples, mt.Compose([mt.EnsureTyped(["image", "label"]), crop]), progress=False)
-    loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True)
+    dataset = CacheDataset(
+        samples, mt.Compose([mt.EnsureTyped(keys), mt.SpatialPadd(keys, (args.patch,) * 3), crop]), progress=False
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        persistent_workers=args.workers > 0,
+    )
+    if not len(loader):
+        raise SystemExit(f"--batch {args.batch} is larger than the {len(volumes)} volumes")
     model, loss_fn = unet(device, classes), DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
 
