@@ -155,8 +155,33 @@ def test_normalised_surface_distance_equals_a_brute_force_reference():
     assert shifted["nsd"][0, 0] == 1 and shifted["dice"][0, 0] == 0  # one pixel off: within 1 mm, no overlap
 
 
+def test_cldice_of_hand_computed_centrelines():
+    def lines(*rows_and_columns):  # 1-pixel lines are their own skeleton
+        found = torch.zeros(1, 20, 20, dtype=torch.long)
+        for row, columns in rows_and_columns:
+            found[0, row, columns] = 1
+        return found
+
+    true = lines((10, slice(0, 20)))
+    half = case_metrics(lines((10, slice(0, 10))), true, 2, [[1.0, 1.0]], cldice=True)
+    # precision 10/10 of the prediction's skeleton inside, sensitivity 10/20 of the true one covered
+    assert half["cldice"][0, 0] == pytest.approx(2 * 1 * 0.5 / 1.5)
+    beside = case_metrics(lines((11, slice(0, 20))), true, 2, [[1.0, 1.0]], cldice=True)
+    assert beside["cldice"][0, 0] == 0 and beside["nsd"][0, 0] == 1  # no centreline inside the other
+    thick = true.clone()
+    thick[0, 9:12, :] = 1  # the same vessel three pixels wide: Dice 0.5, about the same centreline
+    found = case_metrics(thick, true, 2, [[1.0, 1.0]], cldice=True)
+    assert found["dice"][0, 0] == pytest.approx(0.5)
+    assert found["cldice"][0, 0] > 0.95  # the thinned bar bends off row 10 at its very ends only
+    empty = torch.zeros_like(true)
+    assert case_metrics(empty, empty, 2, [[1.0, 1.0]], cldice=True)["cldice"][0, 0] == 1
+    assert case_metrics(empty, true, 2, [[1.0, 1.0]], cldice=True)["cldice"][0, 0] == 0
+    assert "cldice" not in case_metrics(true, true, 2, [[1.0, 1.0]])
+
+
 def test_pixel_auc_and_average_precision_equal_scikit_learn_inside_the_roi():
-    from medimg_cli.evaluation.run import Evaluation, _pixel_scores
+    from medimg_cli.evaluation.document import Evaluation
+    from medimg_cli.evaluation.segmented import _pixel_scores
 
     rng = np.random.default_rng(0)
     masks = torch.as_tensor(rng.random((3, 12, 12)) < 0.3).long()

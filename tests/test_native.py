@@ -155,7 +155,8 @@ def test_segmentation_trains_on_images_of_different_sizes(tmp_path, patches):
     check_test_metrics(tmp_path / "run", summary["test"])
     checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
     overrides = [f"checkpoint={checkpoint}", "device=cpu", "eval.bootstrap=50", "eval.save_probabilities=true"]
-    document = evaluate_checkpoint_cfg(compose_config(overrides, name="eval"))  # scored inside the ROI as in training
+    document = evaluate_checkpoint_cfg(compose_config([*overrides, "eval.cldice=true"], name="eval"))
+    assert 0 <= document["metrics"]["cldice"]["value"] <= 1  # scored inside the ROI as in training
     for key in ("dice", "iou"):
         assert document["metrics"][key]["value"] == pytest.approx(summary["test"][key], abs=1e-6), key
     out = tmp_path / "run" / "eval" / "test"

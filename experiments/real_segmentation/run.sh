@@ -10,24 +10,7 @@ MEDIMG="${MEDIMG:-.venv/bin/medimg}"  # word-split on purpose: MEDIMG="python -m
 OUT=runs/real_segmentation
 mkdir -p "$OUT"
 
-# Manifests with absolute paths: Hippocampus from dataset.json (one patient per case); CHASE_DB1
-# with both eyes of a child (Image_01L, Image_01R) as one patient, so they share a split.
-python3 - "$ROOT" "$OUT" <<'PY'
-import json, pathlib, sys
-root, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-hippo = root / "hippocampus"
-rows = ["image,mask,patient_id"]
-for case in json.loads((hippo / "dataset.json").read_text())["training"]:
-    image = (hippo / case["image"]).resolve()
-    rows.append(f"{image},{(hippo / case['label']).resolve()},{image.name.split('.')[0]}")
-(out / "hippocampus.csv").write_text("\n".join(rows) + "\n")
-chase = root / "chase_db1"
-rows = ["case,image,mask,patient_id"]
-for image in sorted((chase / "images").glob("*.jpg")):
-    mask = chase / "manual1" / f"{image.stem}_1stHO.png"
-    rows.append(f"{image.stem},{image},{mask},child{image.stem[6:8]}")
-(out / "chase_db1.csv").write_text("\n".join(rows) + "\n")
-PY
+python3 experiments/real_segmentation/manifests.py "$ROOT" "$OUT"
 
 $MEDIMG train data=manifest "data.path=$OUT/hippocampus.csv" data.task=segmentation data.image_size=null \
   data.normalize=zscore "data.patch_size=[32,32,32]" model=unet trainer.epochs=100 trainer.steps_per_epoch=50 \

@@ -12,15 +12,12 @@ training randomness (``medimg benchmark`` with several seeds does).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_average_precision, compute_roc_auc
 from torch import nn
 
 from medimg_cli.data import DataInfo, Splits
@@ -28,50 +25,15 @@ from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError
 from medimg_cli.evaluation import calibration, figures
 from medimg_cli.evaluation.classification import OVERALL, PER_CLASS, classification_metrics, confusion_matrices
+from medimg_cli.evaluation.document import Evaluation, Settings
 from medimg_cli.evaluation.explained import explain_cases
-from medimg_cli.evaluation.segmentation import SEGMENTATION, case_metrics
+from medimg_cli.evaluation.segmented import segmentation_split
 from medimg_cli.evaluation.uncertainty import Predictions, predict, risk_coverage, sample_statistics
-from medimg_cli.evaluation.written import write_masks, write_probabilities
 from medimg_cli.fileio import columns_csv, write_atomic, write_json
 from medimg_cli.reporting.stats import percentile_interval, resample_indices
 from medimg_cli.speed import Speed
 
 SUBGROUP_METRICS = ("accuracy", "balanced_accuracy", "f1", "auc", "dice", "hd95")
-
-
-@dataclass
-class Settings:
-    """The ``eval`` config group (see ``conf/eval.yaml``)."""
-
-    bootstrap: int = 2000
-    seed: int = 0
-    bins: int = 15
-    temperature: bool = False
-    uncertainty: str = "none"
-    samples: int = 20
-    subgroups: list[str] | None = None
-    masks: bool = True
-    explain: str | None = None
-    target_layer: str | None = None
-    cases: int = 8
-    steps: int = 32
-    overlap: float | None = None  # used by load_trained, which builds the sliding-window model
-    save_probabilities: bool = False
-    nsd_tolerance: float = 1.0
-
-
-@dataclass
-class Evaluation:
-    """What one evaluation found: the JSON document, the rows of metrics.csv and per-case values."""
-
-    document: dict[str, Any] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    columns: dict[str, list] = field(default_factory=dict)  # classification columns of predictions.csv
-    cases: dict[str, np.ndarray] = field(default_factory=dict)  # per-case arrays for the subgroups
-
-    def add(self, metric: str, klass: str, value: float, interval: tuple[float, float, int], cases: int) -> None:
-        low, high, _ = interval
-        self.rows.append({"metric": metric, "class": klass, "value": value, "low": low, "high": high, "n": cases})
 
 
 def _chunked(function: Callable[[np.ndarray], dict[str, np.ndarray]], indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -101,23 +63,6 @@ def _classification(
             result.add(name, klass, value, interval, cases)
     result.document["metrics"] = overall
     result.document["per_class"] = per_class
-
-
-def _segmentation(result: Evaluation, values: dict[str, np.ndarray], indices: np.ndarray, unit: str) -> None:
-    """Means over cases (per class, then over classes) with CIs into ``result``."""
-    classes = values["dice"].shape[1]
-    found = {}
-    for name in SEGMENTATION:
-        per_case = values[name]  # (N, C - 1)
-        boot = per_case[indices].mean(axis=1)  # (R, C - 1)
-        point = per_case.mean(axis=0)
-        interval = percentile_interval(boot.mean(axis=1))
-        found[name] = {"value": float(point.mean()), "low": interval[0], "high": interval[1]}
-        result.add(name, "all", float(point.mean()), interval, len(per_case))
-        for c in range(classes) if classes > 1 else ():
-            result.add(name, str(c + 1), float(point[c]), percentile_interval(boot[:, c]), len(per_case))
-    result.document.setdefault("metrics", {}).update(found)
-    result.document["distance_unit"] = unit
 
 
 def _calibration(result: Evaluation, probs: np.ndarray, labels: np.ndarray, indices: np.ndarray, bins: int) -> dict:
@@ -225,31 +170,6 @@ def _classification_outputs(
     return torch.as_tensor(correct.astype(float)), stats["entropy"]
 
 
-def _segmentation_outputs(
-    predictions: Predictions,
-    masks: torch.Tensor,
-    roi: torch.Tensor | None,
-    num_classes: int,
-    spacing: list[list[float]],
-    batch_size: int,
-    tolerance: float,
-) -> dict[str, np.ndarray]:
-    """Per-case, per-foreground-class Dice, IoU, HD95, ASD and NSD ``(N, C - 1)``, batch by batch,
-    inside the ``(N, *spatial)`` ROI when there is one."""
-    parts = [
-        case_metrics(
-            predictions.seg_labels[start : start + batch_size],
-            masks[start : start + batch_size],
-            num_classes,
-            spacing[start : start + batch_size],
-            None if roi is None else roi[start : start + batch_size],
-            tolerance,
-        )
-        for start in range(0, len(masks), batch_size)
-    ]
-    return {name: np.concatenate([part[name] for part in parts]) for name in SEGMENTATION}
-
-
 def _risk_coverage(
     result: Evaluation, out: Path, uncertainty: torch.Tensor, quality: torch.Tensor, name: str, settings: Settings
 ) -> None:
@@ -262,60 +182,6 @@ def _risk_coverage(
         "aurc": float((1 - curve["quality"]).mean()),  # area under the risk (1 - quality) curve
         "quality_at_80_percent": float(curve["quality"][int(np.ceil(0.8 * len(quality))) - 1]),
     }
-
-
-def _segmentation_split(
-    result: Evaluation,
-    out: Path,
-    predictions: Predictions,
-    data: Splits,
-    split: str,
-    info: DataInfo,
-    settings: Settings,
-    batch_size: int,
-    indices: np.ndarray,
-    ids: list[str],
-) -> dict[str, np.ndarray]:
-    """The segmentation metrics of ``split`` into ``result`` and the mask (and probability) files;
-    returns the per-case values ``(N, C - 1)`` per metric."""
-    tensors, count = data.split(split), len(ids)
-    spacing = (data.pixel_spacing or {}).get(split) or [None] * count
-    unit = "mm" if all(s is not None for s in spacing) else "pixels"
-    spacing = [s if s is not None else [1.0] * info.spatial_dims for s in spacing]
-    masks, roi = tensors["mask"][:, 0], _roi(tensors)
-    values = _segmentation_outputs(
-        predictions, masks, roi, info.num_seg_classes, spacing, batch_size, settings.nsd_tolerance
-    )
-    if info.num_seg_classes == 2:
-        _pixel_scores(result, predictions.seg_probs, masks, roi)
-    _segmentation(result, values, indices, unit)
-    sizes = (data.sizes or {}).get(split)
-    sizes = sizes if sizes and len(sizes) == count else None
-    if settings.masks:
-        write_masks(out / "masks", predictions.seg_labels, ids, spacing, info.num_seg_classes, sizes)
-    if settings.save_probabilities:
-        write_probabilities(out / "probabilities", predictions.seg_probs, ids, sizes)
-    return values
-
-
-def _pixel_scores(result: Evaluation, probs: torch.Tensor, masks: torch.Tensor, roi: torch.Tensor | None) -> None:
-    """Pixel AUC and average precision of binary masks, pooled over every pixel inside the ROI of
-    every case (as retinal-vessel papers report them); no bootstrap CI: pixels are not independent
-    cases, and resampling cases would recompute a ranking of millions of pixels each time."""
-    inside = roi.bool() if roi is not None else torch.ones_like(masks, dtype=torch.bool)
-    scores, truth = probs[:, 1][inside].float(), (masks[inside] > 0).long()
-    if truth.unique().numel() < 2:
-        return  # both need foreground and background pixels
-    auc, ap = float(compute_roc_auc(scores, truth)), float(compute_average_precision(scores, truth))
-    for name, value in (("pixel_auc", auc), ("pixel_ap", ap)):
-        result.add(name, "all", value, (math.nan, math.nan, 0), len(masks))
-        result.document.setdefault("metrics", {})[name] = {"value": value, "low": math.nan, "high": math.nan}
-    result.document["pixel_metrics"] = "pooled over the pixels inside the ROI of every case; no CI"
-
-
-def _roi(tensors: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-    """The split's ``(N, *spatial)`` region of interest, or ``None``."""
-    return tensors["roi"][:, 0] if "roi" in tensors else None
 
 
 def _model_task(info: DataInfo, task: str) -> DataInfo:
@@ -374,7 +240,7 @@ def evaluate_split(
         columns |= result.columns
         cases |= result.cases
     if info.segments:
-        values = _segmentation_split(result, out, predictions, data, split, info, settings, batch_size, indices, ids)
+        values = segmentation_split(result, out, predictions, data, split, info, settings, batch_size, indices, ids)
         cases |= values
         for name, per_case in values.items():
             suffixes = [""] if per_case.shape[1] == 1 else [f"_{c + 1}" for c in range(per_case.shape[1])]

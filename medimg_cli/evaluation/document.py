@@ -1,0 +1,45 @@
+"""What ``medimg eval`` is asked (``Settings``, the ``eval`` config group) and what it finds
+(``Evaluation``: the JSON document, the rows of ``metrics.csv`` and per-case values)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Settings:
+    """The ``eval`` config group (see ``conf/eval.yaml``)."""
+
+    bootstrap: int = 2000
+    seed: int = 0
+    bins: int = 15
+    temperature: bool = False
+    uncertainty: str = "none"
+    samples: int = 20
+    subgroups: list[str] | None = None
+    masks: bool = True
+    explain: str | None = None
+    target_layer: str | None = None
+    cases: int = 8
+    steps: int = 32
+    overlap: float | None = None  # used by load_trained, which builds the sliding-window model
+    save_probabilities: bool = False
+    nsd_tolerance: float = 1.0
+    cldice: bool = False
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation found: the JSON document, the rows of metrics.csv and per-case values."""
+
+    document: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    columns: dict[str, list] = field(default_factory=dict)  # classification columns of predictions.csv
+    cases: dict[str, np.ndarray] = field(default_factory=dict)  # per-case arrays for the subgroups
+
+    def add(self, metric: str, klass: str, value: float, interval: tuple[float, float, int], cases: int) -> None:
+        low, high, _ = interval
+        self.rows.append({"metric": metric, "class": klass, "value": value, "low": low, "high": high, "n": cases})
