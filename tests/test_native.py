@@ -168,6 +168,28 @@ def test_segmentation_trains_on_images_of_different_sizes(tmp_path, patches):
         assert ((probabilities[1] > probabilities[0]) == (mask == 255)).mean() > 0.99  # float16 ties aside
 
 
+@pytest.mark.parametrize(
+    "bad, extra, message",
+    [
+        (np.full((28, 44), 3, np.uint8), ["data.mask_classes=2"], "mask value 3 >= data.mask_classes=2"),
+        (np.arange(28 * 44).reshape(28, 44) % 200, [], "200 distinct values"),  # a JPEG-smeared mask
+        (np.full((28, 44), 0.5, np.float32), [], "mask value 0.5 is not a label"),
+        (np.full((28, 44), -1, np.int16), [], "mask value -1 is not a label"),
+    ],
+    ids=["above_mask_classes", "grey_levels", "fraction", "negative"],
+)
+def test_mask_values_that_are_not_labels_are_refused_naming_the_file(tmp_path, bad, extra, message):
+    _write_folder(tmp_path)
+    name = "case01.npy" if bad.dtype != np.uint8 else "case01.png"
+    (tmp_path / "masks" / "case01.png").unlink()
+    np.save(tmp_path / "masks" / name, bad) if name.endswith(".npy") else Image.fromarray(bad).save(
+        tmp_path / "masks" / name
+    )
+    with pytest.raises(ConfigError, match=message) as error:
+        build_data(dict(_folder_cfg(tmp_path, *extra).data))
+    assert "case01" in str(error.value)
+
+
 def test_with_patches_the_native_stack_is_not_rounded_up(tmp_path):
     _write_folder(tmp_path)
     splits = build_data(dict(_folder_cfg(tmp_path, "data.patch_size=[16,16]").data))

@@ -112,11 +112,33 @@ def read_image(path: Path, channels: int) -> np.ndarray:
     return array
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Decode a label mask to int64 ``(*spatial)``; a 0/255 mask becomes 0/1."""
+MAX_UNDECLARED_LABELS = 64  # more distinct values without data.mask_classes: a grey-level image, not labels
+
+
+def read_mask(path: Path, classes: int | None = None) -> np.ndarray:
+    """Decode a label mask to int64 ``(*spatial)``; a 0/255 mask becomes 0/1.
+
+    Refuses what would silently change the labels: values that are negative or not whole numbers,
+    values at or above ``classes`` (``data.mask_classes``, which nothing enlarges silently) and,
+    without ``classes``, more than ``MAX_UNDECLARED_LABELS`` distinct values (a mask saved as JPEG,
+    whose compression smears 0/255 into every grey level).
+    """
     mask = read_any(path, 1)[0][0]
-    if set(np.unique(mask).tolist()) <= {0.0, 255.0}:
-        mask = mask / 255
+    values = np.unique(mask)
+    if set(values.tolist()) <= {0.0, 255.0}:
+        return (mask / 255).astype(np.int64)
+    if values[0] < 0 or not np.array_equal(values, np.round(values)):
+        bad = next(v for v in values if v < 0 or v != round(v))
+        raise ConfigError(f"{path}: mask value {bad:g} is not a label (labels are 0, 1, 2, ...)")
+    if classes is not None and values[-1] >= classes:
+        raise ConfigError(
+            f"{path}: mask value {values[-1]:g} >= data.mask_classes={classes}; raise data.mask_classes or fix the mask"
+        )
+    if classes is None and len(values) > MAX_UNDECLARED_LABELS:
+        raise ConfigError(
+            f"{path}: the mask has {len(values)} distinct values ({values[0]:g}-{values[-1]:g}), like a grey-level or "
+            "JPEG-compressed image; save masks losslessly (PNG, NIfTI) or set data.mask_classes to the number of labels"
+        )
     return mask.astype(np.int64)
 
 
@@ -154,7 +176,7 @@ def _decode(
     elif record.kind == "dicom" and full_suffix(record.mask) not in VOLUME_SUFFIXES:
         mask = read_segmentation(record.mask, record.images)
     else:
-        mask = read_mask(record.mask)[None]
+        mask = read_mask(record.mask, cfg.get("mask_classes"))[None]
     if mask is not None and mask.shape[1:] != image.shape[1:]:
         raise ConfigError(f"{record.mask}: mask shape {mask.shape[1:]} differs from image shape {image.shape[1:]}")
     if record.roi is not None and mask is not None:  # a second mask channel until the samples are stacked
@@ -292,7 +314,7 @@ def _metadata(records: Sequence[Record], owners: list[int], by_split: dict[str, 
 
 
 def _source_files(records: Sequence[Record]) -> list[Path]:
-    return [p for r in records for p in (*r.images, *((r.mask,) if r.mask else ()))]
+    return [p for r in records for p in (*r.images, *(q for q in (r.mask, r.roi) if q is not None))]
 
 
 def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str) -> dict:
