@@ -63,7 +63,7 @@ def synthetic_volumes(count: int, seed: int = 0) -> list[tuple[torch.Tensor, tor
 
 def hippocampus(root: Path, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``count`` MSD Hippocampus cases, z-scored, as medimg reads NIfTI."""
-    from medimg_cli.data.files import read_mask, read_volume
+    from medimg_cli.data.readers import read_mask, read_volume
 
     cases = sorted((root / "imagesTr").glob("*.nii.gz"))[:count]
     volumes = []

@@ -13,7 +13,7 @@ from PIL import Image
 
 from medimg_cli.commands.train import train
 from medimg_cli.data import build_data
-from medimg_cli.data.files import normalise, read_image
+from medimg_cli.data.readers import normalise, read_image
 from medimg_cli.errors import ConfigError
 
 
@@ -156,7 +156,7 @@ def test_mismatched_mask_and_missing_column_and_empty_folder(image_folder, tmp_p
 
 
 def test_denoising_gaussian_and_median():
-    from medimg_cli.data.files import denoise
+    from medimg_cli.data.readers import denoise
 
     image = np.zeros((1, 9, 9), np.float32)
     image[0, 4, 4] = 1.0  # an impulse: the median removes it, the Gaussian spreads it

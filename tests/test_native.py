@@ -80,11 +80,15 @@ def test_folder_images_keep_their_own_size_and_pixels(tmp_path):
     torch.testing.assert_close(inside * 255, (inside * 255).round(), atol=1e-3, rtol=0)
 
 
-def test_spacing_is_delivered_exactly_and_a_later_resize_is_refused(tmp_path):
+def test_spacing_is_delivered_exactly_and_predictions_map_back_to_the_original_grid(tmp_path):
+    import nibabel as nib
+
+    # a flipped x axis and an origin: the masks written back must overlay the originals in world space
+    affine = np.array([[-2.0, 0, 0, 10], [0, 1.5, 0, -5], [0, 0, 3.0, 7], [0, 0, 0, 1]])
     for i in range(4):
         data = np.random.default_rng(i).random((8, 10, 6), dtype=np.float32)
-        write_nifti(tmp_path / "images" / f"c{i}.nii", data, np.diag([2.0, 1.5, 3.0, 1.0]))
-        write_nifti(tmp_path / "masks" / f"c{i}.nii", (data > 0.5).astype(np.uint8), np.diag([2.0, 1.5, 3.0, 1.0]))
+        write_nifti(tmp_path / "images" / f"c{i}.nii", data, affine)
+        write_nifti(tmp_path / "masks" / f"c{i}.nii", (data > 0.5).astype(np.uint8), affine)
     overrides = nifti_overrides(tmp_path, "data.spacing=[1,0.75,1.5]", "data.split=[0.5,0.25,0.25]")
     with pytest.raises(ConfigError, match=r"data.image_size=16 would resize it again.*data.image_size=null"):
         build_data(dict(compose_config(overrides).data))
@@ -92,6 +96,15 @@ def test_spacing_is_delivered_exactly_and_a_later_resize_is_refused(tmp_path):
     roi = splits.train["roi"][0, 0]
     assert tuple(int(n) for n in roi.nonzero().amax(0) + 1) == (16, 20, 12)  # 8x2/1, 10x1.5/0.75, 6x3/1.5
     assert splits.pixel_spacing["train"][0] == [1.0, 0.75, 1.5]
+    originals = [nib.as_closest_canonical(nib.load(tmp_path / "masks" / f"c{i}.nii")) for i in range(4)]
+    for split in ("train", "val", "test"):  # the resampled masks, as a perfect model predicts them, written back
+        ids, labels = splits.ids[split], splits.split(split)["mask"][:, 0]
+        write_masks(tmp_path / "out", labels, ids, splits.pixel_spacing[split], 2, splits.sizes[split],
+                    splits.affines[split])  # fmt: skip
+        for name in ids:
+            written = nib.load(tmp_path / "out" / f"{name}.nii.gz")
+            same = [o for o in originals if np.array_equal(np.asarray(written.dataobj), np.asarray(o.dataobj))]
+            assert len(same) == 1 and np.allclose(written.affine, same[0].affine)
 
 
 @pytest.mark.parametrize("name", ["dice_ce", "dice_focal", "tversky"])

@@ -12,7 +12,7 @@ from conftest import check_test_metrics, compose_config
 
 from medimg_cli.commands.train import train
 from medimg_cli.data import build_data
-from medimg_cli.data.files import read_volume
+from medimg_cli.data.readers import read_volume
 from medimg_cli.errors import ConfigError
 
 

@@ -64,8 +64,10 @@ class Splits:
     meta: dict[str, dict[str, list[str]]] | None = None  # per split: metadata column -> value per sample
     spacings: list[list[float] | None] | None = None  # native voxel spacing (mm) of each record, before resizing
     pixel_spacing: dict[str, list[list[float] | None]] | None = None  # per split: mm per pixel of each sample
-    # per split and sample: [its extent in the stack (before padding), its size before resizing]
+    # per split and sample: [its extent in the stack (before padding), its shape on the file's own
+    # grid (before data.spacing and data.image_size)]: what maps outputs back (evaluation/written.py)
     sizes: dict[str, list[list[list[int]]]] | None = None
+    affines: dict[str, list[list[list[float]] | None]] | None = None  # per split: NIfTI affine of each volume
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         if name not in SPLITS:

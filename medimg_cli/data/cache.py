@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 # or where the cache lives; every other key (a new preprocessing key too) is part of the key, so
 # it can never serve stale data
 NOT_DECODING_KEYS = ("split", "splits", "seed", "salt", "cache", "cache_dir", "foreground_fraction")
-FORMAT = 4  # bumped when the decoded dictionary changes (2: pixel_spacings, 3: roi, 4: sizes): old entries are not read
+# bumped when the decoded dictionary changes (2: pixel_spacings, 3: roi, 4: sizes, 5: sizes on the file grid
+# and affines): old entries are not read
+FORMAT = 5
 
 
 def cache_key(cfg: Mapping, files: Iterable[Path]) -> str:

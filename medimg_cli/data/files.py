@@ -23,18 +23,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
 from medimg_cli.data import DataInfo, Splits, fingerprint
 from medimg_cli.data.cache import cached
 from medimg_cli.data.dicom import apply_window, read_segmentation, read_series
 from medimg_cli.data.native import MULTIPLE, check_spacing, stack_native, stored_size
+from medimg_cli.data.readers import (
+    IMAGE_SUFFIXES,
+    VOLUME_SUFFIXES,
+    denoise,
+    full_suffix,
+    normalise,
+    read_any,
+    read_mask,
+    resize,
+)
 from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits
 from medimg_cli.errors import ConfigError, unknown_choice
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".npy")
-VOLUME_SUFFIXES = (".nii.gz", ".nii")
 NORMALISATIONS = ("minmax", "zscore", "none")
 BAD_FILE_POLICIES = ("error", "skip")
 log = logging.getLogger(__name__)
@@ -56,134 +62,28 @@ class Record:
     meta: tuple[tuple[str, str], ...] = ()  # other manifest columns (site, scanner, sex...)
 
 
-def full_suffix(path: Path) -> str:
-    """``.nii.gz`` for compressed NIfTI, else the lower-case suffix."""
-    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+@dataclass
+class Decoded:
+    """One record decoded: its ``(image (C, *spatial), mask (1 or 2, *spatial) or None)`` samples
+    (one, or one per slice) and their geometry."""
+
+    samples: list[tuple[np.ndarray, np.ndarray | None]]
+    spacing: tuple[float, ...] | None  # the record's voxel spacing in mm, as in the file
+    sample_spacing: tuple[float, ...] | None  # mm per pixel of each sample (after data.spacing and slicing)
+    native_shape: tuple[int, ...]  # each sample's spatial shape on the file's own grid
+    affine: list[list[float]] | None  # voxel-to-world of a whole NIfTI volume; None for slices and 2D
 
 
-def strip_suffix(path: Path) -> Path:
-    """``path`` without its (full) suffix."""
-    return path.with_name(path.name[: len(path.name) - len(full_suffix(path))])
-
-
-def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A NIfTI file as float32 ``(C, X, Y, Z)`` in RAS+ orientation, and its voxel spacing in mm."""
-    import nibabel as nib
-
-    try:
-        image = nib.as_closest_canonical(nib.load(path))
-        data = np.asarray(image.dataobj, dtype=np.float32)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except Exception as error:  # nibabel raises many types for corrupt files (ImageFileError, EOFError, zlib...)
-        raise ConfigError(f"{path}: cannot read the NIfTI volume ({type(error).__name__}: {error})") from None
-    if data.ndim not in (3, 4):
-        raise ConfigError(f"{path}: expected a 3D or 4D volume, got shape {data.shape}")
-    if not np.isfinite(data).all():
-        raise ConfigError(f"{path}: the volume has NaN or infinite values")
-    spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
-    return (data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)), spacing
-
-
-def read_any(path: Path, channels: int) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """Any supported file as ``(C, *spatial)`` float32, with its spacing when it is a volume."""
-    if full_suffix(path) in VOLUME_SUFFIXES:
-        return read_volume(path)
-    return read_image(path, channels), None
-
-
-def read_image(path: Path, channels: int) -> np.ndarray:
-    """Decode an image file to float32 ``(channels, H, W)`` with its original intensities."""
-    try:
-        if path.suffix.lower() == ".npy":  # (H, W) or channels-first (C, H, W)
-            array = np.load(path).astype(np.float32)
-            array = array[None] if array.ndim == 2 else array
-        else:
-            with Image.open(path) as image:
-                mode = "RGB" if channels == 3 else ("I" if image.mode.startswith("I") else "L")
-                array = np.asarray(image.convert(mode), dtype=np.float32)
-            array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (OSError, ValueError, UnidentifiedImageError) as error:
-        raise ConfigError(f"{path}: cannot read the image ({error})") from None
-    if not np.isfinite(array).all():
-        raise ConfigError(f"{path}: the image has NaN or infinite values")
-    return array
-
-
-MAX_UNDECLARED_LABELS = 64  # more distinct values without data.mask_classes: a grey-level image, not labels
-
-
-def read_mask(path: Path, classes: int | None = None) -> np.ndarray:
-    """Decode a label mask to int64 ``(*spatial)``; a 0/255 mask becomes 0/1.
-
-    Refuses what would silently change the labels: values that are negative or not whole numbers,
-    values at or above ``classes`` (``data.mask_classes``, which nothing enlarges silently) and,
-    without ``classes``, more than ``MAX_UNDECLARED_LABELS`` distinct values (a mask saved as JPEG,
-    whose compression smears 0/255 into every grey level).
-    """
-    mask = read_any(path, 1)[0][0]
-    values = np.unique(mask)
-    if set(values.tolist()) <= {0.0, 255.0}:
-        return (mask / 255).astype(np.int64)
-    if values[0] < 0 or not np.array_equal(values, np.round(values)):
-        bad = next(v for v in values if v < 0 or v != round(v))
-        raise ConfigError(f"{path}: mask value {bad:g} is not a label (labels are 0, 1, 2, ...)")
-    if classes is not None and values[-1] >= classes:
-        raise ConfigError(
-            f"{path}: mask value {values[-1]:g} >= data.mask_classes={classes}; raise data.mask_classes or fix the mask"
-        )
-    if classes is None and len(values) > MAX_UNDECLARED_LABELS:
-        raise ConfigError(
-            f"{path}: the mask has {len(values)} distinct values ({values[0]:g}-{values[-1]:g}), like a grey-level or "
-            "JPEG-compressed image; save masks losslessly (PNG, NIfTI) or set data.mask_classes to the number of labels"
-        )
-    return mask.astype(np.int64)
-
-
-def resize(array: np.ndarray, size: Sequence[int], nearest: bool = False) -> torch.Tensor:
-    """``(C, *spatial)`` -> ``(C, *size)``: linear interpolation (antialiased in 2D), or nearest
-    neighbour, which keeps mask labels exact."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))[None].float()
-    if tuple(tensor.shape[2:]) == tuple(size):
-        return tensor[0]
-    if nearest:
-        return F.interpolate(tensor, size=tuple(size), mode="nearest-exact")[0]
-    mode = "bilinear" if len(size) == 2 else "trilinear"
-    return F.interpolate(tensor, size=tuple(size), mode=mode, antialias=len(size) == 2, align_corners=False)[0]
-
-
-def _decode(
-    record: Record, cfg: Mapping, task: str
-) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], tuple[float, ...] | None, tuple[float, ...] | None]:
-    """Decode one record into ``(image, mask)`` samples (one, or one per slice), the record's
-    native voxel spacing in mm and the pixel spacing of the samples before resizing (after
-    ``data.spacing`` and slicing); both ``None`` for plain image files."""
+def _decode(record: Record, cfg: Mapping, task: str) -> Decoded:
+    """Decode one record, resampled to ``data.spacing`` and cut into slices as the config says."""
+    affine = None
     if record.kind == "dicom":
         image, spacing = read_series(record.images)
     else:
         parts = [read_any(path, cfg["channels"]) for path in record.images]
-        image, spacing = np.concatenate([p[0] for p in parts]), parts[0][1]
-    if cfg["channels"] == 3 and image.shape[0] == 1:  # grayscale as RGB, for ImageNet backbones
-        image = np.repeat(image, 3, axis=0)
-    if cfg.get("window") is not None:  # CT window in HU -> [0, 1]
-        image = apply_window(image, cfg["window"])
-    if cfg.get("denoise"):
-        image = denoise(image, cfg["denoise"], cfg.get("denoise_size", 1.0))
-    if task == "classification":
-        mask = None
-    elif record.kind == "dicom" and full_suffix(record.mask) not in VOLUME_SUFFIXES:
-        mask = read_segmentation(record.mask, record.images)
-    else:
-        mask = read_mask(record.mask, cfg.get("mask_classes"))[None]
-    if mask is not None and mask.shape[1:] != image.shape[1:]:
-        raise ConfigError(f"{record.mask}: mask shape {mask.shape[1:]} differs from image shape {image.shape[1:]}")
-    if record.roi is not None and mask is not None:  # a second mask channel until the samples are stacked
-        roi = (read_mask(record.roi) > 0).astype(np.int64)[None]
-        if roi.shape[1:] != image.shape[1:]:
-            raise ConfigError(f"{record.roi}: ROI shape {roi.shape[1:]} differs from image shape {image.shape[1:]}")
-        mask = np.concatenate([mask, roi])
+        image, spacing, affine = np.concatenate([p[0] for p in parts]), parts[0][1], parts[0][2]
+    image, mask = _image_and_mask(record, image, cfg, task)
+    native_shape = tuple(image.shape[1:])
     sample_spacing = spacing if spacing is not None and len(spacing) == image.ndim - 1 else None
     if sample_spacing is not None and cfg.get("spacing"):  # resample to the target spacing
         sample_spacing = tuple(float(t) for t in cfg["spacing"])
@@ -197,32 +97,34 @@ def _decode(
             for k in range(image.shape[1 + axis])
         ]
         in_plane = tuple(s for i, s in enumerate(sample_spacing) if i != axis) if sample_spacing else None
-        return slices, spacing, in_plane
-    return [(image, mask)], spacing, sample_spacing
+        native_plane = tuple(n for i, n in enumerate(native_shape) if i != axis)
+        return Decoded(slices, spacing, in_plane, native_plane, None)
+    return Decoded([(image, mask)], spacing, sample_spacing, native_shape, affine)
 
 
-DENOISERS = ("gaussian", "median")
-
-
-def denoise(image: np.ndarray, how: str, size: float) -> np.ndarray:
-    """Seed 001's eq. 1 noise reduction on ``(C, *spatial)``: Gaussian smoothing with sigma
-    ``size`` (pixels), or a median filter of radius ``size``, with MONAI's transforms."""
-    from monai.transforms import GaussianSmooth, MedianSmooth
-
-    if how not in DENOISERS:
-        raise unknown_choice("data.denoise", how, DENOISERS)
-    smooth = GaussianSmooth(sigma=float(size)) if how == "gaussian" else MedianSmooth(radius=int(size))
-    return np.asarray(smooth(torch.from_numpy(np.ascontiguousarray(image))), dtype=np.float32)
-
-
-def normalise(image: torch.Tensor, how: str) -> torch.Tensor:
-    """Per image: ``minmax`` to [0, 1] (seed 001, eq. 2), ``zscore`` to mean 0 and sd 1, or ``none``."""
-    if how == "minmax":
-        low, high = image.min(), image.max()
-        return (image - low) / (high - low) if high > low else torch.zeros_like(image)
-    if how == "zscore":
-        return (image - image.mean()) / image.std().clamp(min=1e-8)
-    return image
+def _image_and_mask(record: Record, image: np.ndarray, cfg: Mapping, task: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The record's channels, CT window and denoising applied, and its mask (with the ROI as a
+    second channel until the samples are stacked), checked against the image's shape."""
+    if cfg["channels"] == 3 and image.shape[0] == 1:  # grayscale as RGB, for ImageNet backbones
+        image = np.repeat(image, 3, axis=0)
+    if cfg.get("window") is not None:  # CT window in HU -> [0, 1]
+        image = apply_window(image, cfg["window"])
+    if cfg.get("denoise"):
+        image = denoise(image, cfg["denoise"], cfg.get("denoise_size", 1.0))
+    if task == "classification":
+        return image, None
+    if record.kind == "dicom" and full_suffix(record.mask) not in VOLUME_SUFFIXES:
+        mask = read_segmentation(record.mask, record.images)
+    else:
+        mask = read_mask(record.mask, cfg.get("mask_classes"))[None]
+    if mask.shape[1:] != image.shape[1:]:
+        raise ConfigError(f"{record.mask}: mask shape {mask.shape[1:]} differs from image shape {image.shape[1:]}")
+    if record.roi is not None:
+        roi = (read_mask(record.roi) > 0).astype(np.int64)[None]
+        if roi.shape[1:] != image.shape[1:]:
+            raise ConfigError(f"{record.roi}: ROI shape {roi.shape[1:]} differs from image shape {image.shape[1:]}")
+        mask = np.concatenate([mask, roi])
+    return image, mask
 
 
 def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> Splits:
@@ -280,6 +182,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         spacings=decoded["spacings"],
         pixel_spacing={name: [decoded["pixel_spacings"][i] for i in idx] for name, idx in by_split.items()},
         sizes={name: [decoded["sizes"][i] for i in idx] for name, idx in by_split.items()},
+        affines={name: [decoded["affines"][i] for i in idx] for name, idx in by_split.items()},
         meta=_metadata(records, owners, by_split),
     )
 
@@ -326,37 +229,40 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
         ``digests`` (a content hash per kept record), ``spacings`` (native spacing per kept record),
         ``pixel_spacings`` (mm per pixel of each sample as stored, after resizing, or ``None``), ``roi``
         (``(N, 1, *size)`` when native sizes differ, see ``data/native.py``, else ``None``), ``sizes``
-        (per sample: its stored extent inside the stack and its size before resizing)
-        and ``skipped`` (one message per bad file when ``data.on_bad_file=skip``).
+        (per sample: its stored extent inside the stack and its shape on the file's own grid, before
+        ``data.spacing`` and ``data.image_size``), ``affines`` (per sample: the NIfTI voxel-to-world
+        affine of a whole volume, else ``None``) and ``skipped`` (one message per bad file when
+        ``data.on_bad_file=skip``).
     """
     if cfg.get("on_bad_file", "error") not in BAD_FILE_POLICIES:
         raise unknown_choice("data.on_bad_file", cfg["on_bad_file"], BAD_FILE_POLICIES)
     check_spacing(cfg)
     images, masks, owners, kept, digests, skipped, spacings = [], [], [], [], [], [], []
-    pixel_spacings, sizes = [], []
+    pixel_spacings, sizes, affines = [], [], []
     for index, record in enumerate(records):
         try:
-            samples, spacing, sample_spacing = _decode(record, cfg, task)
+            one = _decode(record, cfg, task)
         except ConfigError as error:
             if cfg.get("on_bad_file", "error") != "skip":
                 raise
             skipped.append(str(error))
             continue
-        digests.append(hashlib.sha256(b"".join(image.tobytes() for image, _ in samples)).hexdigest())
-        for image, mask in samples:
+        digests.append(hashlib.sha256(b"".join(image.tobytes() for image, _ in one.samples)).hexdigest())
+        for image, mask in one.samples:
             size = stored_size(cfg, image, record.images[0])
-            sizes.append([list(size), list(image.shape[1:])])
+            sizes.append([list(size), list(one.native_shape)])
+            affines.append(one.affine)
             images.append(normalise(resize(image, size), cfg["normalize"]))
             pixel_spacings.append(
-                [s * n / m for s, n, m in zip(sample_spacing, image.shape[1:], size, strict=True)]
-                if sample_spacing
+                [s * n / m for s, n, m in zip(one.sample_spacing, image.shape[1:], size, strict=True)]
+                if one.sample_spacing
                 else None
             )
             if mask is not None:
                 masks.append(resize(mask, size, nearest=True).to(torch.uint8))
             owners.append(len(kept))
         kept.append(index)
-        spacings.append(list(spacing) if spacing else None)
+        spacings.append(list(one.spacing) if one.spacing else None)
     if len({(i.shape[0], i.dim()) for i in images}) > 1:
         raise ConfigError(f"{source}: images differ in channels or dimensions; use one kind of image per dataset")
     rois = [m[1:] for m in masks] if masks and masks[0].shape[0] == 2 else None
@@ -377,6 +283,7 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
         "spacings": spacings,
         "pixel_spacings": pixel_spacings,
         "sizes": sizes,
+        "affines": affines,
     }
 
 

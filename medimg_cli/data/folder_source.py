@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from medimg_cli.data import SOURCES, Splits
-from medimg_cli.data.files import IMAGE_SUFFIXES, VOLUME_SUFFIXES, Record, full_suffix, records_to_splits, strip_suffix
+from medimg_cli.data.files import Record, records_to_splits
+from medimg_cli.data.readers import IMAGE_SUFFIXES, VOLUME_SUFFIXES, full_suffix, strip_suffix
 from medimg_cli.errors import ConfigError
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from medimg_cli.data import SOURCES, Splits
-from medimg_cli.data.files import VOLUME_SUFFIXES, records_to_splits
+from medimg_cli.data.files import records_to_splits
 from medimg_cli.data.folder_source import list_records
+from medimg_cli.data.readers import VOLUME_SUFFIXES
 
 
 @SOURCES.register("nifti")

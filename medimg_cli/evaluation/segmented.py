@@ -87,7 +87,8 @@ def segmentation_split(
     sizes = (data.sizes or {}).get(split)
     sizes = sizes if sizes and len(sizes) == count else None
     if settings.masks:
-        write_masks(out / "masks", predictions.seg_labels, ids, spacing, info.num_seg_classes, sizes)
+        affines = (data.affines or {}).get(split) if sizes else None
+        write_masks(out / "masks", predictions.seg_labels, ids, spacing, info.num_seg_classes, sizes, affines)
     if settings.save_probabilities:
         write_probabilities(out / "probabilities", predictions.seg_probs, ids, sizes)
     return values

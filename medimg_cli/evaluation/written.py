@@ -2,10 +2,11 @@
 each image had before medimg padded or resized it.
 
 Each sample's ``Splits.sizes`` entry holds its extent inside the stack (native sizes are padded
-to one) and its size before ``data.image_size`` resized it: outputs are cropped to the first,
-then resized to the second (nearest neighbour for labels, linear for probabilities). A
-``data.spacing`` resampling is not undone: outputs stay on the resampled grid, whose spacing the
-NIfTI affine records.
+to one) and its shape on the file's own grid, before ``data.spacing`` resampled it or
+``data.image_size`` resized it: outputs are cropped to the first, then resampled to the second
+(nearest neighbour for labels, linear for probabilities), so they lie on the original image's
+grid. NIfTI masks carry the original volume's affine (``Splits.affines``), so they overlay the
+image in any viewer; without one (DICOM series, slices) the affine holds the original spacing.
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ def write_masks(
     spacing: list[list[float]],
     num_classes: int,
     sizes: list | None = None,
+    affines: list | None = None,
 ) -> None:
     """One file per case of ``labels`` ``(N, *spatial)``: a visible PNG (``mask_png``, 2D) or NIfTI
-    with the pixel spacing in the affine (3D), at the case's original size."""
+    (3D) with the case's original affine (else its spacing), at the case's original size and grid."""
     import nibabel as nib
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,10 +74,13 @@ def write_masks(
         array = to_original(labels[case][None], size, labels=True)[0].numpy().astype(np.uint8)
         if array.ndim == 2:
             write_atomic(folder / f"{name}.png", mask_png(array, num_classes))
+            continue
+        if affines and affines[case] is not None:
+            affine = np.asarray(affines[case])
         else:  # the stored spacing times stored pixels per original pixel
             scale = [extent / before for extent, before in zip(*size, strict=True)] if size else [1.0] * array.ndim
             affine = np.diag([*(s * k for s, k in zip(spacing[case], scale, strict=True)), 1.0])
-            write_atomic(folder / f"{name}.nii.gz", gzip.compress(nib.Nifti1Image(array, affine).to_bytes()))
+        write_atomic(folder / f"{name}.nii.gz", gzip.compress(nib.Nifti1Image(array, affine).to_bytes()))
 
 
 def write_probabilities(folder: Path, probs: torch.Tensor, ids: list[str], sizes: list | None = None) -> None:
