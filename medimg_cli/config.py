@@ -37,13 +37,14 @@ _NUMBERS: dict[str, tuple[type, float, str]] = {
 _POSITIVE = {"optim.lr", "scheduler.gamma"}  # strictly greater than the minimum
 _BOOLEANS = ("data.binary", "optim.nesterov", "trainer.deterministic")
 _PER_AXIS = {"data.image_size"}  # an int, or a list with one int per spatial axis
+_PLANNED = {"trainer.batch_size"}  # may also be "auto": filled from the data plan (data/plan.py)
 
 
 def check_numbers(cfg: DictConfig) -> None:
     """Raise a ``ConfigError`` for the first number or flag with a wrong type or range."""
     for key, (kind, minimum, example) in _NUMBERS.items():
         value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
+        if value is None or (key in _PLANNED and value == "auto"):
             continue
         for item in value if key in _PER_AXIS and isinstance(value, ListConfig) else [value]:
             _check_number(key, item, kind, minimum, example)

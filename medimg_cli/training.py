@@ -26,6 +26,7 @@ from medimg_cli.config import build_optimizer, build_scheduler, check_numbers, r
 from medimg_cli.data import Splits, build_data
 from medimg_cli.data.batches import choose_loader, make_batches
 from medimg_cli.data.patches import PatchBatches, patch_size
+from medimg_cli.data.plan import memory_budget, network_plan, resolve_config, wants_plan
 from medimg_cli.distributed import device_for_rank, is_distributed, world
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_atomic, write_json
@@ -108,8 +109,9 @@ def setup(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     seed_everything(cfg.seed)
     # checkpoints written before these keys existed lack them
     configure_backends(device, cfg.trainer.get("deterministic", False), cfg.trainer.get("cudnn_benchmark", "auto"))
-    data = build_data(OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True))
+    data = planned_data(cfg, device)
     patch = patch_size(cfg.data, data.info)
+    _plan_network(cfg, patch or data.info.image_size)
     if patch is not None:  # the network is built for, and sees, patches
         data.info = dataclasses.replace(data.info, image_size=patch)
     model, args, loaded, frozen = _build_model(cfg, data, device, processes, resume)
@@ -159,6 +161,28 @@ def setup(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         _describe_layers(run, layers, bool(loaded or frozen))
     _log_start(run)
     return run
+
+
+def planned_data(cfg: DictConfig, device: Any) -> Splits:
+    """The data of ``cfg``; keys set to ``auto`` are filled from a plan of the dataset
+    (``data/plan.py``), which is written back into ``cfg`` (so config.yaml holds the values)."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True)
+    if wants_plan(data_cfg):
+        data_cfg["memory_gb"] = memory_budget(cfg.trainer.get("memory_gb"), device)
+    data = build_data(data_cfg)
+    if data.plan is not None:
+        resolve_config(cfg, data.plan)
+    elif cfg.trainer.get("batch_size") == "auto":
+        raise ConfigError("trainer.batch_size=auto comes from a plan: add data.patch_size=auto (segmentation of files)")
+    return data
+
+
+def _plan_network(cfg: DictConfig, size: tuple[int, ...]) -> None:
+    """A ``dynunet`` model's ``auto`` topology from its input size when no dataset plan gave one."""
+    if any(cfg.model.get(k) == "auto" for k in ("kernels", "strides", "filters")):
+        spacing = cfg.data.get("spacing")
+        spacing = list(spacing) if spacing is not None and not isinstance(spacing, str) else None
+        resolve_config(cfg, {"network": network_plan(size, spacing)})
 
 
 def whole_images(model: nn.Module, patch: tuple[int, ...] | None, trainer: Mapping, overlap: float | None = None):
@@ -229,6 +253,8 @@ def _write_new_run_files(run: Run) -> None:
         write_json(run.run_dir / "splits.json", run.data.ids)
     if run.data.skipped:
         write_atomic(run.run_dir / "skipped.txt", "\n".join(run.data.skipped) + "\n")
+    if run.data.plan is not None:
+        write_json(run.run_dir / "plan.json", run.data.plan)
 
 
 def size_line(size: dict[str, int]) -> str:

@@ -1,10 +1,12 @@
-"""``medimg data inspect``: describe a dataset before training on it.
+"""``medimg data inspect``: describe a dataset before training on it; ``medimg data plan``: show
+the plan that ``auto`` keys would take (``data/plan.py``).
 
     medimg data inspect data=medmnist data.name=breastmnist data.root=../shared/data/medmnist
     medimg data inspect data=nifti data.root=~/ct/images data.mask_root=~/ct/masks
+    medimg data plan data=manifest data.path=vessels.csv data.task=segmentation
 
-Builds the data exactly as ``medimg train`` would (same config group, same splits and audit)
-and writes ``report.md``, ``report.json`` and ``examples.png`` into the output folder.
+Both build the data exactly as ``medimg train`` would (same config group, same splits and
+audit); inspect writes ``report.md``, ``report.json`` and ``examples.png``, plan ``plan.json``.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from medimg_cli.config import check_numbers
+from medimg_cli.config import check_numbers, resolve_device
 from medimg_cli.data import SPLITS, Splits, build_data
+from medimg_cli.data.plan import PLANNED, memory_budget
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
 from medimg_cli.pictures import grid_image, tile
 from medimg_cli.tables import make_console
 
-HELP = "inspect a dataset: counts, shapes, intensities, masks, leakage audit, example grid"
-SUBCOMMANDS = ("inspect",)
+HELP = "inspect a dataset (counts, shapes, intensities, masks, leakage audit) or plan its segmentation"
+SUBCOMMANDS = ("inspect", "plan")
 log = logging.getLogger(__name__)
 
 
@@ -37,11 +40,58 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in SUBCOMMANDS:
         print_error("data", f"expected a subcommand: {', '.join(SUBCOMMANDS)} (e.g. medimg data inspect data=phantom)")
         return 2
-    return run_hydra("data inspect", _hydra_task, argv[1:])
+    task = _inspect_task if argv[0] == "inspect" else _plan_task
+    return run_hydra(f"data {argv[0]}", task, argv[1:])
 
 
-def _hydra_task(cfg: DictConfig) -> dict[str, Any]:
+def _inspect_task(cfg: DictConfig) -> dict[str, Any]:
     return inspect(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def _plan_task(cfg: DictConfig) -> dict[str, Any]:
+    return plan(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def plan(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Plan ``cfg.data`` as if every planned key said ``auto`` (native size), print the plan and
+    write ``plan.json`` into ``out``; returns the plan."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True)
+    data_cfg |= {key: "auto" for key in PLANNED} | {"image_size": None}
+    data_cfg["memory_gb"] = memory_budget(cfg.memory_gb, resolve_device(cfg.device))
+    found = build_data(data_cfg).plan
+    if found is None:
+        raise ConfigError(f"data.source={data_cfg['source']} has no files to plan; plans are for file datasets")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "plan.json", found)
+    console = make_console()
+    console.print(plan_table(found))
+    console.print(f"plan: {out / 'plan.json'}")
+    return found
+
+
+def plan_table(found: dict[str, Any]) -> str:
+    """The plan as a Markdown table of the keys it fills and why."""
+    fingerprint, network = found["fingerprint"], found["network"]
+    rows = [
+        (
+            "data.spacing",
+            found["spacing"] or "none (no voxel spacing in the files)",
+            "median spacing of the training cases (coarse axis: 10th percentile)",
+        ),
+        ("data.patch_size", found["patch_size"], f"median shape {found['median_shape']}, fitted to the budget"),
+        (
+            "trainer.batch_size",
+            found["batch_size"],
+            f"patches in {found['memory_gb']:g} GB (estimate {found['estimated_gb']:g} GB), at least 2",
+        ),  # fmt: skip
+        ("data.normalize", found["normalize"], f"modality {fingerprint.get('modality') or 'not given'}"),
+        ("model.strides", network["strides"], "model=dynunet: halve axes >= 8 voxels, not much coarser than finest"),
+        ("model.kernels", network["kernels"], "3 on axes within 2x the finest spacing, else 1"),
+        ("model.filters", network["filters"], "32, doubling per stage"),
+    ]
+    lines = [f"**Plan** from {fingerprint['cases']} training cases", "", "| key | value | from |", "|---|---|---|"]
+    lines += [f"| {key} | {value} | {why} |" for key, value, why in rows]
+    return "\n".join(lines) + "\n"
 
 
 def inspect(cfg: DictConfig, out: Path) -> dict[str, Any]:

@@ -68,6 +68,7 @@ class Splits:
     # grid (before data.spacing and data.image_size)]: what maps outputs back (evaluation/written.py)
     sizes: dict[str, list[list[list[int]]]] | None = None
     affines: dict[str, list[list[list[float]] | None]] | None = None  # per split: NIfTI affine of each volume
+    plan: dict | None = None  # the plan that filled data keys set to auto (data/plan.py)
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         if name not in SPLITS:

@@ -27,7 +27,9 @@ import torch
 from medimg_cli.data import DataInfo, Splits, fingerprint
 from medimg_cli.data.cache import cached
 from medimg_cli.data.dicom import apply_window, read_segmentation, read_series
+from medimg_cli.data.fingerprinting import fingerprint_records
 from medimg_cli.data.native import MULTIPLE, check_spacing, stack_native, stored_size
+from medimg_cli.data.plan import DEFAULT_MEMORY_GB, PLANNED, make_plan, wants_plan
 from medimg_cli.data.readers import (
     IMAGE_SUFFIXES,
     VOLUME_SUFFIXES,
@@ -41,7 +43,7 @@ from medimg_cli.data.readers import (
 from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits
 from medimg_cli.errors import ConfigError, unknown_choice
 
-NORMALISATIONS = ("minmax", "zscore", "none")
+NORMALISATIONS = ("minmax", "zscore", "ct", "none")
 BAD_FILE_POLICIES = ("error", "skip")
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,9 @@ def _image_and_mask(record: Record, image: np.ndarray, cfg: Mapping, task: str) 
 def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> Splits:
     """Decode ``records`` and build the train/val/test tensors as the data config says."""
     task = cfg["task"]
+    plan = None
+    if wants_plan(cfg):
+        cfg, plan = _planned(records, cfg, source)
     classes = _check_records(records, cfg, source)
     decoded = cached(cfg, _source_files(records), lambda: _decode_all(records, cfg, task, source))
     kept = decoded["kept"]
@@ -184,7 +189,30 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         sizes={name: [decoded["sizes"][i] for i in idx] for name, idx in by_split.items()},
         affines={name: [decoded["affines"][i] for i in idx] for name, idx in by_split.items()},
         meta=_metadata(records, owners, by_split),
+        plan=plan,
     )
+
+
+def _planned(records: Sequence[Record], cfg: Mapping, source: str) -> tuple[dict, dict]:
+    """The config with its ``auto`` keys filled from a plan of the training cases, and the plan."""
+    if cfg["task"] != "segmentation":
+        auto = [k for k in PLANNED if cfg.get(k) == "auto"]
+        raise ConfigError(f"data.{auto[0]}=auto plans segmentation; data.task={cfg['task']} needs an explicit value")
+    salt = cfg["salt"]
+    ids = [r.case or anonymise(r.name, salt) for r in records]
+    patients = [anonymise(r.patient, salt) if r.patient else None for r in records]
+    splits = _assign_splits(records, ids, patients, cfg, source)
+    train = [r for r, s in zip(records, splits, strict=True) if s == "train"]
+    plan = make_plan(fingerprint_records(train, cfg), cfg.get("memory_gb") or DEFAULT_MEMORY_GB)
+    resolved = dict(cfg)
+    for key in PLANNED:
+        if cfg.get(key) == "auto":
+            resolved[key] = plan[key]
+    if cfg.get("normalize") == "auto":
+        resolved["intensity"] = plan["intensity"]
+    log.info("plan: spacing %s, patch %s, batch %d, normalize %s", plan["spacing"], plan["patch_size"],
+             plan["batch_size"], plan["normalize"])  # fmt: skip
+    return resolved, plan
 
 
 def _check_records(records: Sequence[Record], cfg: Mapping, source: str) -> list[str]:
@@ -252,7 +280,7 @@ def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str)
             size = stored_size(cfg, image, record.images[0])
             sizes.append([list(size), list(one.native_shape)])
             affines.append(one.affine)
-            images.append(normalise(resize(image, size), cfg["normalize"]))
+            images.append(normalise(resize(image, size), cfg["normalize"], cfg.get("intensity")))
             pixel_spacings.append(
                 [s * n / m for s, n, m in zip(one.sample_spacing, image.shape[1:], size, strict=True)]
                 if one.sample_spacing

@@ -4,7 +4,7 @@ denoising and per-image normalisation of the decoded arrays."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -138,11 +138,21 @@ def denoise(image: np.ndarray, how: str, size: float) -> np.ndarray:
     return np.asarray(smooth(torch.from_numpy(np.ascontiguousarray(image))), dtype=np.float32)
 
 
-def normalise(image: torch.Tensor, how: str) -> torch.Tensor:
-    """Per image: ``minmax`` to [0, 1] (seed 001, eq. 2), ``zscore`` to mean 0 and sd 1, or ``none``."""
+def normalise(image: torch.Tensor, how: str, intensity: Mapping[str, float] | None = None) -> torch.Tensor:
+    """Per image: ``minmax`` to [0, 1] (the core source paper's eq. 2), ``zscore`` to mean 0 and
+    sd 1, or ``none``; ``ct``: one dataset-wide mapping, as nnU-Net does for CT, whose Hounsfield
+    units mean the same in every scan: clip to ``intensity`` ``low``-``high`` (foreground
+    percentiles) and z-score with its foreground ``mean`` and ``sd``."""
     if how == "minmax":
         low, high = image.min(), image.max()
         return (image - low) / (high - low) if high > low else torch.zeros_like(image)
     if how == "zscore":
         return (image - image.mean()) / image.std().clamp(min=1e-8)
+    if how == "ct":
+        if not intensity:
+            raise ConfigError(
+                "data.normalize=ct needs data.intensity {low, high, mean, sd}; data.normalize=auto plans it"
+            )
+        clipped = image.clamp(intensity["low"], intensity["high"])
+        return (clipped - intensity["mean"]) / max(intensity["sd"], 1e-8)
     return image
