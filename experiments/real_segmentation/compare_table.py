@@ -13,6 +13,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 ARMS = {"native": "native, patches", "resize": "resized whole images"}
 
 
@@ -22,7 +24,11 @@ def scores(run: Path) -> dict[str, str | float]:
     summary = json.loads((run / "summary.json").read_text())
     classes = sorted(c for m, c in rows if m == "dice" and c != "all")
     dice = rows["dice", "all"]
+    unit = json.loads((run / "eval" / "test" / "metrics.json").read_text()).get("distance_unit", "")
+    size = yaml.safe_load((run / "config.yaml").read_text())["data"]["image_size"]
     return {
+        "grid": "native grid" if size is None else f"resized grid ({size} per axis)",
+        "unit": unit,
         "dice": float(dice["value"]),
         "ci": f"[{float(dice['low']):.3f}, {float(dice['high']):.3f}]",
         "per_class": " / ".join(f"{float(rows['dice', c]['value']):.3f}" for c in classes),
@@ -38,8 +44,8 @@ def main() -> None:
     if not found:
         raise SystemExit(f"no evaluated runs in {runs}")
     lines = [
-        "| dataset | input | seed | epochs | minutes | test Dice [95% CI] | Dice per class | HD95 |",
-        "|---|---|---:|---:|---:|---|---|---:|",
+        "| dataset | input | seed | epochs | minutes | test Dice [95% CI] | Dice per class | HD95 | scored on |",
+        "|---|---|---:|---:|---:|---|---|---:|---|",
     ]
     means: dict[tuple[str, str], list[float]] = {}
     for run in found:
@@ -48,7 +54,7 @@ def main() -> None:
         means.setdefault((dataset, arm), []).append(s["dice"])
         lines.append(
             f"| {dataset} | {ARMS[arm]} | {seed[1:]} | {s['epochs']} | {s['minutes']:.1f} | {s['dice']:.3f} {s['ci']} "
-            f"| {s['per_class']} | {s['hd95']:.2f} |"
+            f"| {s['per_class'] or '-'} | {s['hd95']:.2f} {s['unit']} | {s['grid']} |"
         )
     if any(len(v) > 1 for v in means.values()):
         lines += ["", "| dataset | input | seeds | mean test Dice |", "|---|---|---:|---:|"]
