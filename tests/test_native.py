@@ -209,9 +209,9 @@ def test_with_patches_the_native_stack_is_not_rounded_up(tmp_path):
     assert splits.train["image"].shape[2:] == (40, 44)  # the sliding windows pad where they need to
 
 
-def _vessel_folder(root, count: int = 8) -> None:
+def _vessel_folder(root, count: int = 8, seed: int = 1) -> None:
     """CHASE_DB1-like names: Image_NN.jpg, masks Image_NN_1stHO.gif (0/255), field of view Image_NN_fov.png."""
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     for i in range(count):
         image = rng.integers(0, 80, (36, 40, 3)).astype(np.uint8)
         mask = np.zeros((36, 40), np.uint8)
@@ -247,6 +247,27 @@ def test_folder_masks_and_rois_found_by_suffix_in_any_format(tmp_path):
     assert roi.shape == (64, 64) and int(roi.sum()) == 32 * 36 and int(roi[2:34, 2:38].sum()) == 32 * 36
     resized = build_data(dict(compose_config([*found, "data.image_size=32"]).data))
     assert resized.train["roi"].shape == (len(resized.train["image"]), 1, 32, 32)  # resized with its image
+
+
+def test_official_split_folders_keep_the_test_set_and_carve_validation_from_training(tmp_path):
+    _vessel_folder(tmp_path / "training", count=10)
+    _vessel_folder(tmp_path / "test", count=4, seed=2)
+    for folder in ("images", "manual"):  # DRIVE-like: <root>/<split folder>/... per tree
+        for split in ("training", "test"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            (tmp_path / split / folder).rename(tmp_path / folder / split)
+    overrides = [
+        "data=folder", f"data.root={tmp_path / 'images'}", f"data.mask_root={tmp_path / 'manual'}",
+        "data.mask_suffix=_1stHO", "data.task=segmentation", "data.channels=3", "data.image_size=null",
+        "data.cache=false", "data.split=[0.6,0.2,0.2]", "data.split_folders={train:training,test:test}",
+    ]  # fmt: skip
+    splits = build_data(dict(compose_config(overrides).data))
+    from medimg_cli.data.splits import anonymise
+
+    assert sorted(splits.ids["test"]) == sorted(anonymise(f"test/Image_{i:02d}.jpg", "medimg") for i in range(4))
+    assert len(splits.ids["train"]) == 7 and len(splits.ids["val"]) == 3  # 0.2 / (0.6 + 0.2) of 10, rounded
+    with pytest.raises(ConfigError, match=r"data.split_folders=.*train is needed"):
+        build_data(dict(compose_config([*overrides[:-1], "data.split_folders={test:test}"]).data))
 
 
 def test_manifest_roi_column_and_a_missing_roi_file(tmp_path):

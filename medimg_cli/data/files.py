@@ -215,6 +215,24 @@ def _planned(records: Sequence[Record], cfg: Mapping, source: str) -> tuple[dict
     return resolved, plan
 
 
+def _carve_validation(
+    records: Sequence[Record], ids: list[str], patients: list[str | None], explicit: list[str], cfg: Mapping
+) -> list[str]:
+    """``explicit`` with part of its train records moved to val: ``data.split``'s val share of
+    train + val, grouped by patient and stratified by label (``grouped_split``, whose test share
+    is merged into val so both halves of the share are stratified)."""
+    members = [i for i, s in enumerate(explicit) if s == "train"]
+    train, val = cfg["split"][0], cfg["split"][1]
+    share = val / (train + val)
+    labels = [records[i].label for i in members]
+    groups = [patients[i] or f"sample:{ids[i]}" for i in members]
+    carved = grouped_split(labels, groups, (1 - share, share / 2, share / 2), cfg["seed"])
+    found = list(explicit)
+    for index, split in zip(members, carved, strict=True):
+        found[index] = "train" if split == "train" else "val"
+    return found
+
+
 def _check_records(records: Sequence[Record], cfg: Mapping, source: str) -> list[str]:
     """Refuse records the config cannot use; returns the class names (``data.classes`` or the labels found)."""
     task = cfg["task"]
@@ -324,6 +342,8 @@ def _assign_splits(
         bad = next((r for r in records if r.split not in SPLIT_NAMES), None)
         if bad is not None:
             raise ConfigError(f"{source}: {bad.images[0]} has split '{bad.split}'; use train, val or test in every row")
+        if "val" not in explicit:  # official train/test splits: validation comes out of train
+            return _carve_validation(records, ids, patients, explicit, cfg)
         return explicit
     if cfg.get("splits"):
         path = Path(cfg["splits"]).expanduser()

@@ -5,16 +5,21 @@
     <roi_root>/<class>/<any/depth>/<image><roi_suffix>.<any>    a region of interest (field of view)
 
 For segmentation without classes, put the images straight under ``root`` (``data.task=segmentation``).
+Official splits in sub-folders (``data.split_folders={train: training, test: test}``) are read
+from ``<root>/<folder>`` (and ``<mask_root>/<folder>``, ``<roi_root>/<folder>``); a split without a
+folder (usually val) is carved out of train (``files._assign_splits``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
 from medimg_cli.data import SOURCES, Splits
 from medimg_cli.data.files import Record, records_to_splits
 from medimg_cli.data.readers import IMAGE_SUFFIXES, VOLUME_SUFFIXES, full_suffix, strip_suffix
+from medimg_cli.data.splits import SPLIT_NAMES
 from medimg_cli.errors import ConfigError
 
 
@@ -67,7 +72,28 @@ def list_records(cfg: Mapping, suffixes: tuple[str, ...]) -> list[Record]:
     return records
 
 
+def split_folder_records(cfg: Mapping, suffixes: tuple[str, ...]) -> list[Record]:
+    """``list_records`` of each ``data.split_folders`` sub-folder, marked with its split."""
+    folders = dict(cfg["split_folders"])
+    unknown = [name for name in folders if name not in SPLIT_NAMES]
+    if unknown or "train" not in folders:
+        raise ConfigError(
+            f"data.split_folders={folders}: keys are split names ({', '.join(SPLIT_NAMES)}) and train is needed, "
+            "e.g. data.split_folders={train:training,test:test}"
+        )
+    records = []
+    for split, folder in folders.items():
+        moved = {f"{key}_root": str(Path(cfg[f"{key}_root"]).expanduser() / folder)
+                 for key in ("mask", "roi") if cfg.get(f"{key}_root")}  # fmt: skip
+        found = list_records({**cfg, "root": str(Path(cfg["root"]).expanduser() / folder), **moved}, suffixes)
+        records += [dataclasses.replace(r, name=f"{folder}/{r.name}", split=split) for r in found]
+    return records
+
+
 @SOURCES.register("folder")
 def folder_splits(cfg: Mapping) -> Splits:
-    """List the images under ``cfg["root"]`` and build splits from them."""
-    return records_to_splits(list_records(cfg, IMAGE_SUFFIXES), cfg, f"data.root={cfg['root']}")
+    """List the images under ``cfg["root"]`` (per split folder, when given) and build splits from them."""
+    listed = (
+        split_folder_records(cfg, IMAGE_SUFFIXES) if cfg.get("split_folders") else list_records(cfg, IMAGE_SUFFIXES)
+    )
+    return records_to_splits(listed, cfg, f"data.root={cfg['root']}")
