@@ -80,15 +80,21 @@ def test_folder_images_keep_their_own_size_and_pixels(tmp_path):
     torch.testing.assert_close(inside * 255, (inside * 255).round(), atol=1e-3, rtol=0)
 
 
+# a flipped x axis and an origin: masks written back must overlay the originals in world space
+AFFINE = np.array([[-2.0, 0, 0, 10], [0, 1.5, 0, -5], [0, 0, 3.0, 7], [0, 0, 0, 1]])
+
+
+def _anisotropic_volumes(root, count: int = 4) -> None:
+    for i in range(count):
+        data = np.random.default_rng(i).random((8, 10, 6), dtype=np.float32)
+        write_nifti(root / "images" / f"c{i}.nii", data, AFFINE)
+        write_nifti(root / "masks" / f"c{i}.nii", (data > 0.5).astype(np.uint8), AFFINE)
+
+
 def test_spacing_is_delivered_exactly_and_predictions_map_back_to_the_original_grid(tmp_path):
     import nibabel as nib
 
-    # a flipped x axis and an origin: the masks written back must overlay the originals in world space
-    affine = np.array([[-2.0, 0, 0, 10], [0, 1.5, 0, -5], [0, 0, 3.0, 7], [0, 0, 0, 1]])
-    for i in range(4):
-        data = np.random.default_rng(i).random((8, 10, 6), dtype=np.float32)
-        write_nifti(tmp_path / "images" / f"c{i}.nii", data, affine)
-        write_nifti(tmp_path / "masks" / f"c{i}.nii", (data > 0.5).astype(np.uint8), affine)
+    _anisotropic_volumes(tmp_path)
     overrides = nifti_overrides(tmp_path, "data.spacing=[1,0.75,1.5]", "data.split=[0.5,0.25,0.25]")
     with pytest.raises(ConfigError, match=r"data.image_size=16 would resize it again.*data.image_size=null"):
         build_data(dict(compose_config(overrides).data))
@@ -105,6 +111,37 @@ def test_spacing_is_delivered_exactly_and_predictions_map_back_to_the_original_g
             written = nib.load(tmp_path / "out" / f"{name}.nii.gz")
             same = [o for o in originals if np.array_equal(np.asarray(written.dataobj), np.asarray(o.dataobj))]
             assert len(same) == 1 and np.allclose(written.affine, same[0].affine)
+
+
+def test_after_a_spacing_resampling_eval_scores_on_the_files_grid(tmp_path):
+
+    from medimg_cli.evaluation.document import Settings
+    from medimg_cli.evaluation.segmented import _original_grid_outputs
+
+    _anisotropic_volumes(tmp_path / "data", count=8)
+    overrides = nifti_overrides(tmp_path / "data", "data.spacing=[1,0.75,1.5]", "data.image_size=null")
+    common = ["data.task=segmentation", "data.split=[0.5,0.25,0.25]", "data.cache=false", "device=cpu"]
+    splits = build_data(dict(compose_config([*overrides, *common]).data))
+    test, originals, sizes = splits.test, splits.originals["test"], splits.sizes["test"]
+    perfect = torch.nn.functional.one_hot(test["mask"][:, 0].long(), 2).movedim(-1, 1).float()
+    assert (_original_grid_outputs(perfect, originals, sizes, 2, Settings())["dice"] == 1).all()
+    # a spacing that is no whole ratio of the file's changes the foreground share when resampled,
+    # so an all-foreground prediction scores differently on the two grids
+    odd = build_data(dict(compose_config([*overrides, *common, "data.spacing=[1.3,1.1,2.0]"]).data)).test
+    everywhere = torch.ones(len(odd["mask"]), 2, *odd["mask"].shape[2:])
+    everywhere[:, 0] = 0
+    sizes_odd = [[list(m.shape[1:]), [8, 10, 6]] for m in odd["mask"]]
+    originals_odd = [(o, [2.0, 1.5, 3.0]) for o, _ in originals]  # the same test files, as the files hold them
+    found = _original_grid_outputs(everywhere, originals_odd, sizes_odd, 2, Settings())["dice"][:, 0]
+    by_hand = [2 * float(o.sum()) / (float(o.sum()) + o.numel()) for o, _ in originals]  # on the 8x10x6 grid
+    stored = [2 * float(m.sum()) / (float(m.sum()) + m.numel()) for m in odd["mask"]]
+    np.testing.assert_allclose(found, by_hand, atol=1e-6)
+    assert max(abs(a - b) for a, b in zip(stored, by_hand, strict=True)) > 1e-3  # the grids do differ
+    cfg = compose_config([*overrides, *common, "model=unet", "trainer.epochs=1"])
+    train(cfg, tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
+    document = evaluate_checkpoint_cfg(compose_config([f"checkpoint={checkpoint}", "device=cpu"], name="eval"))
+    assert document["grid"].startswith("original") and document["distance_unit"] == "mm"
 
 
 @pytest.mark.parametrize("name", ["dice_ce", "dice_focal", "tversky"])

@@ -69,6 +69,9 @@ class Splits:
     sizes: dict[str, list[list[list[int]]]] | None = None
     affines: dict[str, list[list[list[float]] | None]] | None = None  # per split: NIfTI affine of each volume
     plan: dict | None = None  # the plan that filled data keys set to auto (data/plan.py)
+    # per split and sample, after a data.spacing resampling: the (1 or 2, *file grid) uint8 mask (and
+    # ROI) and the file's spacing, which medimg eval scores predictions against; else None
+    originals: dict[str, list[tuple[torch.Tensor, list[float]] | None]] | None = None
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         if name not in SPLITS:

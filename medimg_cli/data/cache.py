@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 # or where the cache lives; every other key (a new preprocessing key too) is part of the key, so
 # it can never serve stale data
 NOT_DECODING_KEYS = ("split", "splits", "seed", "salt", "cache", "cache_dir", "foreground_fraction", "memory_gb")
-# bumped when the decoded dictionary changes (2: pixel_spacings, 3: roi, 4: sizes, 5: sizes on the file grid
-# and affines): old entries are not read
+# bumped when the decoded dictionary changes (2: pixel_spacings, 3: roi, 4: sizes, 5: sizes on the file grid,
+# affines and originals): old entries are not read
 FORMAT = 5
 
 

@@ -74,6 +74,7 @@ class Decoded:
     sample_spacing: tuple[float, ...] | None  # mm per pixel of each sample (after data.spacing and slicing)
     native_shape: tuple[int, ...]  # each sample's spatial shape on the file's own grid
     affine: list[list[float]] | None  # voxel-to-world of a whole NIfTI volume; None for slices and 2D
+    original: np.ndarray | None = None  # a resampled whole volume's mask (and ROI) on the file's grid
 
 
 def _decode(record: Record, cfg: Mapping, task: str) -> Decoded:
@@ -87,7 +88,9 @@ def _decode(record: Record, cfg: Mapping, task: str) -> Decoded:
     image, mask = _image_and_mask(record, image, cfg, task)
     native_shape = tuple(image.shape[1:])
     sample_spacing = spacing if spacing is not None and len(spacing) == image.ndim - 1 else None
+    original = None
     if sample_spacing is not None and cfg.get("spacing"):  # resample to the target spacing
+        original = mask
         sample_spacing = tuple(float(t) for t in cfg["spacing"])
         shape = [round(n * s / t) for n, s, t in zip(image.shape[1:], spacing, cfg["spacing"], strict=True)]
         image = resize(image, shape).numpy()
@@ -101,7 +104,7 @@ def _decode(record: Record, cfg: Mapping, task: str) -> Decoded:
         in_plane = tuple(s for i, s in enumerate(sample_spacing) if i != axis) if sample_spacing else None
         native_plane = tuple(n for i, n in enumerate(native_shape) if i != axis)
         return Decoded(slices, spacing, in_plane, native_plane, None)
-    return Decoded([(image, mask)], spacing, sample_spacing, native_shape, affine)
+    return Decoded([(image, mask)], spacing, sample_spacing, native_shape, affine, original)
 
 
 def _image_and_mask(record: Record, image: np.ndarray, cfg: Mapping, task: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -188,6 +191,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         pixel_spacing={name: [decoded["pixel_spacings"][i] for i in idx] for name, idx in by_split.items()},
         sizes={name: [decoded["sizes"][i] for i in idx] for name, idx in by_split.items()},
         affines={name: [decoded["affines"][i] for i in idx] for name, idx in by_split.items()},
+        originals={name: [decoded["originals"][i] for i in idx] for name, idx in by_split.items()},
         meta=_metadata(records, owners, by_split),
         plan=plan,
     )
@@ -266,71 +270,69 @@ def _source_files(records: Sequence[Record]) -> list[Path]:
     return [p for r in records for p in (*r.images, *(q for q in (r.mask, r.roi) if q is not None))]
 
 
+PER_SAMPLE = ("images", "masks", "owners", "pixel_spacings", "sizes", "affines", "originals")
+
+
 def _decode_all(records: Sequence[Record], cfg: Mapping, task: str, source: str) -> dict:
     """Decode every record (a volume may become several slices) into stacked tensors.
 
     Returns:
-        ``images`` ``(N, C, *size)``, ``masks`` ``(N, 1, *size)`` or ``None``, ``owners`` (the
-        index into ``kept`` of each sample), ``kept`` (indices of the records decoded),
-        ``digests`` (a content hash per kept record), ``spacings`` (native spacing per kept record),
-        ``pixel_spacings`` (mm per pixel of each sample as stored, after resizing, or ``None``), ``roi``
-        (``(N, 1, *size)`` when native sizes differ, see ``data/native.py``, else ``None``), ``sizes``
-        (per sample: its stored extent inside the stack and its shape on the file's own grid, before
-        ``data.spacing`` and ``data.image_size``), ``affines`` (per sample: the NIfTI voxel-to-world
-        affine of a whole volume, else ``None``) and ``skipped`` (one message per bad file when
+        ``images`` ``(N, C, *size)``, ``masks`` ``(N, 1, *size)`` or ``None``, ``roi``
+        (``(N, 1, *size)`` when native sizes differ or ROIs come from files, see ``data/native.py``,
+        else ``None``); per kept record ``kept`` (its index in ``records``), ``digests`` (a content
+        hash) and ``spacings`` (its spacing as in the file); per sample ``owners`` (its index into
+        ``kept``), ``pixel_spacings`` (mm per pixel as stored, or ``None``), ``sizes`` (its extent
+        inside the stack and its shape on the file's own grid, before ``data.spacing`` and
+        ``data.image_size``), ``affines`` (the NIfTI voxel-to-world affine of a whole volume, else
+        ``None``), ``originals`` (a resampled whole volume's ``(1 or 2, *file grid)`` mask and ROI
+        with its file spacing, else ``None``); and ``skipped`` (one message per bad file when
         ``data.on_bad_file=skip``).
     """
     if cfg.get("on_bad_file", "error") not in BAD_FILE_POLICIES:
         raise unknown_choice("data.on_bad_file", cfg["on_bad_file"], BAD_FILE_POLICIES)
     check_spacing(cfg)
-    images, masks, owners, kept, digests, skipped, spacings = [], [], [], [], [], [], []
-    pixel_spacings, sizes, affines = [], [], []
+    found: dict[str, list] = {key: [] for key in (*PER_SAMPLE, "kept", "digests", "spacings", "skipped")}
     for index, record in enumerate(records):
         try:
             one = _decode(record, cfg, task)
         except ConfigError as error:
             if cfg.get("on_bad_file", "error") != "skip":
                 raise
-            skipped.append(str(error))
+            found["skipped"].append(str(error))
             continue
-        digests.append(hashlib.sha256(b"".join(image.tobytes() for image, _ in one.samples)).hexdigest())
+        found["digests"].append(hashlib.sha256(b"".join(image.tobytes() for image, _ in one.samples)).hexdigest())
         for image, mask in one.samples:
-            size = stored_size(cfg, image, record.images[0])
-            sizes.append([list(size), list(one.native_shape)])
-            affines.append(one.affine)
-            images.append(normalise(resize(image, size), cfg["normalize"], cfg.get("intensity")))
-            pixel_spacings.append(
-                [s * n / m for s, n, m in zip(one.sample_spacing, image.shape[1:], size, strict=True)]
-                if one.sample_spacing
-                else None
-            )
-            if mask is not None:
-                masks.append(resize(mask, size, nearest=True).to(torch.uint8))
-            owners.append(len(kept))
-        kept.append(index)
-        spacings.append(list(one.spacing) if one.spacing else None)
+            _add_sample(found, one, image, mask, stored_size(cfg, image, record.images[0]), cfg)
+        found["kept"].append(index)
+        found["spacings"].append(list(one.spacing) if one.spacing else None)
+    images, masks = found["images"], found["masks"]
     if len({(i.shape[0], i.dim()) for i in images}) > 1:
         raise ConfigError(f"{source}: images differ in channels or dimensions; use one kind of image per dataset")
     rois = [m[1:] for m in masks] if masks and masks[0].shape[0] == 2 else None
-    masks = [m[:1] for m in masks]
     # whole native images are padded to a size U-Nets take; patches and resized images need no rounding
     multiple = MULTIPLE if cfg["image_size"] is None and not cfg.get("patch_size") else 1
-    stacked, stacked_masks, roi = (
-        (torch.zeros(0), None, None) if not images else stack_native(images, masks, multiple, rois)
+    found["images"], found["masks"], found["roi"] = (
+        (torch.zeros(0), None, None) if not images else stack_native(images, [m[:1] for m in masks], multiple, rois)
     )
-    return {
-        "images": stacked,
-        "masks": stacked_masks,
-        "roi": roi,
-        "owners": owners,
-        "kept": kept,
-        "digests": digests,
-        "skipped": skipped,
-        "spacings": spacings,
-        "pixel_spacings": pixel_spacings,
-        "sizes": sizes,
-        "affines": affines,
-    }
+    return found
+
+
+def _add_sample(found: dict[str, list], one: Decoded, image: np.ndarray, mask: np.ndarray | None,
+                size: Sequence[int], cfg: Mapping) -> None:  # fmt: skip
+    """Resize and normalise one decoded sample into ``found``'s per-sample lists."""
+    found["sizes"].append([list(size), list(one.native_shape)])
+    found["affines"].append(one.affine)
+    original = None if one.original is None else torch.from_numpy(one.original).to(torch.uint8)
+    found["originals"].append(None if original is None else (original, list(one.spacing)))
+    found["images"].append(normalise(resize(image, size), cfg["normalize"], cfg.get("intensity")))
+    found["pixel_spacings"].append(
+        [s * n / m for s, n, m in zip(one.sample_spacing, image.shape[1:], size, strict=True)]
+        if one.sample_spacing
+        else None
+    )
+    if mask is not None:
+        found["masks"].append(resize(mask, size, nearest=True).to(torch.uint8))
+    found["owners"].append(len(found["kept"]))
 
 
 def _assign_splits(

@@ -223,7 +223,8 @@ def evaluate_split(
     result = Evaluation(document=dict(facts or {}))
     result.document.update(split=split, cases=count, bootstrap=settings.bootstrap, uncertainty=settings.uncertainty)
     batches = TensorBatches(tensors, batch_size, device)
-    keep = settings.save_probabilities or info.num_seg_classes == 2  # pixel AUC and AP of binary masks
+    # probabilities for pixel AUC and AP of binary masks, and to resample back to the files' grid
+    keep = settings.save_probabilities or info.num_seg_classes == 2 or any((data.originals or {}).get(split) or [])
     predictions = predict(model, batches, info, speed, settings.uncertainty, settings.samples, settings.seed, keep)
     out.mkdir(parents=True, exist_ok=True)
     columns: dict[str, list] = {"case": list(range(count)), "id": ids}

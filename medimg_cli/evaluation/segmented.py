@@ -15,7 +15,7 @@ from medimg_cli.data import DataInfo, Splits
 from medimg_cli.evaluation.document import Evaluation, Settings
 from medimg_cli.evaluation.segmentation import case_metrics
 from medimg_cli.evaluation.uncertainty import Predictions
-from medimg_cli.evaluation.written import write_masks, write_probabilities
+from medimg_cli.evaluation.written import to_original, write_masks, write_probabilities
 from medimg_cli.reporting.stats import percentile_interval
 
 
@@ -61,6 +61,21 @@ def _segmentation_outputs(
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
+def _original_grid_outputs(
+    probs: torch.Tensor, originals: list, sizes: list, num_classes: int, settings: Settings
+) -> dict[str, np.ndarray]:
+    """Per-case metrics ``(N, C - 1)`` on each file's own grid: the ``(N, C, *stored)`` class
+    probabilities resampled back (linearly, then the argmax, as nnU-Net does) and scored against
+    the mask (and ROI) as the file holds them, in the file's spacing."""
+    parts = []
+    for case, (original, spacing) in enumerate(originals):
+        labels = to_original(probs[case].float(), sizes[case], labels=False).argmax(0)
+        roi = original[1:2] if original.shape[0] > 1 else None
+        parts.append(case_metrics(labels[None], original[:1], num_classes, [spacing], roi, settings.nsd_tolerance,
+                                  settings.cldice))  # fmt: skip
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
 def segmentation_split(
     result: Evaluation,
     out: Path,
@@ -80,12 +95,18 @@ def segmentation_split(
     unit = "mm" if all(s is not None for s in spacing) else "pixels"
     spacing = [s if s is not None else [1.0] * info.spatial_dims for s in spacing]
     masks, roi = tensors["mask"][:, 0], _roi(tensors)
-    values = _segmentation_outputs(predictions, masks, roi, info.num_seg_classes, spacing, batch_size, settings)
+    sizes = (data.sizes or {}).get(split)
+    sizes = sizes if sizes and len(sizes) == count else None
+    originals = (data.originals or {}).get(split)
+    if sizes and originals and all(o is not None for o in originals):  # undo a data.spacing resampling
+        values = _original_grid_outputs(predictions.seg_probs, originals, sizes, info.num_seg_classes, settings)
+        unit, result.document["grid"] = "mm", "original: predictions resampled back to each file's grid"
+    else:
+        values = _segmentation_outputs(predictions, masks, roi, info.num_seg_classes, spacing, batch_size, settings)
+        result.document["grid"] = "stored: the grid the model sees (the file's own unless data.image_size resized it)"
     if info.num_seg_classes == 2:
         _pixel_scores(result, predictions.seg_probs, masks, roi)
     _segmentation(result, values, indices, unit)
-    sizes = (data.sizes or {}).get(split)
-    sizes = sizes if sizes and len(sizes) == count else None
     if settings.masks:
         affines = (data.affines or {}).get(split) if sizes else None
         write_masks(out / "masks", predictions.seg_labels, ids, spacing, info.num_seg_classes, sizes, affines)
