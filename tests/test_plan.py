@@ -95,3 +95,25 @@ def test_medimg_data_plan_prints_and_writes_the_plan(nifti_dataset, tmp_path):  
     assert "| data.patch_size | [16, 16, 16] |" in result.stdout and (tmp_path / "plan.json").is_file()
     refused = run_cli("data", "plan", "data=nifti", *args, "memory_gb=0.00001", f"hydra.run.dir={tmp_path}")
     assert refused.returncode == 2 and "too small for two patches" in refused.stderr
+
+
+def test_the_fingerprint_reads_a_dicom_series_and_its_modality(tmp_path):
+    from test_dicom import write_series
+    from test_volumes import write_nifti
+
+    from medimg_cli.data.dicom import find_series, read_series
+    from medimg_cli.data.files import Record
+
+    write_series(tmp_path / "study" / "s0", 4, "P0", value=100.0)
+    (header,) = find_series(tmp_path / "study")
+    volume, spacing = read_series(header.files)
+    mask = np.zeros(volume.shape[1:], np.uint8)
+    mask[2:6, 2:6, 1:3] = 1
+    write_nifti(tmp_path / "mask.nii.gz", mask)
+    record = Record(name="s0", images=tuple(header.files), mask=tmp_path / "mask.nii.gz", kind="dicom")
+    found = fingerprint_records([record], {})
+    assert found["modality"] == "CT" and found["shapes"] == [list(volume.shape[1:])]
+    assert found["spacings"] == [list(spacing)] and found["foreground"]["mean"] == pytest.approx(
+        volume[0][mask > 0].mean()
+    )
+    assert fingerprint_records([record], {"modality": "MR"})["modality"] == "MR"  # data.modality wins

@@ -77,4 +77,8 @@ def nnunet_splits(cfg: Mapping) -> Splits:
     meta = _read_dataset_json(root)
     records = _decathlon_records(root, meta) if "training" in meta else _v2_records(root, meta)
     labels = meta.get("labels", {})
-    return records_to_splits(records, {**cfg, "mask_classes": cfg.get("mask_classes") or len(labels)}, str(root))
+    # the first channel's modality (v1: "modality", v2: "channel_names"), e.g. CT, for data.normalize=auto
+    channels = meta.get("channel_names") or meta.get("modality") or {}
+    modality = cfg.get("modality") or next(iter(channels.values()), None)
+    settings = {**cfg, "mask_classes": cfg.get("mask_classes") or len(labels), "modality": modality}
+    return records_to_splits(records, settings, str(root))
