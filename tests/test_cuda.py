@@ -161,3 +161,21 @@ def test_sliding_window_on_gpu_matches_monai():
     found = SlidingWindow(model, (32, 32, 32), overlap=0.5, windows_per_call=4)(images)["seg_logits"]
     reference = sliding_window_inference(images, (32, 32, 32), 4, model, overlap=0.5, mode="gaussian")["seg_logits"]
     torch.testing.assert_close(found, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_a_planned_run_on_gpu_budgets_the_gpus_memory_and_eval_matches_the_cpu(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # as above: an untrained net's near ties
+    from test_native import _folder_cfg, _write_folder
+
+    _write_folder(tmp_path / "data")
+    auto = ["data.patch_size=auto", "data.normalize=auto", "trainer.batch_size=auto", "model=dynunet"]
+    cfg = _folder_cfg(tmp_path / "data", *auto, "trainer.epochs=1", "trainer.steps_per_epoch=2", *CUDA)
+    summary = train(cfg, tmp_path / "run")
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    total = torch.cuda.get_device_properties(0).total_memory / 1e9
+    assert plan["memory_gb"] == pytest.approx(0.8 * total, abs=0.1)
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
+    on_cpu = evaluate_checkpoint(checkpoint, "test", "cpu")
+    assert on_cpu["dice"] == pytest.approx(summary["test"]["dice"], abs=1e-3)
