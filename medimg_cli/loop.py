@@ -73,13 +73,21 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Batches, loss_fn: TaskLoss, speed: Speed, metrics: TaskMetrics | None = None
+    model: nn.Module,
+    batches: Batches,
+    loss_fn: TaskLoss,
+    speed: Speed,
+    metrics: TaskMetrics | None = None,
+    keep: tuple[list, int] | None = None,
 ) -> dict[str, float]:
     """Loss, task metrics and ``seconds_per_image`` (forward passes only) on one split.
 
     Args:
         metrics: an empty ``TaskMetrics`` to accumulate into, for callers that want its per-case
             values (``metrics.cases()``) afterwards.
+        keep: ``(found, n)``: ``(outputs, batch)`` pairs of the first batches, until they hold
+            ``n`` samples, are appended to ``found`` (the tracker's pictures reuse them rather
+            than predicting again, which with sliding windows costs as much as the validation).
     """
     model.eval()
     metrics = metrics if metrics is not None else TaskMetrics(loss_fn.info)
@@ -95,4 +103,6 @@ def evaluate(
         total += loss_fn(outputs, batch).item() * size
         count += size
         metrics.update(outputs, batch)
+        if keep is not None and sum(len(b["image"]) for _, b in keep[0]) < keep[1]:
+            keep[0].append(({key: value.detach() for key, value in outputs.items()}, batch))
     return {"loss": total / count, **metrics.compute(), "seconds_per_image": seconds / count}

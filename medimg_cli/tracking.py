@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from medimg_cli.data import DataInfo
 from medimg_cli.errors import ConfigError
@@ -104,13 +103,11 @@ class Tracker:
 
 
 @torch.no_grad()
-def sample_predictions(model: nn.Module, images: torch.Tensor, info: DataInfo, batch: dict) -> dict[str, Any]:
-    """A picture ``(H, W, 3)`` uint8 of ``images`` ``(N, C, *spatial)`` with the true masks (top row)
-    and the predicted ones (bottom row), and ``label -> prediction`` text when classifying."""
-    was_training = model.training
-    model.eval()
-    outputs = model(images)
-    model.train(was_training)
+def sample_predictions(outputs: dict[str, torch.Tensor], info: DataInfo, batch: dict) -> dict[str, Any]:
+    """A picture ``(H, W, 3)`` uint8 of ``batch["image"]`` ``(N, C, *spatial)`` with the true masks
+    (top row) and the predicted ones from ``outputs`` (bottom row), and ``label -> prediction`` text
+    when classifying."""
+    images = batch["image"]
     rows = []
     if info.segments:
         predicted = outputs["seg_logits"].argmax(1)

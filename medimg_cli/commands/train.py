@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from medimg_cli.data.patches import patch_size
 from medimg_cli.distributed import barrier, join, launch, leave, reduce_across, requested_devices, sum_across, world
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_atomic, write_json
@@ -36,7 +36,7 @@ from medimg_cli.results import append_metrics_row, cases_csv
 from medimg_cli.runinfo import device_name, git_commit, peak_memory, versions
 from medimg_cli.tables import make_console, markdown_table, rich_table, run_title
 from medimg_cli.tracking import Tracker, sample_predictions
-from medimg_cli.training import Run, setup, whole_images
+from medimg_cli.training import Run, setup
 
 HELP = "train a model; Hydra overrides pick data, model, augment, optim, trainer"
 log = logging.getLogger(__name__)
@@ -86,9 +86,12 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         bar = progress.add_task("train", total=len(run.train_batches), epoch=first, epochs=epochs, status="")
         for epoch in range(first, epochs + 1):
             progress.reset(bar, total=len(run.train_batches), epoch=epoch, epochs=epochs, status="")
-            row = run_epoch(run, epoch, lambda: progress.advance(bar), start)
+            kept: list | None = [] if tracker.wants_samples(epoch) else None
+            row = run_epoch(
+                run, epoch, lambda: progress.advance(bar), start, None if kept is None else (kept, tracker.images)
+            )
             if row is not None:
-                tracker.epoch(row, _samples(run, tracker.images) if tracker.wants_samples(epoch) else None)
+                tracker.epoch(row, _samples(run, kept, tracker.images) if kept else None)
                 status = f"loss {row['train_loss']:.4f}  {run.cfg.trainer.monitor} {row[run.cfg.trainer.monitor]:.4f}"
                 progress.update(bar, status=status)
                 if progress.disable:
@@ -103,8 +106,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     return finish(run, test, time.perf_counter() - start)
 
 
-def run_epoch(run: Run, epoch: int, on_batch: Any, start: float) -> dict[str, Any] | None:
-    """Train and validate one epoch, write the checkpoints and append ``metrics.csv``.
+def run_epoch(
+    run: Run, epoch: int, on_batch: Any, start: float, keep: tuple[list, int] | None = None
+) -> dict[str, Any] | None:
+    """Train and validate one epoch, write the checkpoints and append ``metrics.csv``; ``keep``
+    collects the first validation predictions (``loop.evaluate``).
 
     Returns:
         the ``metrics.csv`` row (``metrics.COLUMNS``), or ``None`` on processes other than rank 0.
@@ -119,7 +125,7 @@ def run_epoch(run: Run, epoch: int, on_batch: Any, start: float) -> dict[str, An
         stats = reduce_across(stats, "train_samples", ACROSS_PROCESSES)
     if not run.main:
         return None
-    val = evaluate(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation())
+    val = evaluate(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation(), keep=keep)
     measured = {m.column: val[m.key] for m in METRICS if m.evaluated and m.key in val}
     measured |= {"epoch": epoch, "epoch_seconds": time.perf_counter() - epoch_start}
     measured |= {key: stats[key] for key in ("train_loss", "train_images_per_second")}
@@ -218,11 +224,12 @@ def _payload(run: Run, epoch: int, start: float | None = None, resumable: bool =
     return payload
 
 
-def _samples(run: Run, count: int) -> dict[str, Any]:
-    """The tracker's validation picture: the first ``count`` validation images with their predictions."""
-    samples = {key: value[:count].to(run.device) for key, value in run.data.val.items()}
-    model = whole_images(run.model, patch_size(run.cfg.data, run.data.info), run.cfg.trainer)
-    return sample_predictions(model, samples["image"], run.data.info, samples)
+def _samples(run: Run, kept: list, count: int) -> dict[str, Any]:
+    """The tracker's validation picture: the first ``count`` validation images with the predictions
+    the validation pass ``kept`` (``(outputs, batch)`` pairs)."""
+    outputs = {key: torch.cat([o[key] for o, _ in kept])[:count].float() for key in kept[0][0]}
+    batch = {key: torch.cat([b[key] for _, b in kept])[:count] for key in kept[0][1]}
+    return sample_predictions(outputs, run.data.info, batch)
 
 
 def _progress(main: bool) -> Progress:
