@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 # it can never serve stale data
 NOT_DECODING_KEYS = ("split", "splits", "seed", "salt", "cache", "cache_dir", "foreground_fraction", "memory_gb")
 # bumped when the decoded dictionary changes (2: pixel_spacings, 3: roi, 4: sizes, 5: sizes on the file grid,
-# affines and originals): old entries are not read
-FORMAT = 5
+# affines; 6: originals): old entries are not read
+FORMAT = 6
 
 
 def cache_key(cfg: Mapping, files: Iterable[Path]) -> str:
