@@ -330,3 +330,24 @@ def test_rank_correlation_of_identical_and_reversed_maps():
     np.testing.assert_allclose(rank_correlations(maps, -maps), [-1.0, -1.0])
     # a constant map ranks nothing, so it shares no ranking with the trained one
     np.testing.assert_allclose(rank_correlations(maps, torch.zeros(2, 8, 8)), [0.0, 0.0])
+
+
+def test_mask_entropy_is_averaged_inside_the_roi_only():
+    from medimg_cli.data import DataInfo
+    from medimg_cli.data.batches import TensorBatches
+    from medimg_cli.evaluation.uncertainty import predict
+    from medimg_cli.speed import Speed
+
+    class Fixed(nn.Module):  # left half certain (entropy ~0), right half 50/50 (entropy ln 2)
+        def forward(self, image):
+            logits = torch.zeros(len(image), 2, 8, 8)
+            logits[:, 1, :, :4] = 30.0
+            return {"seg_logits": logits}
+
+    info = DataInfo("segmentation", 2, 1, 0, 2, ())
+    roi = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    roi[0, :, :, :4], roi[1, :, :, 2:6] = 1, 1  # case 0: the certain half; case 1: half of each
+    tensors = {"image": torch.zeros(2, 1, 8, 8), "mask": torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "roi": roi}
+    speed = Speed.from_config({"precision": "fp32", "channels_last": False}, torch.device("cpu"), Fixed(), 2)
+    found = predict(Fixed(), TensorBatches(tensors, 2, torch.device("cpu")), info, speed).seg_entropy
+    assert found.tolist() == pytest.approx([0.0, math.log(2) / 2], abs=1e-6)

@@ -116,7 +116,7 @@ def predict(
                 logits.append(torch.stack(batch_logits))
             if info.segments:
                 seg_labels.append(seg_probs.argmax(dim=1).to(torch.uint8).cpu())
-                seg_entropy.append(entropy(seg_probs, dim=1).flatten(1).mean(1).cpu())
+                seg_entropy.append(_mean_inside(entropy(seg_probs, dim=1), batch.get("roi")).cpu())
                 if keep_probabilities:
                     kept.append(seg_probs.to(torch.float16).cpu())
     finally:
@@ -153,3 +153,12 @@ def risk_coverage(uncertainty: torch.Tensor, quality: torch.Tensor) -> dict[str,
     order = torch.sort(uncertainty.double(), stable=True).indices
     kept = torch.arange(1, len(order) + 1, dtype=torch.float64)
     return {"coverage": kept / len(order), "quality": quality.double()[order].cumsum(0) / kept}
+
+
+def _mean_inside(values: torch.Tensor, roi: torch.Tensor | None) -> torch.Tensor:
+    """``(B, *spatial)`` -> ``(B,)``: the mean over each case's pixels inside its ``(B, 1, *spatial)``
+    ROI (padding of native sizes, a field of view), or over all pixels without one."""
+    if roi is None:
+        return values.flatten(1).mean(1)
+    inside = roi[:, 0].flatten(1).to(values.dtype)
+    return (values.flatten(1) * inside).sum(1) / inside.sum(1).clamp(min=1)
