@@ -337,6 +337,18 @@ def test_a_case_column_names_every_output_and_is_checked(tmp_path):
     )
     written = sorted(p.stem for p in (tmp_path / "run" / "eval" / "test" / "masks").glob("*.png"))
     assert len(written) == 2 and all(name.startswith("eye") for name in written)
+    assert not (tmp_path / "run" / "eval" / "test" / "cases.csv").exists()  # file names only on request
+    mapped = [
+        f"checkpoint={checkpoint}",
+        "device=cpu",
+        "eval.bootstrap=20",
+        "eval.case_map=true",
+        f"out={tmp_path / 'm'}",
+    ]
+    evaluate_checkpoint_cfg(compose_config(mapped, name="eval"))
+    rows_found = (tmp_path / "m" / "cases.csv").read_text().splitlines()
+    assert rows_found[0] == "id,file" and len(rows_found) == 3
+    assert all(f"Image_{line[3:5]}.jpg" in line for line in rows_found[1:])  # eyeNN -> images/Image_NN.jpg
     for bad, message in (("eye01", "case 'eye01' is listed twice"), ("../x", "case '../x' must be letters")):
         (tmp_path / "m.csv").write_text("\n".join([*rows, f"{bad},images/Image_00.jpg,manual/Image_00_1stHO.gif"]))
         with pytest.raises(ConfigError, match=message):

@@ -59,6 +59,8 @@ class Splits:
     info: DataInfo
     fingerprint: str
     ids: dict[str, list[str]] | None = None  # anonymous sample ids per split, written to splits.json
+    # per split, the files' paths relative to the dataset (may name patients: written only on request)
+    names: dict[str, list[str]] | None = None
     audit: dict[str, int] | None = None  # leakage-audit counts (patients per split, duplicates)
     skipped: list[str] | None = None  # one line per bad file skipped (data.on_bad_file=skip)
     meta: dict[str, dict[str, list[str]]] | None = None  # per split: metadata column -> value per sample

@@ -185,6 +185,9 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         fingerprint=fingerprint(arrays),
         # record-level ids (a sliced volume is one entry), so data.splits can reuse the file
         ids={name: [i for i, s in zip(record_ids, record_splits, strict=True) if s == name] for name in SPLIT_NAMES},
+        names={
+            name: [r.name for r, s in zip(records, record_splits, strict=True) if s == name] for name in SPLIT_NAMES
+        },
         audit=audit_counts,
         skipped=decoded["skipped"],
         spacings=decoded["spacings"],

@@ -29,6 +29,7 @@ class Settings:
     save_probabilities: bool = False
     nsd_tolerance: float = 1.0
     cldice: bool = False
+    case_map: bool = False
 
 
 @dataclass

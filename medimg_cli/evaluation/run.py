@@ -194,6 +194,16 @@ def _model_task(info: DataInfo, task: str) -> DataInfo:
     return dataclasses.replace(info, task=task)
 
 
+def _write_case_map(out: Path, data: Splits, split: str, ids: list[str]) -> None:
+    """``cases.csv``: each anonymous case id beside its file's relative path (``eval.case_map``; the
+    paths may identify patients, so the file is written only on request)."""
+    names = (data.names or {}).get(split)
+    if not names or len(names) != len(ids):
+        raise ConfigError("eval.case_map=true needs a file source whose cases are whole files (not slices)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "cases.csv", columns_csv({"id": ids, "file": names}))
+
+
 def evaluate_split(
     model: nn.Module,
     payload: Mapping[str, Any],
@@ -219,6 +229,8 @@ def evaluate_split(
     count = len(tensors["image"])
     known_ids = (data.ids or {}).get(split)
     ids = list(known_ids) if known_ids and len(known_ids) == count else [f"case{i:05d}" for i in range(count)]
+    if settings.case_map:
+        _write_case_map(out, data, split, ids)
     indices = resample_indices(count, settings.bootstrap, settings.seed)
     result = Evaluation(document=dict(facts or {}))
     result.document.update(split=split, cases=count, bootstrap=settings.bootstrap, uncertainty=settings.uncertainty)
