@@ -117,3 +117,21 @@ def test_the_fingerprint_reads_a_dicom_series_and_its_modality(tmp_path):
         volume[0][mask > 0].mean()
     )
     assert fingerprint_records([record], {"modality": "MR"})["modality"] == "MR"  # data.modality wins
+
+
+def test_the_fingerprint_is_computed_once_and_kept_beside_the_cache(nifti_dataset, tmp_path, monkeypatch):  # noqa: F811
+    from medimg_cli.data import build_data, files
+
+    overrides = nifti_overrides(
+        nifti_dataset, "data.image_size=null", "data.patch_size=auto", f"data.cache_dir={tmp_path}"
+    )
+    first = build_data(dict(compose_config(overrides).data) | {"memory_gb": 0.02})
+    (kept,) = tmp_path.glob("nifti-fingerprint-*.json")
+    assert json.loads(kept.read_text()) == first.plan["fingerprint"]
+
+    def refuse(*_):
+        raise AssertionError("the fingerprint was computed again")
+
+    monkeypatch.setattr(files, "fingerprint_records", refuse)
+    again = build_data(dict(compose_config(overrides).data) | {"memory_gb": 0.02})
+    assert again.plan == first.plan

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from medimg_cli.fileio import atomic_file
+from medimg_cli.fileio import atomic_file, write_json
 
 log = logging.getLogger(__name__)
 # data keys that only choose the split of the decoded samples, how batches are drawn from them,
@@ -58,4 +58,20 @@ def cached(cfg: Mapping, files: Iterable[Path], compute: Callable[[], dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as file:
         torch.save(result, file)
+    return result
+
+
+def cached_json(cfg: Mapping, files: Iterable[Path], compute: Callable[[], dict[str, Any]], kind: str) -> dict:
+    """Like ``cached`` for a small JSON document (``kind``: e.g. ``fingerprint``), readable beside the data."""
+    if not cfg.get("cache") or not cfg.get("cache_dir"):
+        return compute()
+    path = Path(cfg["cache_dir"]).expanduser() / f"{cfg['source']}-{kind}-{cache_key(cfg, files)}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except ValueError:  # a damaged entry is computed again
+            log.warning("ignoring the unreadable cache entry %s", path)
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, result)
     return result

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from medimg_cli.data import DataInfo, Splits, fingerprint
-from medimg_cli.data.cache import cached
+from medimg_cli.data.cache import cached, cached_json
 from medimg_cli.data.dicom import apply_window, read_segmentation, read_series
 from medimg_cli.data.fingerprinting import fingerprint_records
 from medimg_cli.data.native import MULTIPLE, check_spacing, stack_native, stored_size
@@ -210,7 +210,9 @@ def _planned(records: Sequence[Record], cfg: Mapping, source: str) -> tuple[dict
     patients = [anonymise(r.patient, salt) if r.patient else None for r in records]
     splits = _assign_splits(records, ids, patients, cfg, source)
     train = [r for r, s in zip(records, splits, strict=True) if s == "train"]
-    plan = make_plan(fingerprint_records(train, cfg), cfg.get("memory_gb") or DEFAULT_MEMORY_GB)
+    # computed once per dataset and kept beside the decoded data (cache_dir) as JSON
+    found = cached_json(cfg, _source_files(train), lambda: fingerprint_records(train, cfg), "fingerprint")
+    plan = make_plan(found, cfg.get("memory_gb") or DEFAULT_MEMORY_GB)
     resolved = dict(cfg)
     for key in PLANNED:
         if cfg.get(key) == "auto":
