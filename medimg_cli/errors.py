@@ -1,4 +1,4 @@
-"""User-facing errors: one short message, exit code 2, no traceback."""
+"""User-facing errors: one short message, no traceback; exit code 2 (a mistake) or 3 (training stopped)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ class ConfigError(ValueError):
 
     The CLI prints the message (one or two lines) and exits with code 2.
     """
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on meaningfully (a non-finite loss): one message, exit code 3."""
+
+    exit_code = 3
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
 
-from medimg_cli.errors import ConfigError, unknown_choice
+from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
 
 _stderr = Console(stderr=True, highlight=False)
 
@@ -34,7 +34,7 @@ def print_error(command: str | None, message: str) -> None:
 
 def describe(error: Exception) -> str:
     """A short message for a ``ConfigError`` or a Hydra or OmegaConf composition error."""
-    if isinstance(error, ConfigError):
+    if isinstance(error, (ConfigError, TrainingStopped)):
         return str(error)
     if isinstance(error, MissingMandatoryValue):
         return f"{error.full_key} has no value; pass {error.full_key}=<value>"
@@ -62,19 +62,20 @@ def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) 
     """
     user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
 
-    failed_jobs = 0
+    failed_jobs, exit_code = 0, 0
 
     @hydra.main(version_base="1.3", config_path="pkg://medimg_cli.conf", config_name=command.replace(" ", "_"))
     def entry(cfg: DictConfig) -> Any:
         # A user mistake in one job is reported here, so the other jobs of a sweep still run.
-        nonlocal failed_jobs
+        nonlocal failed_jobs, exit_code
         try:
             return task(cfg)
-        except (ConfigError, OmegaConfBaseException) as error:
+        except (ConfigError, OmegaConfBaseException, TrainingStopped) as error:
             if user_wants_traceback:
                 raise
             print_error(command, describe(error))
             failed_jobs += 1
+            exit_code = max(exit_code, getattr(error, "exit_code", 2))
             return None
 
     saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
@@ -93,4 +94,4 @@ def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) 
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_env
-    return 2 if failed_jobs else 0
+    return exit_code if failed_jobs else 0

@@ -42,22 +42,34 @@ def train_epoch(
     speed: Speed,
     scaler: torch.amp.GradScaler,
     on_batch: Callable[[], None] = lambda: None,
+    skip_nonfinite: bool = False,
 ) -> dict[str, float]:
-    """Train for one epoch; returns ``train_loss`` (sample-weighted mean), throughput and ``train_samples``.
+    """Train for one epoch; returns ``train_loss`` (sample-weighted mean), throughput,
+    ``train_samples``, ``nonfinite_steps`` and ``first_nonfinite_step`` (1-based, 0 when none).
 
     Args:
         model: what to call (``speed.prepare``'s result).
         scaler: ``speed.scaler()``, kept across epochs (and in ``last.pt``) for fp16.
+        skip_nonfinite: skip the optimizer step of batches whose loss is NaN or infinite (a check
+            that waits for the device every step); otherwise they are only counted, on the device,
+            for the caller to stop on (``trainer.on_nonfinite``).
     """
     model.train()
     total, count = torch.zeros((), device=batches.device), 0
+    bad, first = torch.zeros((), dtype=torch.long, device=batches.device), torch.zeros((), device=batches.device)
     synchronize(batches.device)
     start = time.perf_counter()
-    for batch in batches.epoch(epoch):
+    for step, batch in enumerate(batches.epoch(epoch), start=1):
         batch = augment(batch)
         with speed.autocast():
             outputs = model(speed.layout(batch["image"]))
         loss = loss_fn(outputs, batch)
+        finite = torch.isfinite(loss.detach())
+        bad += (~finite).long()
+        first = torch.where((first == 0) & ~finite, torch.full_like(first, step), first)
+        on_batch()
+        if skip_nonfinite and not finite.item():
+            continue
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -65,10 +77,15 @@ def train_epoch(
         size = batch["image"].shape[0]
         total += loss.detach() * size
         count += size
-        on_batch()
     synchronize(batches.device)
     seconds = time.perf_counter() - start
-    return {"train_loss": total.item() / count, "train_images_per_second": count / seconds, "train_samples": count}
+    return {
+        "train_loss": total.item() / count if count else float("nan"),
+        "train_images_per_second": count / seconds,
+        "train_samples": count,
+        "nonfinite_steps": int(bad.item()),
+        "first_nonfinite_step": int(first.item()),
+    }
 
 
 @torch.no_grad()

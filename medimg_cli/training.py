@@ -76,6 +76,7 @@ class Run:
     checkpoint_base: dict[str, Any]  # what every checkpoint of this run holds besides its state
     size: dict[str, int]  # parameters, trainable_parameters, flops_per_image
     ended_by: str = "trainer.epochs"  # or "trainer.max_minutes" when the time budget ended training
+    skipped_batches: int = 0  # batches skipped for a non-finite loss (trainer.on_nonfinite=skip_batch)
 
     @property
     def main(self) -> bool:

@@ -202,3 +202,47 @@ def test_a_time_budget_ends_training_after_the_epoch_that_crosses_it(tiny_cfg, t
     assert summary["best_epoch"] == 1 and summary["test"]["loss"] > 0  # best.pt was tested
     full = train(tiny_cfg(), tmp_path / "full")
     assert full["ended_by"] == "trainer.epochs" and full["epochs_trained"] == 2
+
+
+def test_a_non_finite_loss_stops_the_run_with_exit_code_3_and_no_nan_row(tmp_path):
+    from conftest import TINY, run_cli
+
+    result = run_cli("train", *TINY, "optim.lr=1e12", "trainer.epochs=3", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 3, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "epoch 1, step" in message and "optim.lr=1000000000000.0" in message and "skip_batch" in message
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()  # no epoch with a NaN loss is kept or starred
+    assert not (tmp_path / "metrics.csv").exists() or not read_metrics_csv(tmp_path / "metrics.csv")
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_non_finite_batches_are_counted_and_with_skip_batch_never_stepped(skip):
+    from medimg_cli.augment import build_augment
+    from medimg_cli.data.batches import TensorBatches
+    from medimg_cli.loop import train_epoch
+    from medimg_cli.speed import Speed
+
+    info = DataInfo("classification", 2, 1, 2, 0, ("a", "b"), image_size=(8, 8))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    calls = []
+
+    def loss_fn(outputs, batch):  # step 2 of 3 gives NaN
+        calls.append(1)
+        loss = torch.nn.functional.cross_entropy(outputs, batch["label"])
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    tensors = {"image": torch.randn(12, 1, 8, 8), "label": torch.arange(12) % 2}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    speed = Speed.from_config({"precision": "fp32", "channels_last": False}, torch.device("cpu"), model, 2)
+    augment = build_augment({"name": "none"}, info)
+    stats = train_epoch(model, TensorBatches(tensors, 4, torch.device("cpu")), 1, loss_fn, optimizer, augment, speed,
+                        speed.scaler(), skip_nonfinite=skip)  # fmt: skip
+    # without skipping, step 2's NaN weights make step 3 NaN too
+    assert stats["nonfinite_steps"] == (1 if skip else 2) and stats["first_nonfinite_step"] == 2
+    finite = all(torch.isfinite(p).all() for p in model.parameters())
+    assert finite is skip  # stepping on a NaN loss poisons the weights; skipping it does not
+    assert stats["train_samples"] == (8 if skip else 12) and any(
+        not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)
+    )

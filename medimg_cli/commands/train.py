@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from medimg_cli.distributed import barrier, join, launch, leave, reduce_across, requested_devices, sum_across, world
-from medimg_cli.errors import ConfigError
+from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
 from medimg_cli.fileio import write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
 from medimg_cli.loop import evaluate, train_epoch
@@ -116,9 +117,12 @@ def run_epoch(
         the ``metrics.csv`` row (``metrics.COLUMNS``), or ``None`` on processes other than rank 0.
     """
     epoch_start = time.perf_counter()
+    skip = _nonfinite_policy(run.cfg.trainer) == "skip_batch"
     stats = train_epoch(
-        run.train_model, run.train_batches, epoch, run.loss, run.optimizer, run.augment, run.speed, run.scaler, on_batch
-    )
+        run.train_model, run.train_batches, epoch, run.loss, run.optimizer, run.augment, run.speed, run.scaler,
+        on_batch, skip,
+    )  # fmt: skip
+    _check_finite(run, epoch, stats, skip)
     if run.schedule is not None:
         run.schedule.step()
     if run.processes > 1:  # the loss of the global batch, the throughput of all processes
@@ -126,6 +130,11 @@ def run_epoch(
     if not run.main:
         return None
     val = evaluate(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation(), keep=keep)
+    if not math.isfinite(val["loss"]):
+        raise TrainingStopped(
+            f"epoch {epoch}: the validation loss is {val['loss']} (NaN or infinite pixels in the validation images, "
+            f"or outputs that overflow); {_kept(run)}"
+        )
     measured = {m.column: val[m.key] for m in METRICS if m.evaluated and m.key in val}
     measured |= {"epoch": epoch, "epoch_seconds": time.perf_counter() - epoch_start}
     measured |= {key: stats[key] for key in ("train_loss", "train_images_per_second")}
@@ -173,6 +182,7 @@ def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str,
         "epochs": cfg.trainer.epochs,
         "epochs_trained": state.epoch,
         "ended_by": run.ended_by,
+        "skipped_batches": run.skipped_batches,
         "monitor": cfg.trainer.monitor,
         "best_epoch": state.best_epoch,
         "best": next(r for r in state.history if r["epoch"] == state.best_epoch),
@@ -222,6 +232,40 @@ def _payload(run: Run, epoch: int, start: float | None = None, resumable: bool =
             payload["scheduler"] = run.schedule.state_dict()
         payload["wall_seconds"] = state.prior_seconds + time.perf_counter() - start
     return payload
+
+
+NONFINITE = ("stop", "skip_batch")
+
+
+def _nonfinite_policy(trainer: Any) -> str:
+    policy = trainer.get("on_nonfinite", "stop")
+    if policy not in NONFINITE:
+        raise unknown_choice("trainer.on_nonfinite", policy, NONFINITE)
+    return policy
+
+
+def _check_finite(run: Run, epoch: int, stats: dict[str, Any], skipped: bool) -> None:
+    """Stop the run on a non-finite training loss (``trainer.on_nonfinite=stop``), before this
+    epoch is checkpointed or written; with ``skip_batch``, say how many batches were skipped."""
+    steps, first = stats["nonfinite_steps"], stats["first_nonfinite_step"]
+    if not steps:
+        return
+    if skipped:
+        run.skipped_batches += steps
+        log.warning("epoch %d: skipped %d batch(es) with a non-finite loss (first: step %d)", epoch, steps, first)
+        return
+    raise TrainingStopped(
+        f"epoch {epoch}, step {first}: the training loss is not finite (NaN or inf) in {steps} step(s); likely a "
+        f"learning rate too high (optim.lr={run.cfg.optim.get('lr')}) or NaN/inf pixels in the data. "
+        f"{_kept(run)}; trainer.on_nonfinite=skip_batch skips such batches instead"
+    )
+
+
+def _kept(run: Run) -> str:
+    """What a stopped run keeps: the last epoch checkpointed, if any."""
+    if run.state.epoch == 0:
+        return "no epoch ended with finite losses, so no checkpoint was written"
+    return f"{run.run_dir / 'checkpoints' / 'last.pt'} keeps epoch {run.state.epoch}"
 
 
 def _samples(run: Run, kept: list, count: int) -> dict[str, Any]:
