@@ -33,6 +33,9 @@ _NUMBERS: dict[str, tuple[type, float, str]] = {
     "data.image_size": (int, 1, "data.image_size=32"),
     "data.spatial_dims": (int, 2, "data.spatial_dims=3"),
     "data.mask_classes": (int, 2, "data.mask_classes=3"),
+    "tracking.images": (int, 0, "tracking.images=4"),
+    "tracking.image_every": (int, 1, "tracking.image_every=10"),
+    "trainer.steps_per_epoch": (int, 1, "trainer.steps_per_epoch=250"),
 }
 _POSITIVE = {"optim.lr", "scheduler.gamma"}  # strictly greater than the minimum
 _BOOLEANS = ("data.binary", "optim.nesterov", "trainer.deterministic")

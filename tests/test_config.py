@@ -82,6 +82,9 @@ def test_every_augment_recipe_is_named_by_its_stem_and_holds_only_transforms():
         ("seed=true", "seed=True must be an integer"),
         ("data.binary=maybe", "data.binary='maybe' must be true or false"),
         ("scheduler=multistep scheduler.gamma=0", "scheduler.gamma=0 must be > 0"),
+        ("tracking.images=-1", "tracking.images=-1 must be >= 0"),
+        ("tracking.image_every=0", "tracking.image_every=0 must be >= 1"),
+        ("trainer.batch_size=auto2", "trainer.batch_size='auto2' must be an integer"),
     ],
 )
 def test_bad_numbers_name_the_key_and_an_example(override, message):

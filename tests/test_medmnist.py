@@ -151,3 +151,16 @@ def test_upsample_repeats_each_pixel_as_medmnist_v2_224_does():
     assert torch.equal(large.test["image"][:, :, 1::2, 1::2], small.test["image"])
     with pytest.raises(ConfigError, match="data.upsample=14 must be null or a size >= data.size"):
         build_data(data_cfg(*common, "data.upsample=14"))
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [(np.full((40, 1), 0.5), "labels must be whole numbers"), (np.full((40, 1), 5), "label 5 is outside 0..1")],
+    ids=["fractional", "out_of_range"],
+)
+def test_labels_that_would_be_truncated_or_out_of_range_are_refused(tmp_path, labels, message):
+    _write_fake(tmp_path, "breastmnist", (1, 1))
+    arrays = dict(np.load(tmp_path / "breastmnist.npz"))
+    np.savez(tmp_path / "breastmnist.npz", **(arrays | {"train_labels": labels}))
+    with pytest.raises(ConfigError, match=f"breastmnist.npz: train_labels: {message}"):
+        build_data(data_cfg("data.name=breastmnist", f"data.root={tmp_path}", "data.download=false"))

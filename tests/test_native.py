@@ -240,6 +240,15 @@ def test_mask_values_that_are_not_labels_are_refused_naming_the_file(tmp_path, b
     assert "case01" in str(error.value)
 
 
+def test_a_classifier_needs_two_classes(tmp_path):
+    for i in range(6):
+        (tmp_path / "only").mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8), i * 20, np.uint8)).save(tmp_path / "only" / f"{i}.png")
+    cfg = compose_config(["data=folder", f"data.root={tmp_path}", "data.cache=false", "data.split=[0.5,0.25,0.25]"])
+    with pytest.raises(ConfigError, match=r"1 class \(only\) cannot train a classifier"):
+        build_data(dict(cfg.data))
+
+
 def test_with_patches_the_native_stack_is_not_rounded_up(tmp_path):
     _write_folder(tmp_path)
     splits = build_data(dict(_folder_cfg(tmp_path, "data.patch_size=[16,16]").data))

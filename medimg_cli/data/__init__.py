@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medimg_cli.errors import unknown_choice
+from medimg_cli.errors import ConfigError, unknown_choice
 from medimg_cli.registry import Registry
 
 TASKS = ("classification", "segmentation", "multitask")
@@ -128,5 +128,10 @@ def build_data(cfg: Mapping) -> Splits:
         raise unknown_choice("data.source", source, modules)
     importlib.import_module(f"{__name__}.{modules[source]}")
     splits = SOURCES.get(source)(cfg)
+    if splits.info.classifies and splits.info.num_classes < 2:
+        raise ConfigError(
+            f"data.source={source}: {splits.info.num_classes} class ({', '.join(splits.info.class_names) or 'none'}) "
+            "cannot train a classifier (it would score 100%); add images of another class or use data.task=segmentation"
+        )
     splits.info = dataclasses.replace(splits.info, image_size=tuple(splits.train["image"].shape[2:]))
     return splits

@@ -106,9 +106,11 @@ def medmnist_splits(cfg: Mapping) -> Splits:
     if upsample is not None and (not isinstance(upsample, int) or upsample < cfg["size"]):
         raise ConfigError(f"data.upsample={upsample!r} must be null or a size >= data.size ({cfg['size']}), e.g. 224")
     splits = {}
+    classes = len(info["label"])
     for split in ("train", "val", "test"):
         labels = arrays[f"{split}_labels"]
         labels = labels.reshape(len(labels), -1) if multilabel else labels.reshape(-1)
+        _check_labels(labels, classes, multilabel, f"{path}: {split}_labels")
         images = torch.from_numpy(_images(arrays[f"{split}_images"], info["n_channels"], spatial_dims, channels))
         if upsample is not None:  # MedMNIST v2's "(224)": the 28 px images, nearest-neighbour upsampled
             images = F.interpolate(images, size=(upsample,) * spatial_dims, mode="nearest")
@@ -127,3 +129,13 @@ def medmnist_splits(cfg: Mapping) -> Splits:
         multilabel=multilabel,
     )
     return Splits(**splits, info=data_info, fingerprint=fingerprint(arrays))
+
+
+def _check_labels(labels: np.ndarray, classes: int, multilabel: bool, where: str) -> None:
+    """Refuse labels that would be truncated or index out of range instead of a silent wrong number."""
+    if not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels)):
+        raise ConfigError(f"{where}: labels must be whole numbers; found {labels[labels != np.round(labels)][:1]}")
+    high = 1 if multilabel else classes - 1
+    if labels.size and (labels.min() < 0 or labels.max() > high):
+        raise ConfigError(f"{where}: label {int(labels.max() if labels.max() > high else labels.min())} is outside "
+                          f"0..{high} of this dataset's {classes} classes")  # fmt: skip
