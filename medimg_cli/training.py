@@ -215,7 +215,15 @@ def _build_model(
     model = create_model(cfg.model.name, **args)
     # pretrained weights only for a new run: a resumed one gets every weight from last.pt
     loaded = (
-        set() if resume else load_pretrained(model, cfg.model.name, model_cfg.get("pretrained"), args["spatial_dims"])
+        set()
+        if resume
+        else load_pretrained(
+            model,
+            cfg.model.name,
+            model_cfg.get("pretrained"),
+            args["spatial_dims"],
+            model_cfg.get("pretrained_min_match", 0.5),
+        )
     )
     frozen = freeze(model, model_cfg.get("freeze"))
     batch_size = cfg.trainer.batch_size

@@ -203,6 +203,16 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
         load_pretrained(model, "cnn", str(path), 2)
 
 
+def test_a_file_that_fits_only_a_few_tensors_is_refused_below_the_threshold(tmp_path):
+    model, _ = build("resnet18", "classification", 2)
+    state = {k: v for k, v in list(model.state_dict().items())[:10]}  # the stem and a little more
+    torch.save(state, tmp_path / "few.pth")
+    total = len(model.state_dict())
+    with pytest.raises(ConfigError, match=rf"only 10 of the model's {total} tensors fit .*pretrained_min_match=0.5"):
+        load_pretrained(model, "resnet18", str(tmp_path / "few.pth"), 2)
+    assert len(load_pretrained(model, "resnet18", str(tmp_path / "few.pth"), 2, min_match=0.05)) == 10
+
+
 def test_frozen_groups_do_not_change_and_the_head_does(tmp_path):
     model, info = build("resnet18", "multitask", 2)
     frozen = freeze(model, "backbone_but_last")

@@ -26,7 +26,7 @@ from medimg_cli.errors import ConfigError, check_arguments
 from medimg_cli.registry import Registry
 
 MODELS: Registry[type[nn.Module]] = Registry("model")
-TRANSFER_KEYS = ("pretrained", "freeze")  # applied to the built model, not passed to it
+TRANSFER_KEYS = ("pretrained", "pretrained_min_match", "freeze")  # applied to the built model, not passed to it
 
 
 def _load_all() -> None:

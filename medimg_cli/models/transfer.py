@@ -61,13 +61,16 @@ def adapt_in_channels(weight: torch.Tensor, shape: Sequence[int]) -> torch.Tenso
     return weight[:, index] * (weight.shape[1] / channels)
 
 
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str) -> set[str]:
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str, min_match: float = 0.5) -> set[str]:
     """Copy the tensors of ``state`` that fit ``model``; returns the model keys that were loaded.
 
     Args:
         model: the freshly built model.
         state: name -> tensor, e.g. a torchvision ``state_dict``.
         origin: where ``state`` came from, for messages.
+        min_match: the smallest share of the model's tensors that must be loaded
+            (``model.pretrained_min_match``): a file of another architecture that happens to share
+            a few layer names would otherwise leave the model mostly random without a word.
     """
     own = model.state_dict()
     prefix = getattr(model, "PRETRAINED_PREFIX", "")
@@ -92,6 +95,12 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str)
             f"model.pretrained: none of the {len(state)} tensors in {origin} fit model "
             f"{type(model).__name__} (first: {next(iter(state), 'none')}); is it the same architecture?"
         )
+    if len(loaded) < min_match * len(own):
+        raise ConfigError(
+            f"model.pretrained: only {len(loaded)} of the model's {len(own)} tensors fit {origin} "
+            f"({len(loaded) / len(own):.0%} < model.pretrained_min_match={min_match}); is it the same architecture? "
+            "Lower model.pretrained_min_match to load it anyway"
+        )
     model.load_state_dict(loaded, strict=False)
     log.info("loaded %d of %d tensors from %s", len(loaded), len(own), origin)
     if skipped:
@@ -101,12 +110,14 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str)
     return set(loaded)
 
 
-def load_pretrained(model: nn.Module, name: str, spec: Any, spatial_dims: int) -> set[str]:
+def load_pretrained(model: nn.Module, name: str, spec: Any, spatial_dims: int, min_match: float = 0.5) -> set[str]:
     """Apply ``model.pretrained``: ``none``, ``imagenet`` or a path; returns the loaded keys."""
     if spec is None or spec == "none":
         return set()
     if spec == "imagenet":
-        return load_state(model, imagenet_state_dict(model, name, spatial_dims), f"torchvision's ImageNet {name}")
+        return load_state(
+            model, imagenet_state_dict(model, name, spatial_dims), f"torchvision's ImageNet {name}", min_match
+        )
     path = Path(str(spec)).expanduser()
     if not path.is_file():
         raise ConfigError(f"model.pretrained={spec}: no such file; give none, imagenet or a .pth state dict")
@@ -117,7 +128,7 @@ def load_pretrained(model: nn.Module, name: str, spec: Any, spatial_dims: int) -
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict):
         raise ConfigError(f"model.pretrained={spec}: holds a {type(payload).__name__}, not a state dict")
-    return load_state(model, state, str(path))
+    return load_state(model, state, str(path), min_match)
 
 
 def imagenet_state_dict(model: nn.Module, name: str, spatial_dims: int) -> dict[str, torch.Tensor]:
