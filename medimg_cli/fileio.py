@@ -102,3 +102,44 @@ def read_csv(path: Path) -> list[dict[str, str]]:
     """The rows of a CSV file with a header, as dicts of text."""
     with path.open(newline="") as file:
         return list(csv.DictReader(file))
+
+
+LOCK_NAME = ".lock"
+
+
+def hold_folder(folder: Path) -> IO:
+    """An exclusive advisory lock on ``folder`` (``<folder>/.lock``, holding this process's pid), kept
+    until ``release``: two runs writing into one folder would interleave their ``metrics.csv``.
+
+    The operating system drops the lock when its process ends, however it ends, so the lock of a
+    killed run is taken over without a stale file to delete.
+
+    Raises:
+        ConfigError: another live process holds it (its pid is named).
+    """
+    import fcntl
+
+    from medimg_cli.errors import ConfigError
+
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the run's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ConfigError(
+            f"{folder} is in use by another run (process {holder}); wait for it to end or pick another hydra.run.dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def release(handle: IO | None) -> None:
+    """Give up a ``hold_folder`` lock (``None``: nothing held)."""
+    if handle is not None and not handle.closed:
+        handle.close()

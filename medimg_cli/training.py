@@ -29,7 +29,7 @@ from medimg_cli.data.patches import PatchBatches, patch_size
 from medimg_cli.data.plan import memory_budget, network_plan, resolve_config, wants_plan
 from medimg_cli.distributed import device_for_rank, is_distributed, world
 from medimg_cli.errors import ConfigError
-from medimg_cli.fileio import write_atomic, write_json
+from medimg_cli.fileio import hold_folder, release, write_atomic, write_json
 from medimg_cli.losses import TaskLoss
 from medimg_cli.metrics import monitor_columns, monitor_mode
 from medimg_cli.models import check_model_runs, create_model, model_args
@@ -77,6 +77,7 @@ class Run:
     size: dict[str, int]  # parameters, trainable_parameters, flops_per_image
     ended_by: str = "trainer.epochs"  # or "trainer.max_minutes" when the time budget ended training
     skipped_batches: int = 0  # batches skipped for a non-finite loss (trainer.on_nonfinite=skip_batch)
+    lock: Any = None  # the run folder's lock (fileio.hold_folder), released when the run ends
 
     @property
     def main(self) -> bool:
@@ -100,10 +101,22 @@ def setup(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     resume = resume_checkpoint(cfg, run_dir, overrides or [])
     if resume is not None:
         run_dir, cfg = resume.run_dir, resume.cfg
-    elif (run_dir / "metrics.csv").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; continue it with trainer.resume=true or pick another hydra.run.dir"
-        )
+    lock = hold_folder(run_dir) if not is_distributed() or world()[0] == 0 else None
+    try:
+        if resume is None and (run_dir / "metrics.csv").exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run; continue it with trainer.resume=true or pick another hydra.run.dir"
+            )
+        run = _build_run(cfg, run_dir, resume)
+    except BaseException:
+        release(lock)
+        raise
+    run.lock = lock
+    return run
+
+
+def _build_run(cfg: DictConfig, run_dir: Path, resume: Resume | None) -> Run:
+    """The rest of ``setup``, in a run folder this process holds."""
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     device = device_for_rank(resolve_device(cfg.device))
     rank, processes, _ = world() if is_distributed() else (0, 1, 0)

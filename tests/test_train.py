@@ -246,3 +246,42 @@ def test_non_finite_batches_are_counted_and_with_skip_batch_never_stepped(skip):
     assert stats["train_samples"] == (8 if skip else 12) and any(
         not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)
     )
+
+
+def test_a_run_folder_is_held_by_one_process_and_taken_over_when_it_dies(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from medimg_cli.fileio import hold_folder, release
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from medimg_cli.fileio import hold_folder; h = hold_folder(__import__('pathlib').Path("
+         f"{str(tmp_path)!r})); print('held', flush=True); __import__('time').sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"in use by another run \(process {holder.pid}\)"):
+            hold_folder(tmp_path)
+    finally:
+        holder.kill()  # as kill -9 would: no clean-up runs
+        holder.wait()
+    time.sleep(0.1)
+    handle = hold_folder(tmp_path)  # the dead process's lock is gone with it
+    assert (tmp_path / ".lock").read_text().strip() == str(__import__("os").getpid())
+    release(handle)
+
+
+def test_a_second_train_into_a_busy_run_folder_exits_2_naming_the_holder(tiny_cfg, tmp_path):
+    from medimg_cli.fileio import hold_folder, release
+
+    handle = hold_folder(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match="in use by another run"):
+            train(tiny_cfg(), tmp_path)
+        assert not (tmp_path / "metrics.csv").exists()
+    finally:
+        release(handle)
+    train(tiny_cfg(), tmp_path)  # free again: the same process trains there
+    assert (tmp_path / "metrics.csv").exists()

@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from medimg_cli.distributed import barrier, join, launch, leave, reduce_across, requested_devices, sum_across, world
 from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
-from medimg_cli.fileio import write_atomic, write_json
+from medimg_cli.fileio import release, write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
 from medimg_cli.loop import evaluate, train_epoch
 from medimg_cli.metrics import COLUMNS, METRICS, TaskMetrics
@@ -74,6 +74,14 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         overrides: the command-line overrides, checked against ``RESUMABLE_KEYS`` on resume.
     """
     run = setup(cfg, run_dir, overrides)
+    try:
+        return _train(run)
+    finally:
+        release(run.lock)
+
+
+def _train(run: Run) -> dict[str, Any]:
+    """Epochs until ``trainer.epochs`` or the budget, then the test of ``best.pt`` and the summary."""
     start = time.perf_counter()
     first, epochs = run.state.epoch + 1, run.cfg.trainer.epochs
     tracker = Tracker(
