@@ -13,6 +13,7 @@ import pytest
 from conftest import RUN_FILES, TINY, run_cli
 
 import medimg_cli
+from medimg_cli.checkpoint import load_checkpoint
 from medimg_cli.models import model_names
 from medimg_cli.results import read_metrics_csv
 
@@ -179,15 +180,16 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_cleanly_with_last_checkpoint(tmp_path):
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_and_sigterm_exit_cleanly_with_last_checkpoint(tmp_path, stop, code):
     run = tmp_path / "run"
     process = _start_training(run)
     _wait_for_rows(run, 1, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)  # SIGTERM: SLURM preemption, timeout, docker stop
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 130, output
+    assert process.returncode == code, output
     assert "trainer.resume=true" in output and "Traceback" not in output, output
-    assert (run / "checkpoints" / "last.pt").is_file()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= 1
 
 
 @pytest.mark.slow

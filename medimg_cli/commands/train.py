@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -301,14 +303,29 @@ def _progress(main: bool) -> Progress:
 
 @contextlib.contextmanager
 def _exit_on_ctrl_c(run: Run) -> Iterator[None]:
-    """Turn Ctrl-C into a short message and exit code 130; ``last.pt`` already holds the last epoch."""
+    """Turn Ctrl-C (exit code 130) and SIGTERM (143: SLURM preemption, ``timeout``, ``docker stop``)
+    into a short message with the resume command; ``last.pt`` already holds the last epoch."""
+    main_thread = threading.current_thread() is threading.main_thread()  # only it can take signals
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
         log.warning(
-            "interrupted; %s keeps epoch %d. Resume: medimg train hydra.run.dir=%s trainer.resume=true",
+            "%s; %s keeps epoch %d. Resume: medimg train hydra.run.dir=%s trainer.resume=true",
+            "terminated" if isinstance(stop, Terminated) else "interrupted",
             run.run_dir / "checkpoints" / "last.pt",
             run.state.epoch,
             run.run_dir,
         )
-        raise SystemExit(130) from None
+        raise SystemExit(143 if isinstance(stop, Terminated) else 130) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; a ``BaseException`` like ``KeyboardInterrupt``, so no ``except Exception`` eats it."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
