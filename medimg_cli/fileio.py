@@ -40,6 +40,16 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files ``atomic_file`` left under ``folder`` when a process was killed
+    mid-write (SIGKILL runs no clean-up); call it only while holding the folder (``hold_folder``),
+    so no live writer's file is touched. Returns how many were removed."""
+    stale = [p for p in folder.rglob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Replace ``path`` with ``text`` (or bytes) atomically (see ``atomic_file``)."""
     with atomic_file(path, "wb" if isinstance(text, bytes) else "w") as file:

@@ -29,7 +29,7 @@ from medimg_cli.data.patches import PatchBatches, patch_size
 from medimg_cli.data.plan import memory_budget, network_plan, resolve_config, wants_plan
 from medimg_cli.distributed import device_for_rank, is_distributed, world
 from medimg_cli.errors import ConfigError
-from medimg_cli.fileio import hold_folder, release, write_atomic, write_json
+from medimg_cli.fileio import hold_folder, release, remove_stale_temporaries, write_atomic, write_json
 from medimg_cli.losses import TaskLoss
 from medimg_cli.metrics import monitor_columns, monitor_mode
 from medimg_cli.models import check_model_runs, create_model, model_args
@@ -102,6 +102,8 @@ def setup(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     if resume is not None:
         run_dir, cfg = resume.run_dir, resume.cfg
     lock = hold_folder(run_dir) if not is_distributed() or world()[0] == 0 else None
+    if lock is not None and remove_stale_temporaries(run_dir):
+        log.info("removed the half-written files of a killed run in %s", run_dir)
     try:
         if resume is None and (run_dir / "metrics.csv").exists():
             raise ConfigError(

@@ -285,3 +285,18 @@ def test_a_second_train_into_a_busy_run_folder_exits_2_naming_the_holder(tiny_cf
         release(handle)
     train(tiny_cfg(), tmp_path)  # free again: the same process trains there
     assert (tmp_path / "metrics.csv").exists()
+
+
+def test_half_written_files_of_a_killed_run_are_removed_at_the_next_start(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.epochs=1"), tmp_path)
+    stale = [tmp_path / "checkpoints" / ".last.pt.k2j3h4.tmp", tmp_path / ".metrics.csv.x9y8.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")  # what SIGKILL mid-write leaves
+    keep = tmp_path / "notes.tmp"
+    keep.write_text("the user's own file")
+    train(
+        tiny_cfg("trainer.epochs=2", "trainer.resume=true"),
+        tmp_path,
+        overrides=["trainer.epochs=2", "trainer.resume=true"],
+    )
+    assert not any(p.exists() for p in stale) and keep.exists()
