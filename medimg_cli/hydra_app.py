@@ -32,6 +32,22 @@ def print_error(command: str | None, message: str) -> None:
     _stderr.print(f"[bold red]{prog}: error:[/] {message}", markup=True, soft_wrap=True)
 
 
+def dispatch(command: str, subcommands: dict[str, str], argv: list[str]) -> str | int:
+    """The subcommand named by ``argv[0]``, or the exit code after printing the subcommands (0 for
+    ``--help``, 2 with a one-line error when it is missing or unknown). ``subcommands``: name -> help."""
+    if argv and argv[0] in subcommands:
+        return argv[0]
+    if argv and argv[0] in ("-h", "--help", "help"):
+        width = max(map(len, subcommands))
+        lines = [f"usage: medimg {command} <subcommand> [overrides]", ""]
+        lines += [f"  {name:<{width}}  {text}" for name, text in subcommands.items()]
+        print("\n".join([*lines, "", f"'medimg {command} <subcommand> --help' shows its options."]))
+        return 0
+    first = next(iter(subcommands))
+    print_error(command, f"expected a subcommand: {', '.join(subcommands)} (e.g. medimg {command} {first} --help)")
+    return 2
+
+
 def describe(error: Exception) -> str:
     """A short message for a ``ConfigError`` or a Hydra or OmegaConf composition error."""
     if isinstance(error, (ConfigError, TrainingStopped)):

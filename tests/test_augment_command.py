@@ -93,3 +93,10 @@ def test_preview_and_export_on_a_medmnist_file(tmp_path):
 def test_augment_without_a_subcommand_says_which_exist():
     result = run_cli("augment")
     assert result.returncode == 2 and "expected a subcommand: preview, export" in result.stderr
+
+
+@pytest.mark.parametrize("command, subcommands", [("augment", ("preview", "export")), ("data", ("inspect", "plan"))])
+def test_help_of_a_command_with_subcommands_lists_them(command, subcommands):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0 and "error" not in result.stderr
+    assert all(f"  {name}" in result.stdout for name in subcommands)

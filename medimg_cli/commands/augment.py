@@ -30,21 +30,23 @@ from medimg_cli.config import check_numbers, resolve_device, seed_everything
 from medimg_cli.data import SPLITS, Splits, build_data
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import csv_text, write_atomic
-from medimg_cli.hydra_app import print_error, run_hydra
+from medimg_cli.hydra_app import dispatch, run_hydra
 from medimg_cli.pictures import grid_image, tile
 from medimg_cli.tables import make_console
 
 HELP = "preview an augmentation recipe (PNG grid + Table 1-style CSV) or export augmented files"
-SUBCOMMANDS = ("preview", "export")
+SUBCOMMANDS = {
+    "preview": "a PNG grid of augmented samples and what each transform applied",
+    "export": "an augmented copy of a dataset's training split, as files and a manifest",
+}
 BATCH = 64  # samples augmented at once
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in SUBCOMMANDS:
-        print_error("augment", f"expected a subcommand: {', '.join(SUBCOMMANDS)} (e.g. medimg augment preview)")
-        return 2
-    command = argv[0]
+    command = dispatch("augment", SUBCOMMANDS, argv)
+    if isinstance(command, int):
+        return command
     task = preview if command == "preview" else export
     return run_hydra(f"augment {command}", lambda cfg: task(cfg, Path(HydraConfig.get().runtime.output_dir)), argv[1:])
 

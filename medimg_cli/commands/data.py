@@ -27,21 +27,24 @@ from medimg_cli.data import SPLITS, Splits, build_data
 from medimg_cli.data.plan import PLANNED, memory_budget
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_atomic, write_json
-from medimg_cli.hydra_app import print_error, run_hydra
+from medimg_cli.hydra_app import dispatch, run_hydra
 from medimg_cli.pictures import grid_image, tile
 from medimg_cli.tables import make_console
 
 HELP = "inspect a dataset (counts, shapes, intensities, masks, leakage audit) or plan its segmentation"
-SUBCOMMANDS = ("inspect", "plan")
+SUBCOMMANDS = {
+    "inspect": "counts, shapes, intensities, masks and the leakage audit per split, with example pictures",
+    "plan": "the fingerprint and plan that data.*=auto keys take (spacing, patch, batch, normalisation, network)",
+}
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in SUBCOMMANDS:
-        print_error("data", f"expected a subcommand: {', '.join(SUBCOMMANDS)} (e.g. medimg data inspect data=phantom)")
-        return 2
-    task = _inspect_task if argv[0] == "inspect" else _plan_task
-    return run_hydra(f"data {argv[0]}", task, argv[1:])
+    command = dispatch("data", SUBCOMMANDS, argv)
+    if isinstance(command, int):
+        return command
+    task = _inspect_task if command == "inspect" else _plan_task
+    return run_hydra(f"data {command}", task, argv[1:])
 
 
 def _inspect_task(cfg: DictConfig) -> dict[str, Any]:
