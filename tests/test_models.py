@@ -196,6 +196,17 @@ def test_bad_pretrained_values_are_one_clear_error(name, dims, spec, message):
         load_pretrained(model, name, spec, dims)
 
 
+def test_a_pickled_object_is_refused_without_suggesting_weights_only_false(tmp_path):
+    model, _ = build("cnn", "classification", 2)
+    torch.save({"state_dict": model.state_dict(), "note": Path("x")}, tmp_path / "pickled.pth")  # not a plain tensor
+    with pytest.raises(ConfigError, match="holds Python objects besides tensors") as error:
+        load_pretrained(model, "cnn", str(tmp_path / "pickled.pth"), 2)
+    assert "weights_only" not in str(error.value)
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match=r"cannot read it as a PyTorch state dict \(not torch's format\)$"):
+        load_pretrained(model, "cnn", str(tmp_path / "text.pth"), 2)
+
+
 def test_weights_of_another_architecture_are_refused(tmp_path):
     path, _ = torchvision_file(tmp_path)
     model, _ = build("cnn", "classification", 2)
