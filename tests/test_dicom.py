@@ -271,3 +271,17 @@ def test_monochrome1_is_inverted_over_the_whole_series(tmp_path):
     volume, _ = read_series(header.files)
     # slices hold HU 0, 10, 20, 30; inverted over the series they read 30, 20, 10, 0
     assert volume[0, 0, 0, :].tolist() == [30.0, 20.0, 10.0, 0.0]
+
+
+def test_a_dcm_file_that_is_not_dicom_is_a_bad_file(tmp_path):
+    uid = write_series(tmp_path / "study" / "s0", 3, "P1")
+    (tmp_path / "study" / "s0" / "broken.dcm").write_text("not DICOM")
+    (tmp_path / "study" / "notes.txt").write_text("other files are not expected to be DICOM")
+    (tmp_path / "labels.csv").write_text(f"SeriesInstanceUID,label\n{uid},x\n")
+    overrides = ["data=dicom", f"data.root={tmp_path / 'study'}", f"data.labels={tmp_path / 'labels.csv'}"]
+    with pytest.raises(ConfigError, match=r"broken.dcm: not a readable DICOM file \(1 such .dcm file"):
+        build_data(dict(compose_config(overrides).data))
+    unreadable = []
+    assert len(find_series(tmp_path / "study", unreadable)) == 1 and unreadable == [
+        tmp_path / "study" / "s0" / "broken.dcm"
+    ]

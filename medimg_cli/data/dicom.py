@@ -54,8 +54,9 @@ def slice_position(ds) -> float | None:
     return float(np.dot(normal, np.asarray(position, float)))
 
 
-def find_series(root: Path) -> list[SeriesHeader]:
-    """Every image series under ``root`` (a folder, searched recursively, or a DICOMDIR file)."""
+def find_series(root: Path, unreadable: list[Path] | None = None) -> list[SeriesHeader]:
+    """Every image series under ``root`` (a folder, searched recursively, or a DICOMDIR file);
+    files named ``.dcm`` that are not DICOM are appended to ``unreadable`` when it is given."""
     if root.is_file():  # a DICOMDIR: the files its records reference
         from pydicom.fileset import FileSet
 
@@ -68,6 +69,8 @@ def find_series(root: Path) -> list[SeriesHeader]:
     groups: dict[str, list[tuple[Path, object]]] = defaultdict(list)
     for path in paths:
         ds = _read_header(path)
+        if ds is None and path.suffix.lower() == ".dcm" and unreadable is not None:
+            unreadable.append(path)
         if ds is None or "PixelData" not in ds and "SeriesInstanceUID" not in ds:
             continue  # not DICOM, or a DICOMDIR/report without an image
         if ds.get("Rows") is None or ds.get("SeriesInstanceUID") is None:

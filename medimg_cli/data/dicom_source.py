@@ -13,6 +13,7 @@ Splits are grouped by PatientID; patient ids are hashed before use and never wri
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from medimg_cli.data import SOURCES, Splits
 from medimg_cli.data.dicom import SeriesHeader, find_series
 from medimg_cli.data.files import Record, records_to_splits
 from medimg_cli.errors import ConfigError, unknown_choice
+
+log = logging.getLogger(__name__)
 
 LABEL_KEYS = {"SeriesInstanceUID": "series_uid", "StudyInstanceUID": "study_uid", "PatientID": "patient_id"}
 
@@ -48,7 +51,9 @@ def dicom_splits(cfg: Mapping) -> Splits:
         raise ConfigError("data.labels has no value; pass data.labels=<CSV with a key column and label/mask columns>")
     index_path = Path(cfg["labels"]).expanduser()
     index = read_index(index_path, cfg["label_key"])
-    series = find_series(root)
+    unreadable: list[Path] = []
+    series = find_series(root, unreadable)
+    _report_unreadable(unreadable, cfg)
     if not series:
         raise ConfigError(f"data.root={root}: no DICOM image series found")
 
@@ -77,3 +82,17 @@ def dicom_splits(cfg: Mapping) -> Splits:
         for s in series
     ]
     return records_to_splits(records, cfg, str(root))
+
+
+def _report_unreadable(unreadable: list[Path], cfg: Mapping) -> None:
+    """A ``.dcm`` that is not DICOM is a bad file: an error, or with ``data.on_bad_file=skip`` a
+    warning with the count and the first one (other files in the tree are not expected to be DICOM)."""
+    if not unreadable:
+        return
+    if cfg.get("on_bad_file", "error") != "skip":
+        raise ConfigError(
+            f"{unreadable[0]}: not a readable DICOM file ({len(unreadable)} such .dcm file(s) under data.root); "
+            "fix or remove it, or set data.on_bad_file=skip"
+        )
+    log.warning("skipped %d .dcm file(s) that are not DICOM (data.on_bad_file=skip); first: %s", len(unreadable),
+                unreadable[0])  # fmt: skip
