@@ -386,3 +386,16 @@ def test_3d_masks_are_written_at_their_own_size_and_spacing(tmp_path):
     assert padded.shape == (6, 7, 5) and padded.header.get_zooms() == (1.5, 1.0, 2.0)
     assert np.asarray(padded.dataobj).sum() == 4
     assert resized.shape == (20, 24, 8) and resized.header.get_zooms() == (1.0, 1.0, 3.0)
+
+
+def test_manifest_rows_listed_twice_or_outside_its_folder_are_warned_about(tmp_path, caplog):
+    _vessel_folder(tmp_path / "data")
+    rows = ["image,mask"] + [f"images/Image_{i:02d}.jpg,manual/Image_{i:02d}_1stHO.gif" for i in range(8)]
+    rows += ["images/Image_03.jpg,manual/Image_03_1stHO.gif", "../data/images/Image_04.jpg,manual/Image_04_1stHO.gif"]
+    (tmp_path / "data" / "m.csv").write_text("\n".join(rows) + "\n")
+    cfg = compose_config(["data=manifest", f"data.path={tmp_path / 'data' / 'm.csv'}", "data.task=segmentation",
+                          "data.cache=false", "data.split=[0.5,0.25,0.25]"])  # fmt: skip
+    with caplog.at_level("WARNING"):
+        build_data(dict(cfg.data))
+    assert "2 image(s) listed more than once; first: " in caplog.text and "Image_03.jpg" in caplog.text
+    assert "1 image path(s) lead outside the manifest's folder; first: ../data/images/Image_04.jpg" in caplog.text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,8 @@ from pathlib import Path
 from medimg_cli.data import SOURCES, Splits
 from medimg_cli.data.files import Record, records_to_splits
 from medimg_cli.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def read_manifest(path: Path) -> list[dict[str, str]]:
@@ -59,6 +62,22 @@ def _check_cases(cases: list[str | None], path: Path) -> None:
         raise ConfigError(f"{path}: case {repeated!r} is listed twice; each row needs its own case name")
 
 
+def _warn_odd_rows(records: list[Record], path: Path) -> None:
+    """One warning each (the count and the first example) for an image listed twice, which weighs
+    it double and may put it in two splits, and for paths outside the manifest's folder, which
+    break when the folder moves (absolute paths are meant to, and are not counted)."""
+    seen: set[Path] = set()
+    resolved = [r.images[0].resolve() for r in records]
+    twice = [p for p in resolved if p in seen or seen.add(p)]
+    if twice:
+        log.warning("%s: %d image(s) listed more than once; first: %s", path, len(twice), twice[0])
+    outside = [r.name for r in records if not Path(r.name).is_absolute() and ".." in Path(r.name).parts]
+    if outside:
+        log.warning(
+            "%s: %d image path(s) lead outside the manifest's folder; first: %s", path, len(outside), outside[0]
+        )
+
+
 @SOURCES.register("manifest")
 def manifest_splits(cfg: Mapping) -> Splits:
     """Build splits from the manifest at ``cfg["path"]``."""
@@ -86,6 +105,7 @@ def manifest_splits(cfg: Mapping) -> Splits:
             if file is not None and not file.is_file():
                 raise ConfigError(f"{path}: {kind} {file} is missing")
     _check_cases([r.case for r in records], path)
+    _warn_odd_rows(records, path)
     if cfg["task"] == "classification" and any(r.roi for r in records):
         raise ConfigError(f"{path}: a roi column restricts segmentation; data.task=classification has no masks")
     return records_to_splits(records, cfg, str(path))
