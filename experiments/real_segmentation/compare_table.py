@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from medimg_cli.reporting.stats import paired_t_test
+
 ARMS = {"native": "native, patches", "resize": "resized whole images"}
 
 
@@ -38,6 +40,29 @@ def scores(run: Path) -> dict[str, str | float]:
     }
 
 
+def seed_summary(dice: dict[tuple[str, str], dict[str, float]]) -> list[str]:
+    """Per dataset: mean ± sd of test Dice over seeds per arm, and the paired difference (native
+    minus resize over the seeds both have) with its 95% CI and p (medimg's paired t-test)."""
+    lines = [
+        "",
+        "| dataset | seeds | native Dice | resize Dice | native - resize [95% CI] | p |",
+        "|---|---:|---|---|---|---:|",
+    ]
+    for dataset in sorted({d for d, _ in dice}):
+        native, resize = dice.get((dataset, "native"), {}), dice.get((dataset, "resize"), {})
+        seeds = sorted(set(native) & set(resize))
+        if len(seeds) < 2:
+            continue
+        a, b = [native[k] for k in seeds], [resize[k] for k in seeds]
+        test = paired_t_test(a, b)
+        lines.append(
+            f"| {dataset} | {len(seeds)} | {statistics.mean(a):.3f} ± {statistics.stdev(a):.3f} | "
+            f"{statistics.mean(b):.3f} ± {statistics.stdev(b):.3f} | {test.mean:+.3f} [{test.low:+.3f}, "
+            f"{test.high:+.3f}] | {test.p:.3f} |"
+        )
+    return lines if len(lines) > 3 else []
+
+
 def main() -> None:
     runs, out = Path(sys.argv[1]), Path(sys.argv[2])
     found = sorted(p for p in runs.iterdir() if (p / "eval" / "test" / "metrics.csv").is_file())
@@ -47,18 +72,16 @@ def main() -> None:
         "| dataset | input | seed | epochs | minutes | test Dice [95% CI] | Dice per class | HD95 | scored on |",
         "|---|---|---:|---:|---:|---|---|---:|---|",
     ]
-    means: dict[tuple[str, str], list[float]] = {}
+    means: dict[tuple[str, str], dict[str, float]] = {}
     for run in found:
         dataset, arm, seed = run.name.rsplit("_", 2)
         s = scores(run)
-        means.setdefault((dataset, arm), []).append(s["dice"])
+        means.setdefault((dataset, arm), {})[seed] = s["dice"]
         lines.append(
             f"| {dataset} | {ARMS[arm]} | {seed[1:]} | {s['epochs']} | {s['minutes']:.1f} | {s['dice']:.3f} {s['ci']} "
             f"| {s['per_class'] or '-'} | {s['hd95']:.2f} {s['unit']} | {s['grid']} |"
         )
-    if any(len(v) > 1 for v in means.values()):
-        lines += ["", "| dataset | input | seeds | mean test Dice |", "|---|---|---:|---:|"]
-        lines += [f"| {d} | {ARMS[a]} | {len(v)} | {statistics.mean(v):.3f} |" for (d, a), v in sorted(means.items())]
+    lines += seed_summary(means)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
