@@ -164,3 +164,13 @@ def test_labels_that_would_be_truncated_or_out_of_range_are_refused(tmp_path, la
     np.savez(tmp_path / "breastmnist.npz", **(arrays | {"train_labels": labels}))
     with pytest.raises(ConfigError, match=f"breastmnist.npz: train_labels: {message}"):
         build_data(data_cfg("data.name=breastmnist", f"data.root={tmp_path}", "data.download=false"))
+
+
+def test_nan_pixels_in_an_npz_are_refused(tmp_path):
+    _write_fake(tmp_path, "breastmnist", (1, 1))
+    arrays = dict(np.load(tmp_path / "breastmnist.npz"))
+    images = arrays["val_images"].astype(np.float32)
+    images[0, 3, 3] = np.nan
+    np.savez(tmp_path / "breastmnist.npz", **(arrays | {"val_images": images}))
+    with pytest.raises(ConfigError, match="breastmnist.npz: val_images has NaN or infinite pixels"):
+        build_data(data_cfg("data.name=breastmnist", f"data.root={tmp_path}", "data.download=false"))

@@ -112,6 +112,8 @@ def medmnist_splits(cfg: Mapping) -> Splits:
         labels = labels.reshape(len(labels), -1) if multilabel else labels.reshape(-1)
         _check_labels(labels, classes, multilabel, f"{path}: {split}_labels")
         images = torch.from_numpy(_images(arrays[f"{split}_images"], info["n_channels"], spatial_dims, channels))
+        if not torch.isfinite(images).all():
+            raise ConfigError(f"{path}: {split}_images has NaN or infinite pixels; fix the file (MedMNIST's are uint8)")
         if upsample is not None:  # MedMNIST v2's "(224)": the 28 px images, nearest-neighbour upsampled
             images = F.interpolate(images, size=(upsample,) * spatial_dims, mode="nearest")
         splits[split] = {
