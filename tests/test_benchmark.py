@@ -167,7 +167,8 @@ def test_a_killed_benchmark_resumes_and_reports_as_if_never_stopped(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 finished, 1 to resume, 1 to start" in said(result)
     assert (first / "summary.json").stat().st_mtime_ns == stamp  # the finished run was not run again
-    assert "resuming" in (second.parent / "train.out").read_text()
+    log = (second.parent / "train.out").read_text()  # appended: the killed part's epochs are still there
+    assert "epoch 1/" in log.split("resuming this run after an interruption")[0] and "resuming" in log
     assert _quality(out) == _quality(clean / "runs" / "benchmark" / "seed_comparison")
 
 

@@ -207,7 +207,10 @@ def _start(run: Run, threads: int | None, gpu: int | None = None) -> subprocess.
     env = {**os.environ, "COLUMNS": "160"}
     if threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(threads))
-    with (run.folder / "train.out").open("w") as out:
+    # a resumed run appends: the interrupted part's output (and why it stopped) stays readable
+    with (run.folder / "train.out").open("a" if resume else "w") as out:
+        if resume:
+            out.write("\nmedimg benchmark: resuming this run after an interruption\n")
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
             out.write(f"medimg benchmark: CUDA_VISIBLE_DEVICES={gpu}\n")
