@@ -26,7 +26,7 @@ from medimg_cli.config import build_optimizer, build_scheduler, check_numbers, r
 from medimg_cli.data import Splits, build_data
 from medimg_cli.data.batches import choose_loader, make_batches
 from medimg_cli.data.patches import PatchBatches, patch_size
-from medimg_cli.data.plan import memory_budget, network_plan, resolve_config, wants_plan
+from medimg_cli.data.plan import NETWORK_KEYS, memory_budget, network_plan, resolve_config, resolve_network, wants_plan
 from medimg_cli.distributed import device_for_rank, is_distributed, world
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import hold_folder, release, remove_stale_temporaries, write_atomic, write_json
@@ -195,10 +195,9 @@ def planned_data(cfg: DictConfig, device: Any) -> Splits:
 
 def _plan_network(cfg: DictConfig, size: tuple[int, ...]) -> None:
     """A ``dynunet`` model's ``auto`` topology from its input size when no dataset plan gave one."""
-    if any(cfg.model.get(k) == "auto" for k in ("kernels", "strides", "filters")):
-        spacing = cfg.data.get("spacing")
-        spacing = list(spacing) if spacing is not None and not isinstance(spacing, str) else None
-        resolve_config(cfg, {"network": network_plan(size, spacing)})
+    if any(cfg.model.get(k) == "auto" for k in NETWORK_KEYS):
+        spacing = cfg.data.get("spacing")  # a list once planned or set; None (or unplanned) means 1 per axis
+        resolve_network(cfg, network_plan(size, list(spacing) if OmegaConf.is_list(spacing) else None))
 
 
 def whole_images(model: nn.Module, patch: tuple[int, ...] | None, trainer: Mapping, overlap: float | None = None):

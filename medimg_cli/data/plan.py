@@ -148,21 +148,29 @@ def memory_budget(memory_gb: float | None, device: Any) -> float:
     return DEFAULT_MEMORY_GB
 
 
+NETWORK_KEYS = ("kernels", "strides", "filters")  # the dynunet model keys a plan can fill
+
+
 def resolve_config(cfg: Any, plan: Mapping[str, Any]) -> None:
     """Write the plan's values into a composed train config's ``auto`` keys (``data.spacing``,
     ``data.patch_size``, ``data.normalize`` and ``data.intensity``, ``trainer.batch_size``, the
-    ``dynunet`` model's ``kernels``/``strides``/``filters``), so ``config.yaml`` and checkpoints
-    hold concrete values that ``medimg eval`` and ``export`` rebuild exactly."""
+    ``dynunet`` model's topology), so ``config.yaml`` and checkpoints hold concrete values that
+    ``medimg eval`` and ``export`` rebuild exactly."""
     from omegaconf import open_dict
 
     with open_dict(cfg):
-        for key in PLANNED if "spacing" in plan else ():
+        for key in PLANNED:
             if cfg.data.get(key) == "auto":
                 cfg.data[key] = plan[key]
-        if cfg.data.get("normalize") == "ct" and cfg.data.get("intensity") is None and plan.get("intensity"):
+        if cfg.data.get("normalize") == "ct" and cfg.data.get("intensity") is None:
             cfg.data.intensity = plan["intensity"]
-        if cfg.trainer.get("batch_size") == "auto" and "batch_size" in plan:
+        if cfg.trainer.get("batch_size") == "auto":
             cfg.trainer.batch_size = plan["batch_size"]
-        for key in ("kernels", "strides", "filters"):
-            if cfg.model.get(key) == "auto":
-                cfg.model[key] = plan["network"][key]
+    resolve_network(cfg, plan["network"])
+
+
+def resolve_network(cfg: Any, network: Mapping[str, list]) -> None:
+    """Write ``network`` (``network_plan``'s result) into the model keys that say ``auto``."""
+    for key in NETWORK_KEYS:
+        if cfg.model.get(key) == "auto":
+            cfg.model[key] = network[key]
