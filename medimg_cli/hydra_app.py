@@ -22,6 +22,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
 
 from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
+from medimg_cli.trust import trusted_argv
 
 _stderr = Console(stderr=True, highlight=False)
 
@@ -77,6 +78,11 @@ def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) 
         The exit code: 0, or 2 after a user mistake.
     """
     user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    try:
+        argv = trusted_argv(argv)
+    except ConfigError as error:
+        print_error(command, str(error))
+        return 2
 
     failed_jobs, exit_code = 0, 0
 
