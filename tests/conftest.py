@@ -33,8 +33,10 @@ def compose_config(overrides: list[str] = (), name: str = "train") -> DictConfig
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Decoded-data caches of the tests go to a temporary folder, not ~/.cache/medimg."""
+    """Decoded-data caches and the installation's salt of the tests go to temporary folders,
+    not ~/.cache/medimg and ~/.config/medimg."""
     os.environ["MEDIMG_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["MEDIMG_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
 
 
 @pytest.fixture

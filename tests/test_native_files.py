@@ -99,9 +99,10 @@ def test_official_split_folders_keep_the_test_set_and_carve_validation_from_trai
         "data.cache=false", "data.split=[0.6,0.2,0.2]", "data.split_folders={train:training,test:test}",
     ]  # fmt: skip
     splits = build_data(dict(compose_config(overrides).data))
-    from medimg_cli.data.splits import anonymise
+    from medimg_cli.data.splits import anonymise, salt_of
 
-    assert sorted(splits.ids["test"]) == sorted(anonymise(f"test/Image_{i:02d}.jpg", "medimg") for i in range(4))
+    salt = salt_of({"salt": None})
+    assert sorted(splits.ids["test"]) == sorted(anonymise(f"test/Image_{i:02d}.jpg", salt) for i in range(4))
     assert len(splits.ids["train"]) == 7 and len(splits.ids["val"]) == 3  # 0.2 / (0.6 + 0.2) of 10, rounded
     with pytest.raises(ConfigError, match=r"data.split_folders=.*train is needed"):
         build_data(dict(compose_config([*overrides[:-1], "data.split_folders={test:test}"]).data))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import stat
 from collections import Counter
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medimg_cli.data.splits import anonymise, audit, grouped_split, read_fixed_splits
+from medimg_cli.data.splits import anonymise, audit, grouped_split, read_fixed_splits, salt_of
 from medimg_cli.errors import ConfigError
 
 FRACTIONS = (0.7, 0.15, 0.15)
@@ -54,6 +55,17 @@ def test_audit_refuses_a_patient_in_two_splits_without_naming_them():
 def test_audit_warns_about_duplicate_images(caplog):
     audit(["train", "test", "test"], [None, None, None], ["same", "same", "other"])
     assert "1 image(s) occur byte-identical in more than one split" in caplog.text
+
+
+def test_the_installation_salt_is_secret_made_once_and_overridable(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDIMG_CONFIG_DIR", str(tmp_path / "a"))
+    first = salt_of({"salt": None})
+    assert len(first) == 64 and salt_of({"salt": None}) == first  # 32 random bytes, kept
+    assert stat.S_IMODE((tmp_path / "a" / "salt").stat().st_mode) == 0o600
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["salt"]  # no temporary left
+    monkeypatch.setenv("MEDIMG_CONFIG_DIR", str(tmp_path / "b"))
+    assert salt_of({"salt": None}) != first  # another installation, another salt
+    assert salt_of({"salt": "shared"}) == "shared"
 
 
 def test_anonymise_is_salted_and_stable():

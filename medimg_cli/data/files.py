@@ -40,7 +40,7 @@ from medimg_cli.data.readers import (
     read_mask,
     resize,
 )
-from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits
+from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits, salt_of
 from medimg_cli.errors import ConfigError, unknown_choice
 
 NORMALISATIONS = ("minmax", "zscore", "ct", "none")
@@ -149,7 +149,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
     images, masks, owners, digests = decoded["images"], decoded["masks"], decoded["owners"], decoded["digests"]
     if not records:
         raise ConfigError(f"{source}: every file was skipped as bad")
-    salt = cfg["salt"]
+    salt = salt_of(cfg)
     record_ids = [r.case or anonymise(r.name, salt) for r in records]
     patients = [anonymise(r.patient, salt) if r.patient else None for r in records]
     record_splits = _assign_splits(records, record_ids, patients, cfg, source)
@@ -205,7 +205,7 @@ def _planned(records: Sequence[Record], cfg: Mapping, source: str) -> tuple[dict
     if cfg["task"] != "segmentation":
         auto = [k for k in PLANNED if cfg.get(k) == "auto"]
         raise ConfigError(f"data.{auto[0]}=auto plans segmentation; data.task={cfg['task']} needs an explicit value")
-    salt = cfg["salt"]
+    salt = salt_of(cfg)
     ids = [r.case or anonymise(r.name, salt) for r in records]
     patients = [anonymise(r.patient, salt) if r.patient else None for r in records]
     splits = _assign_splits(records, ids, patients, cfg, source)

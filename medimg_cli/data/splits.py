@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import secrets
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
@@ -22,6 +24,34 @@ log = logging.getLogger(__name__)
 def anonymise(value: str, salt: str) -> str:
     """A salted SHA-256 of ``value``, shortened: stable for a salt, not reversible without it."""
     return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:16]
+
+
+def salt_of(data_cfg: Mapping) -> str:
+    """``data.salt``, or (when null) this installation's secret salt.
+
+    A public default salt would let anyone reverse the hash of a short patient id by trying every
+    id; the secret one is 32 random bytes, created once, readable by the user alone (mode 0600),
+    in ``$MEDIMG_CONFIG_DIR`` (default ``~/.config/medimg``). Runs that must share hashed ids across
+    machines (a ``data.splits`` file) set the same ``data.salt`` on each.
+    """
+    if data_cfg.get("salt") is not None:
+        return str(data_cfg["salt"])
+    folder = os.path.expanduser(os.environ.get("MEDIMG_CONFIG_DIR") or "~/.config/medimg")
+    path = os.path.join(folder, "salt")
+    if not os.path.exists(path):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32))
+        try:  # link, unlike rename, fails when another process made the salt first: theirs stays
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
+    with open(path) as file:
+        return file.read().strip()
 
 
 def check_fractions(fractions: Sequence[float]) -> None:
@@ -119,5 +149,8 @@ def read_fixed_splits(mapping: Mapping[str, Sequence[str]], ids: Sequence[str], 
     lookup = {i: split for split in SPLIT_NAMES for i in mapping.get(split, [])}
     missing = [i for i in ids if i not in lookup]
     if missing:
-        raise ConfigError(f"{source} lists no split for {len(missing)} sample(s) (e.g. id {missing[0]})")
+        raise ConfigError(
+            f"{source} lists no split for {len(missing)} sample(s) (e.g. id {missing[0]}); "
+            "a splits.json from another machine needs the data.salt it was written with"
+        )
     return [lookup[i] for i in ids]
