@@ -25,8 +25,13 @@ FORMAT = "medimg-checkpoint-1"
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` via a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as file:
-        torch.save({"format": FORMAT, **payload}, file)
+    try:
+        with atomic_file(path) as file:
+            torch.save({"format": FORMAT, **payload}, file)
+    except RuntimeError as error:  # torch wraps a failed write (a full disk) in a RuntimeError
+        if isinstance(error.__context__, OSError):
+            raise OSError(error.__context__.errno, error.__context__.strerror, str(path)) from None
+        raise
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -45,10 +50,28 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     return payload
 
 
-def model_from_checkpoint(payload: dict[str, Any]) -> nn.Module:
-    """Rebuild the model stored in a checkpoint and load its weights (on the checkpoint's device)."""
-    model = create_model(payload["model"]["name"], **payload["model"]["args"])
-    model.load_state_dict(payload["state_dict"])
+def model_from_checkpoint(payload: dict[str, Any], path: str | Path) -> nn.Module:
+    """Rebuild the model stored in the checkpoint read from ``path`` and load its weights (on the
+    checkpoint's device); weights that do not fit the stored model arguments are a ``ConfigError``."""
+    try:
+        model = create_model(payload["model"]["name"], **payload["model"]["args"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConfigError(f"checkpoint {path}: its model cannot be rebuilt ({type(error).__name__}: {error})") from None
+    stored, expected = payload["state_dict"], model.state_dict()
+    problems = {
+        "missing": [key for key in expected if key not in stored],
+        "unexpected": [key for key in stored if key not in expected],
+        "of another shape": [
+            key for key, value in stored.items() if key in expected and expected[key].shape != value.shape
+        ],
+    }
+    if any(problems.values()):
+        counts = ", ".join(f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in problems.items() if keys)
+        raise ConfigError(
+            f"checkpoint {path}: its weights do not fit its model '{payload['model']['name']}' ({counts}); "
+            "was the file edited, or written by another medimg version?"
+        )
+    model.load_state_dict(stored)
     return model
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -19,6 +20,31 @@ class TrainingStopped(RuntimeError):
     """Training cannot go on meaningfully (a non-finite loss): one message, exit code 3."""
 
     exit_code = 3
+
+
+# What the file system answers when the place, not the program, is wrong: said in one line, exit 2.
+_PLACE_ERRORS = {
+    errno.ENOSPC: "free space there and run again (files written before are intact; a training run resumes "
+    "with trainer.resume=true)",
+    errno.EDQUOT: "free space within your quota and run again (a training run resumes with trainer.resume=true)",
+    errno.EACCES: "pick a place you can write to, or change its permissions",
+    errno.EPERM: "pick a place you can write to, or change its permissions",
+    errno.EROFS: "pick a place on a writable file system",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; pick another path",
+    errno.EISDIR: "it is a folder; name a file",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "pick a shorter path",
+}
+
+
+def describe_os_error(error: OSError) -> str | None:
+    """``"<path>: <what happened>; <what to do>"`` for a file-system error a user can fix (full disk,
+    permissions, a file where a folder should be), or ``None`` for one that is a bug."""
+    advice = _PLACE_ERRORS.get(error.errno)
+    if advice is None or error.filename is None:
+        return None
+    what = (error.strerror or str(error)).lower()
+    return f"{error.filename}: {what}; {advice}"
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:

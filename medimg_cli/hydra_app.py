@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
 
-from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
+from medimg_cli.errors import ConfigError, TrainingStopped, describe_os_error, unknown_choice
 from medimg_cli.trust import trusted_argv
 
 _stderr = Console(stderr=True, highlight=False)
@@ -50,9 +50,12 @@ def dispatch(command: str, subcommands: dict[str, str], argv: list[str]) -> str 
 
 
 def describe(error: Exception) -> str:
-    """A short message for a ``ConfigError`` or a Hydra or OmegaConf composition error."""
+    """A short message for a ``ConfigError``, a Hydra or OmegaConf composition error or a file-system
+    error a user can fix; ``""`` for an ``OSError`` that is a bug (its traceback is shown)."""
     if isinstance(error, (ConfigError, TrainingStopped)):
         return str(error)
+    if isinstance(error, OSError):
+        return describe_os_error(error) or ""
     if isinstance(error, MissingMandatoryValue):
         return f"{error.full_key} has no value; pass {error.full_key}=<value>"
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
@@ -92,8 +95,8 @@ def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) 
         nonlocal failed_jobs, exit_code
         try:
             return task(cfg)
-        except (ConfigError, OmegaConfBaseException, TrainingStopped) as error:
-            if user_wants_traceback:
+        except (ConfigError, OmegaConfBaseException, TrainingStopped, OSError) as error:
+            if user_wants_traceback or not describe(error):
                 raise
             print_error(command, describe(error))
             failed_jobs += 1
@@ -105,8 +108,8 @@ def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) 
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         entry()
-    except (HydraException, OmegaConfBaseException) as error:
-        if user_wants_traceback:
+    except (HydraException, OmegaConfBaseException, OSError) as error:  # OSError: Hydra making the run folder
+        if user_wants_traceback or not describe(error):
             raise
         print_error(command, describe(error))
         return 2

@@ -60,7 +60,7 @@ def load_trained(
     if data.fingerprint != payload["data_fingerprint"] and not data_changes:
         log.warning("the rebuilt data differ from the data this model was trained on (fingerprint)")
     # the run's layout in fp32, as training evaluated, so the test split reproduces summary.json
-    model = model_from_checkpoint(payload).to(torch_device)
+    model = model_from_checkpoint(payload, path).to(torch_device)
     speed = Speed.from_config(config["trainer"], torch_device, model, data.info.spatial_dims, compile=False)
     speed = speed.for_evaluation()
     patch = patch_size(config["data"], data.info) if windows else None

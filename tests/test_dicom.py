@@ -285,3 +285,16 @@ def test_a_dcm_file_that_is_not_dicom_is_a_bad_file(tmp_path):
     assert len(find_series(tmp_path / "study", unreadable)) == 1 and unreadable == [
         tmp_path / "study" / "s0" / "broken.dcm"
     ]
+
+
+def test_12_bit_jpeg_decodes_and_a_broken_one_is_one_line():
+    """JPEG Extended (12-bit) needs pylibjpeg's libjpeg (Pillow stops at 8 bits); pydicom's own
+    test file JPEG-lossy.dcm has a malformed scan, refused in one line instead of pydicom's list."""
+    from pydicom.data import get_testdata_file
+
+    volume, _ = read_series([Path(get_testdata_file("JPGExtended.dcm"))])
+    assert volume.shape == (1, 1024, 256) and 0 <= volume.min() < volume.max() <= 4095
+    with pytest.raises(ConfigError) as error:
+        read_series([Path(get_testdata_file("JPEG-lossy.dcm"))])
+    assert "JPEG-lossy.dcm: cannot decode the DICOM pixel data (JPEG Extended" in str(error.value)
+    assert "12-bit" in str(error.value) and "\n" not in str(error.value)

@@ -155,11 +155,22 @@ def _read_file(path: Path):
     import pydicom
     from pydicom.pixels import apply_rescale
 
+    ds = None
     try:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
     except Exception as error:  # truncated files, unsupported compression...: pydicom raises many types
-        raise ConfigError(f"{path}: cannot decode the DICOM pixel data ({type(error).__name__}: {error})") from None
+        # pydicom lists every decoder's complaint on its own line; the first one is the reason
+        reasons = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = reasons[1] if len(reasons) > 1 and reasons[0].endswith(":") else reasons[0] if reasons else ""
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        encoding = (
+            f" ({syntax.name}, {ds.get('BitsStored')}-bit)" if syntax is not None and syntax.is_compressed else ""
+        )
+        raise ConfigError(
+            f"{path}: cannot decode the DICOM pixel data{encoding} ({type(error).__name__}: {reason}); "
+            "convert it (e.g. gdcmconv --raw) or leave it out with data.on_bad_file=skip"
+        ) from None
     pixels = apply_rescale(pixels, ds).astype(np.float32)
     return ds, pixels if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[None]
 

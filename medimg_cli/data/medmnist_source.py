@@ -16,6 +16,8 @@ is multi-label (14 independent binary labels, ``(N, 14)``). Images are scaled to
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.error import URLError
@@ -81,6 +83,21 @@ def _images(array: np.ndarray, channels: int, spatial_dims: int, wanted: int) ->
     return array.astype(np.float32) / 255.0
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a MedMNIST ``.npz``; a truncated, corrupt or foreign file is a ``ConfigError``."""
+    try:
+        with np.load(path) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ConfigError(
+            f"{path} is not a readable MedMNIST .npz file ({error}); truncated download? delete it and fetch it again"
+        ) from None
+    expected = {f"{split}_{kind}" for split in ("train", "val", "test") for kind in ("images", "labels")}
+    if not expected <= set(arrays):
+        raise ConfigError(f"{path} lacks {sorted(expected - set(arrays))}; is it a MedMNIST file?")
+    return arrays
+
+
 @SOURCES.register("medmnist")
 def medmnist_splits(cfg: Mapping) -> Splits:
     """Load the official train/val/test splits of MedMNIST dataset ``cfg["name"]``."""
@@ -94,14 +111,7 @@ def medmnist_splits(cfg: Mapping) -> Splits:
     if channels not in (1, 3) or (channels == 1 and info["n_channels"] == 3):
         raise ConfigError(f"data.channels={channels}: {name} has {info['n_channels']} channel(s); use null or 3")
     multilabel = info["task"].startswith("multi-label")
-    try:
-        with np.load(path) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"{path} is not a readable MedMNIST .npz file ({error})") from None
-    expected = {f"{split}_{kind}" for split in ("train", "val", "test") for kind in ("images", "labels")}
-    if not expected <= set(arrays):
-        raise ConfigError(f"{path} lacks {sorted(expected - set(arrays))}; is it a MedMNIST file?")
+    arrays = _read_npz(path)
     upsample = cfg.get("upsample")
     if upsample is not None and (not isinstance(upsample, int) or upsample < cfg["size"]):
         raise ConfigError(f"data.upsample={upsample!r} must be null or a size >= data.size ({cfg['size']}), e.g. 224")
