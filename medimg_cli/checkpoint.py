@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from medimg_cli.errors import ConfigError
-from medimg_cli.fileio import atomic_file
+from medimg_cli.fileio import atomic_file, load_tensors
 from medimg_cli.models import create_model
 
 FORMAT = "medimg-checkpoint-1"
@@ -39,12 +39,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; expected <run folder>/checkpoints/best.pt or last.pt")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # torch raises several types for foreign or truncated files
-        raise ConfigError(
-            f"checkpoint {path} cannot be read ({type(error).__name__}); is it a medimg checkpoint?"
-        ) from None
+    payload = load_tensors(path, f"checkpoint {path}", device)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError(f"checkpoint {path} is not a medimg checkpoint (format {FORMAT} expected)")
     return payload

@@ -36,7 +36,9 @@ _NUMBERS: dict[str, tuple[type, float, str]] = {
     "tracking.images": (int, 0, "tracking.images=4"),
     "tracking.image_every": (int, 1, "tracking.image_every=10"),
     "trainer.steps_per_epoch": (int, 1, "trainer.steps_per_epoch=250"),
+    "model.pretrained_min_match": (float, 0, "model.pretrained_min_match=0.5"),
 }
+_MAXIMUM = {"model.pretrained_min_match": 1}  # shares: at most 1
 _POSITIVE = {"optim.lr", "scheduler.gamma"}  # strictly greater than the minimum
 _BOOLEANS = ("data.binary", "optim.nesterov", "trainer.deterministic")
 _PER_AXIS = {"data.image_size"}  # an int, or a list with one int per spatial axis
@@ -66,6 +68,8 @@ def _check_number(key: str, value: object, kind: type, minimum: float, example: 
     if value < minimum or (key in _POSITIVE and value <= minimum):
         bound = ">" if key in _POSITIVE else ">="
         raise ConfigError(f"{key}={value!r} must be {bound} {minimum:g}, e.g. {example}")
+    if key in _MAXIMUM and value > _MAXIMUM[key]:
+        raise ConfigError(f"{key}={value!r} must be <= {_MAXIMUM[key]:g}, e.g. {example}")
 
 
 def seed_everything(seed: int) -> None:

@@ -153,3 +153,34 @@ def release(handle: IO | None) -> None:
     """Give up a ``hold_folder`` lock (``None``: nothing held)."""
     if handle is not None and not handle.closed:
         handle.close()
+
+
+def load_tensors(path: Path, what: str, device: Any = "cpu") -> Any:
+    """``torch.load`` of a file of tensors only (``weights_only``: unpickling anything else could run
+    code), without torch's warnings.
+
+    Raises:
+        ConfigError: ``"<what>: <why it cannot be read>"`` for a foreign, truncated or code-holding
+            file; never torch's advice to pass ``weights_only=False``.
+    """
+    import pickle
+    import warnings
+    import zipfile
+
+    import torch
+
+    from medimg_cli.errors import ConfigError
+
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the file is refused anyway
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+            raise ConfigError(f"{what}: cannot read it (not a file torch.save wrote)") from None
+        raise ConfigError(
+            f"{what}: holds Python objects besides tensors, which medimg does not load (unpickling them could "
+            "run code); save tensors alone, e.g. torch.save(model.state_dict(), path)"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - torch raises many types for truncated or foreign files
+        raise ConfigError(f"{what}: cannot read it ({type(error).__name__}); truncated or not a torch file?") from None

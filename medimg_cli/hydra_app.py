@@ -54,7 +54,7 @@ def describe(error: Exception) -> str:
     error a user can fix; ``""`` for an ``OSError`` that is a bug (its traceback is shown)."""
     if isinstance(error, (ConfigError, TrainingStopped)):
         return str(error)
-    if isinstance(error, OSError):
+    if isinstance(error, OSError) and not isinstance(error, HydraException):  # Hydra's MissingConfig is an OSError
         return describe_os_error(error) or ""
     if isinstance(error, MissingMandatoryValue):
         return f"{error.full_key} has no value; pass {error.full_key}=<value>"

@@ -8,6 +8,8 @@ of a run's identity, so both lists come from here.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from medimg_cli.checkpoint import load_checkpoint, set_rng_state
 from medimg_cli.errors import ConfigError
 from medimg_cli.metrics import improves
+
+log = logging.getLogger(__name__)
 
 # Keys (or groups of keys) that cannot change a run's numbers: how to resume, print, load
 # (the loaders give identical batches) or track. A benchmark ignores them in a run's identity.
@@ -86,9 +90,20 @@ class State:
         return {"epoch": self.best_epoch, "value": self.best_value}
 
 
+def _requeued() -> bool:
+    """Whether this is a SLURM job started again (``scontrol requeue``, preemption with requeue)."""
+    return (os.environ.get("SLURM_RESTART_COUNT") or "0").strip() not in ("", "0")
+
+
 def resume_checkpoint(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Resume | None:
-    """The run folder, saved config and ``last.pt`` to resume, or ``None`` for a new run."""
+    """The run folder, saved config and ``last.pt`` to resume, or ``None`` for a new run.
+
+    A SLURM job that was requeued (after preemption, or by submitit at its time limit) runs the same
+    command in the same folder again, without ``trainer.resume``: it resumes on its own."""
     target = cfg.trainer.resume
+    if target in (False, None) and _requeued() and (run_dir / "checkpoints" / "last.pt").is_file():
+        log.info("SLURM requeued this job (restart %s): resuming %s", os.environ["SLURM_RESTART_COUNT"], run_dir)
+        target = True
     if target is False or target is None:
         return None
     folder = run_dir if target is True else Path(str(target))

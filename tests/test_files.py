@@ -110,6 +110,16 @@ def test_manifest_groups_patients(image_folder, name):
     assert all(len(ids) > 0 for ids in splits.ids.values())
 
 
+def test_the_split_depends_on_the_seed_not_on_the_secret_salt(image_folder):
+    """The salt changes the hashed ids written to splits.json, never which samples go where."""
+    path = _manifest(image_folder, _patient_rows(image_folder), "manifest.csv")
+    a, b, c = (
+        build_data(data_cfg("manifest", f"data.path={path}", *o)) for o in (["data.salt=a"], ["data.salt=b"], [])
+    )
+    assert a.names == b.names == c.names and a.ids != b.ids
+    assert build_data(data_cfg("manifest", f"data.path={path}", "data.seed=1")).names != a.names
+
+
 def test_manifest_with_a_patient_in_two_explicit_splits_is_refused(image_folder):
     rows = _patient_rows(image_folder)
     for i, row in enumerate(rows):

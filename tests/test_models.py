@@ -203,7 +203,7 @@ def test_a_pickled_object_is_refused_without_suggesting_weights_only_false(tmp_p
         load_pretrained(model, "cnn", str(tmp_path / "pickled.pth"), 2)
     assert "weights_only" not in str(error.value)
     (tmp_path / "text.pth").write_text("not a checkpoint")
-    with pytest.raises(ConfigError, match=r"cannot read it as a PyTorch state dict \(not torch's format\)$"):
+    with pytest.raises(ConfigError, match=r"cannot read it \(not a file torch.save wrote\)$"):
         load_pretrained(model, "cnn", str(tmp_path / "text.pth"), 2)
 
 

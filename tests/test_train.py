@@ -183,6 +183,17 @@ def test_a_finished_run_folder_is_not_overwritten(tiny_cfg, tmp_path):
         train(tiny_cfg("trainer.epochs=1"), tmp_path)
 
 
+def test_a_requeued_slurm_job_resumes_on_its_own(tiny_cfg, tmp_path, monkeypatch):
+    """Preemption with requeue, or submitit's requeue at the time limit, runs the same command again."""
+    train(tiny_cfg("trainer.epochs=1"), tmp_path)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    train(tiny_cfg("trainer.epochs=2"), tmp_path, overrides=["trainer.epochs=2"])
+    assert [row["epoch"] for row in read_metrics_csv(tmp_path / "metrics.csv")] == [1, 2]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # a first start never resumes silently
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny_cfg("trainer.epochs=3"), tmp_path)
+
+
 def test_resume_without_checkpoint_says_where_it_looked(tiny_cfg, tmp_path):
     with pytest.raises(ConfigError, match="last.pt does not exist"):
         train(tiny_cfg("trainer.resume=true"), tmp_path)

@@ -40,7 +40,15 @@ from medimg_cli.data.readers import (
     read_mask,
     resize,
 )
-from medimg_cli.data.splits import SPLIT_NAMES, anonymise, audit, grouped_split, read_fixed_splits, salt_of
+from medimg_cli.data.splits import (
+    SPLIT_NAMES,
+    SPLIT_ORDER_SALT,
+    anonymise,
+    audit,
+    grouped_split,
+    read_fixed_splits,
+    salt_of,
+)
 from medimg_cli.errors import ConfigError, unknown_choice
 
 NORMALISATIONS = ("minmax", "zscore", "ct", "none")
@@ -152,7 +160,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
     salt = salt_of(cfg)
     record_ids = [r.case or anonymise(r.name, salt) for r in records]
     patients = [anonymise(r.patient, salt) if r.patient else None for r in records]
-    record_splits = _assign_splits(records, record_ids, patients, cfg, source)
+    record_splits = _assign_splits(records, record_ids, cfg, source)
     audit_counts = audit(record_splits, patients, digests)
     if all(p is None for p in patients):  # no patient ids: patient counts would mean nothing
         audit_counts = {k: v for k, v in audit_counts.items() if not k.startswith("patients_")}
@@ -169,7 +177,7 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
     for name, indices in by_split.items():
         if not indices:
             raise ConfigError(f"{source}: the {name} split is empty; add images or change data.split")
-    num_seg = int(max(cfg.get("mask_classes") or 0, int(tensors["mask"].max()) + 1)) if "mask" in tensors else 0
+    num_seg = _mask_classes(cfg.get("mask_classes"), tensors["mask"], source) if "mask" in tensors else 0
     info = DataInfo(
         task=task,
         spatial_dims=images.dim() - 2,
@@ -200,6 +208,21 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
     )
 
 
+def _mask_classes(declared: int | None, masks: torch.Tensor, source: str) -> int:
+    """The number of mask classes: ``data.mask_classes``, or the largest mask value + 1 when the
+    values present fill most of ``0..largest`` (``{0, 128}`` would be 129 classes, 127 never seen)."""
+    if declared is not None:
+        return int(declared)
+    present = torch.unique(masks).tolist()
+    if len(present) * 2 < present[-1] + 1:
+        raise ConfigError(
+            f"{source}: the masks hold the values {present[:6]}{'...' if len(present) > 6 else ''}, which would "
+            f"make {present[-1] + 1} classes, {len(present)} of them used; relabel them 0, 1, 2, ... "
+            "or set data.mask_classes"
+        )
+    return present[-1] + 1
+
+
 def _planned(records: Sequence[Record], cfg: Mapping, source: str) -> tuple[dict, dict]:
     """The config with its ``auto`` keys filled from a plan of the training cases, and the plan."""
     if cfg["task"] != "segmentation":
@@ -207,8 +230,7 @@ def _planned(records: Sequence[Record], cfg: Mapping, source: str) -> tuple[dict
         raise ConfigError(f"data.{auto[0]}=auto plans segmentation; data.task={cfg['task']} needs an explicit value")
     salt = salt_of(cfg)
     ids = [r.case or anonymise(r.name, salt) for r in records]
-    patients = [anonymise(r.patient, salt) if r.patient else None for r in records]
-    splits = _assign_splits(records, ids, patients, cfg, source)
+    splits = _assign_splits(records, ids, cfg, source)
     train = [r for r, s in zip(records, splits, strict=True) if s == "train"]
     # computed once per dataset and kept beside the decoded data (cache_dir) as JSON
     found = cached_json(cfg, _source_files(train), lambda: fingerprint_records(train, cfg), "fingerprint")
@@ -224,9 +246,7 @@ def _planned(records: Sequence[Record], cfg: Mapping, source: str) -> tuple[dict
     return resolved, plan
 
 
-def _carve_validation(
-    records: Sequence[Record], ids: list[str], patients: list[str | None], explicit: list[str], cfg: Mapping
-) -> list[str]:
+def _carve_validation(records: Sequence[Record], explicit: list[str], cfg: Mapping) -> list[str]:
     """``explicit`` with part of its train records moved to val: ``data.split``'s val share of
     train + val, grouped by patient and stratified by label (``grouped_split``, whose test share
     is merged into val so both halves of the share are stratified)."""
@@ -234,7 +254,8 @@ def _carve_validation(
     train, val = cfg["split"][0], cfg["split"][1]
     share = val / (train + val)
     labels = [records[i].label for i in members]
-    groups = [patients[i] or f"sample:{ids[i]}" for i in members]
+    every_group = _split_groups(records)
+    groups = [every_group[i] for i in members]
     carved = grouped_split(labels, groups, (1 - share, share / 2, share / 2), cfg["seed"])
     found = list(explicit)
     for index, split in zip(members, carved, strict=True):
@@ -340,9 +361,7 @@ def _add_sample(found: dict[str, list], one: Decoded, image: np.ndarray, mask: n
     found["owners"].append(len(found["kept"]))
 
 
-def _assign_splits(
-    records: Sequence[Record], ids: list[str], patients: list[str | None], cfg: Mapping, source: str
-) -> list[str]:
+def _assign_splits(records: Sequence[Record], ids: list[str], cfg: Mapping, source: str) -> list[str]:
     """Explicit splits, then a ``data.splits`` file, else a grouped stratified split."""
     explicit = [r.split for r in records]
     if any(s is not None for s in explicit):
@@ -350,7 +369,7 @@ def _assign_splits(
         if bad is not None:
             raise ConfigError(f"{source}: {bad.images[0]} has split '{bad.split}'; use train, val or test in every row")
         if "val" not in explicit:  # official train/test splits: validation comes out of train
-            return _carve_validation(records, ids, patients, explicit, cfg)
+            return _carve_validation(records, explicit, cfg)
         return explicit
     if cfg.get("splits"):
         path = Path(cfg["splits"]).expanduser()
@@ -359,5 +378,16 @@ def _assign_splits(
         except (OSError, ValueError) as error:
             raise ConfigError(f"data.splits={path}: cannot read the splits file ({error})") from None
         return read_fixed_splits(mapping, ids, str(path))
-    groups = [p if p is not None else f"sample:{i}" for i, p in zip(ids, patients, strict=True)]
-    return grouped_split([r.label for r in records], groups, tuple(cfg["split"]), cfg["seed"])
+    return grouped_split([r.label for r in records], _split_groups(records), tuple(cfg["split"]), cfg["seed"])
+
+
+def _split_groups(records: Sequence[Record]) -> list[str]:
+    """The patient (else the sample) of each record as the automatic split groups and orders them:
+    hashed with a fixed public salt and never written, so a split depends on ``data.seed`` alone,
+    not on this installation's secret salt, and equals the split earlier medimg versions drew."""
+    return [
+        anonymise(r.patient, SPLIT_ORDER_SALT)
+        if r.patient
+        else f"sample:{r.case or anonymise(r.name, SPLIT_ORDER_SALT)}"
+        for r in records
+    ]

@@ -18,6 +18,7 @@ import numpy as np
 from medimg_cli.errors import ConfigError
 
 SPLIT_NAMES = ("train", "val", "test")
+SPLIT_ORDER_SALT = "medimg"  # orders the automatic split only; the hashes it makes are never written
 log = logging.getLogger(__name__)
 
 

@@ -18,8 +18,6 @@ group.
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 
 from medimg_cli.errors import ConfigError, unknown_choice
+from medimg_cli.fileio import load_tensors
 
 log = logging.getLogger(__name__)
 HEAD_GROUPS = ("head", "decoder")
@@ -123,22 +122,7 @@ def load_pretrained(model: nn.Module, name: str, spec: Any, spatial_dims: int, m
     path = Path(str(spec)).expanduser()
     if not path.is_file():
         raise ConfigError(f"model.pretrained={spec}: no such file; give none, imagenet or a .pth state dict")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
-            raise ConfigError(
-                f"model.pretrained={spec}: cannot read it as a PyTorch state dict (not torch's format)"
-            ) from None
-        # torch's own message suggests weights_only=False, which would run whatever code the file holds
-        raise ConfigError(
-            f"model.pretrained={spec}: holds Python objects besides tensors, which medimg does not load (unpickling "
-            "them could run code); save the weights alone: torch.save(model.state_dict(), path)"
-        ) from None
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line message
-        raise ConfigError(
-            f"model.pretrained={spec}: cannot read it as a PyTorch state dict ({type(error).__name__})"
-        ) from None
+    payload = load_tensors(path, f"model.pretrained={spec}")
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict):
         raise ConfigError(f"model.pretrained={spec}: holds a {type(payload).__name__}, not a state dict")
