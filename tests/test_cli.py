@@ -153,33 +153,6 @@ def _wait_for_rows(run: Path, rows: int, process: subprocess.Popen, timeout: flo
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
-    timing = {"epoch_seconds", "train_images_per_second", "seconds_per_image"}
-    killed = tmp_path / "killed"
-    process = _start_training(killed)
-    _wait_for_rows(killed, 2, process)
-    time.sleep(0.3)  # into the next epoch
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    assert len(read_metrics_csv(killed / "metrics.csv")) < 6
-
-    resumed = run_cli(
-        "train", *TINY, "data.num_samples=400", "trainer.epochs=6", f"hydra.run.dir={killed}", "trainer.resume=true"
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    full = tmp_path / "full"
-    assert run_cli("train", *TINY, "data.num_samples=400", "trainer.epochs=6", f"hydra.run.dir={full}").returncode == 0
-
-    def strip(run: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics_csv(run / "metrics.csv")]
-
-    assert strip(killed) == strip(full)
-    assert len(strip(full)) == 6
-    a, b = (json.loads((run / "summary.json").read_text()) for run in (killed, full))
-    assert a["test"]["accuracy"] == b["test"]["accuracy"] and a["best_epoch"] == b["best_epoch"]
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl_c", "sigterm"])
 def test_ctrl_c_and_sigterm_exit_cleanly_with_last_checkpoint(tmp_path, stop, code):
     run = tmp_path / "run"

@@ -21,7 +21,7 @@ from medimg_cli.checkpoint import load_checkpoint
 from medimg_cli.results import read_metrics_csv
 
 TIMING = {"epoch_seconds", "train_images_per_second", "seconds_per_image"}
-RUN = [*TINY, "data.num_samples=160", "trainer.epochs=3"]
+RUN = [*TINY, "data.num_samples=128", "trainer.epochs=3"]
 GRID = ["experiment=seed_comparison", *TINY_GRID, "model=cnn", "seed=0,1", "trainer.epochs=2"]
 TRIALS = {"train": 16, "benchmark": 4}
 
