@@ -351,3 +351,16 @@ def test_mask_entropy_is_averaged_inside_the_roi_only():
     speed = Speed.from_config({"precision": "fp32", "channels_last": False}, torch.device("cpu"), Fixed(), 2)
     found = predict(Fixed(), TensorBatches(tensors, 2, torch.device("cpu")), info, speed).seg_entropy
     assert found.tolist() == pytest.approx([0.0, math.log(2) / 2], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("rho", "outcome"),
+    [([0.9, 0.7], "unchanged"), ([-0.9, -0.7], "inverted"), ([0.3, -0.1], "changed"), ([0.9, -0.9], "changed")],
+)
+def test_the_randomisation_verdict_keeps_the_sign(rho, outcome):
+    """An inverted map (rho near -1) is not one that 'barely changes' (|rho| would say so)."""
+    from medimg_cli.evaluation.explained import _randomisation_verdict
+
+    check = _randomisation_verdict(np.array(rho))
+    assert check["outcome"] == outcome and check["passed"] == (outcome == "changed")
+    assert check["spearman_mean"] == pytest.approx(np.mean(rho))

@@ -128,8 +128,19 @@ def test_paired_t_test_matches_the_hand_computed_answer():
     assert test.p == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
     half = 0.95 / math.sqrt(2 * 0.975 * 0.025) / math.sqrt(3)
     assert (test.low, test.high) == pytest.approx((2 - half, 2 + half), rel=1e-9)
-    assert paired_t_test([1, 2], [1, 2]).p == 1.0  # no difference at all
-    assert paired_t_test([2, 3], [1, 2]).p == 0.0  # the same difference every time
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "reason"),
+    [([1, 2], [1, 2], "no variance"), ([2, 3], [1, 2], "no variance"), ([2], [1], "n < 2")],
+    ids=["no difference at all", "the same difference every seed", "one pair"],
+)
+def test_a_paired_test_that_does_not_apply_says_why_instead_of_a_p_value(a, b, reason):
+    test = paired_t_test(a, b)
+    assert test.not_applicable == reason and test.mean == np.mean(np.subtract(a, b))
+    assert math.isnan(test.p) and math.isnan(test.low) and math.isnan(test.high)
+    adjusted = holm([0.01, test.p, 0.04])  # Holm corrects over the two real tests only
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
 
 
 def test_holm_adjusts_step_down_and_keeps_the_order():

@@ -112,8 +112,8 @@ def print_evaluation(document: Mapping[str, Any], title: str) -> None:
             )
         check = document["explain"]["randomisation"]
         console.print(
-            f"{document['explain']['method']} model-randomisation check: |Spearman rho| between the maps of the "
-            f"trained and a randomly initialised model = {check['abs_spearman_mean']:.3f} "
-            f"± {check['abs_spearman_sd']:.3f} "
+            f"{document['explain']['method']} model-randomisation check: Spearman rho between the maps of the "
+            f"trained and a randomly initialised model = {check['spearman_mean']:+.3f} "
+            f"± {check['spearman_sd']:.3f} "
             f"over {document['explain']['cases']} cases; {check['verdict']}"
         )

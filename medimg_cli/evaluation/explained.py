@@ -5,8 +5,10 @@ model-randomisation check of one split (the maps themselves come from ``explain.
   with the trained maps and the maps of the same architecture with random weights.
 - Pointing game (Zhang et al. 2016), when the data have lesion masks: how often the map's peak
   lies inside the mask, over every correctly classified case with a lesion.
-- Randomisation check (Adebayo et al. 2018): the mean |Spearman rho| between trained and
-  random-weight maps; below ``RANDOMISATION_THRESHOLD`` the maps depend on the weights.
+- Randomisation check (Adebayo et al. 2018): the mean signed Spearman rho between trained and
+  random-weight maps. Within ``RANDOMISATION_THRESHOLD`` of 0 the maps changed (they depend on
+  the weights); above it they are unchanged, below minus it inverted: either way they follow the
+  image more than the model. The sign is kept because an inverted map is not an unchanged one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from medimg_cli.evaluation import figures
 from medimg_cli.evaluation.explain import explain, randomised, rank_correlations, target_layer
 from medimg_cli.fileio import columns_csv, write_atomic
 
-RANDOMISATION_THRESHOLD = 0.5  # mean |Spearman rho| below which maps "depend on the weights"
+RANDOMISATION_THRESHOLD = 0.5  # |mean Spearman rho| below which maps "depend on the weights"
 
 
 def explain_cases(
@@ -151,17 +153,22 @@ def _pointing_game(
 
 
 def _randomisation_verdict(rho: np.ndarray) -> dict[str, Any]:
-    """The model-randomisation check's summary from the per-case rank correlations ``rho``."""
-    mean = float(np.abs(rho).mean())
-    passed = bool(mean < RANDOMISATION_THRESHOLD)
+    """The model-randomisation check's summary from the per-case signed rank correlations ``rho``."""
+    mean = float(rho.mean())
+    if mean >= RANDOMISATION_THRESHOLD:
+        outcome, verdict = (
+            "unchanged",
+            "the maps barely change with random weights: they may show the image",
+        )
+    elif mean <= -RANDOMISATION_THRESHOLD:
+        outcome, verdict = "inverted", "the maps invert when the weights are randomised: they still follow the image"
+    else:
+        outcome, verdict = "changed", "the maps change when the weights are randomised: they depend on the model"
     return {
-        "abs_spearman_mean": mean,
-        "abs_spearman_sd": float(np.abs(rho).std()),
+        "spearman_mean": mean,
+        "spearman_sd": float(rho.std()),
         "threshold": RANDOMISATION_THRESHOLD,
-        "passed": passed,
-        "verdict": (
-            "the maps change when the weights are randomised: they depend on what the model learned"
-            if passed
-            else "the maps barely change when the weights are randomised: they may show the image, not the model"
-        ),
+        "outcome": outcome,
+        "passed": outcome == "changed",
+        "verdict": verdict,
     }

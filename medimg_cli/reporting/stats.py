@@ -25,6 +25,8 @@ class PairedTest:
     Attributes:
         n: number of pairs. mean: mean difference. low, high: its 95% confidence interval
         (t distribution, n - 1 degrees of freedom). p: two-sided p-value.
+        not_applicable: why the test does not apply (``"n < 2"``, ``"no variance"``), with NaN
+            interval and p; ``None`` when it does.
     """
 
     n: int
@@ -32,20 +34,24 @@ class PairedTest:
     low: float
     high: float
     p: float
+    not_applicable: str | None = None
 
 
 def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
-    """Two-sided paired t-test of equal means for matched samples ``a`` and ``b`` (n >= 2).
+    """Two-sided paired t-test of equal means for matched samples ``a`` and ``b``.
 
-    With zero spread of the differences the p-value is 1 when they are all 0, else 0.
+    With fewer than 2 pairs, or differences that do not vary (the same every seed, or all 0), the
+    t statistic is undefined: the interval and p are NaN and ``not_applicable`` says why, rather
+    than a p-value of 0 or 1 that no test produced.
     """
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     n = len(diff)
+    mean = float(diff.mean()) if n else math.nan
     if n < 2:
-        raise ValueError("a paired t-test needs at least 2 pairs")
-    mean, sd = float(diff.mean()), float(diff.std(ddof=1))
+        return PairedTest(n, mean, math.nan, math.nan, math.nan, "n < 2")
+    sd = float(diff.std(ddof=1))
     if sd == 0:
-        return PairedTest(n, mean, mean, mean, 1.0 if mean == 0 else 0.0)
+        return PairedTest(n, mean, math.nan, math.nan, math.nan, "no variance")
     error = sd / math.sqrt(n)
     p = float(2 * scipy_stats.t.sf(abs(mean / error), n - 1))
     half = float(scipy_stats.t.ppf(0.975, n - 1)) * error
@@ -55,12 +61,14 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (family-wise error control), in the input order.
 
-    The i-th smallest of m p-values becomes ``max_{j <= i} (m - j + 1) p_(j)``, capped at 1.
+    The i-th smallest of m p-values becomes ``max_{j <= i} (m - j + 1) p_(j)``, capped at 1; NaN
+    p-values (tests that did not apply) are left out of m and stay NaN.
     """
-    m = len(p_values)
-    adjusted = [0.0] * m
+    tested = [i for i, p in enumerate(p_values) if not math.isnan(p)]  # NaN: no test, stays NaN
+    m = len(tested)
+    adjusted = [math.nan] * len(p_values)
     running = 0.0
-    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+    for rank, index in enumerate(sorted(tested, key=lambda i: p_values[i])):
         running = max(running, min(1.0, (m - rank) * p_values[index]))
         adjusted[index] = running
     return adjusted

@@ -166,20 +166,12 @@ def comparison_table(name: str, groups: Groups, alpha: float) -> Table | None:
             if other != best and len(shared) >= 2:
                 tests[other] = paired_t_test([seeds[best][s] for s in shared], [seeds[other][s] for s in shared])
         for (other, test), adjusted in zip(tests.items(), holm([t.p for t in tests.values()]), strict=True):
-            scale = metric.scale
-            table.rows.append(
-                [
-                    metric.title,
-                    best,
-                    other,
-                    str(test.n),
-                    f"{test.mean * scale:+.2f}",
-                    f"[{test.low * scale:+.2f}, {test.high * scale:+.2f}]",
-                    f"{test.p:.3g}",
-                    f"{adjusted:.3g}",
-                    "yes" if adjusted < alpha else "no",
-                ]
-            )
+            row = [metric.title, best, other, str(test.n), f"{test.mean * metric.scale:+.2f}"]
+            if test.not_applicable:
+                table.rows.append([*row, "n/a", f"n/a ({test.not_applicable})", "n/a", "n/a"])
+                continue
+            interval = f"[{test.low * metric.scale:+.2f}, {test.high * metric.scale:+.2f}]"
+            table.rows.append([*row, interval, f"{test.p:.3g}", f"{adjusted:.3g}", "yes" if adjusted < alpha else "no"])
     if not table.rows:
         return None
     table.caption = (
