@@ -1,20 +1,22 @@
 """Metrics of the three tasks, accumulated over batches.
 
-Classification: accuracy, macro F1 (over the classes present in labels or predictions, as
-scikit-learn's ``f1_score(average="macro")``) and AUC (binary, or one-vs-rest macro average,
-from MONAI). Segmentation: Dice and IoU per foreground class from MONAI, averaged over cases
-then classes; an empty ground truth with an empty prediction scores 1 and with any predicted
-foreground 0 (``ignore_empty=False``), so false positives on lesion-free images count.
-Accuracy and F1 are a confusion matrix away, so they are computed here rather than through
-a library that would need one-hot copies of every batch.
+Classification: accuracy, F1 (of the positive class for binary tasks, else macro over the classes
+present in labels or predictions, as scikit-learn's ``f1_score``; ``metrics.average`` overrides)
+and AUC (binary, or one-vs-rest macro average, from MONAI). Segmentation: Dice and IoU per
+foreground class from MONAI, averaged over cases then classes; an empty ground truth with an
+empty prediction scores 1 and with any predicted foreground 0 (``ignore_empty=False``), so false
+positives on lesion-free images count. Accuracy and F1 are a confusion matrix away, so they are
+computed here rather than through a library that would need one-hot copies of every batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from monai.metrics import compute_dice, compute_iou, compute_roc_auc
 
 from medimg_cli.data import DataInfo
-from medimg_cli.errors import unknown_choice
+from medimg_cli.errors import ConfigError, unknown_choice
 
 
 @dataclass(frozen=True)
@@ -138,13 +140,59 @@ def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
     return (pred == target).float().mean().item()
 
 
-def macro_f1(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
-    """Mean F1 over classes that occur in ``target`` or ``pred``; F1 = 2TP / (2TP + FP + FN)."""
+AVERAGES = ("binary", "macro", "weighted")
+
+
+def f1_score(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, average: str = "macro", positive: int | None = None
+) -> float:
+    """F1 = 2TP / (2TP + FP + FN) of ``(N,)`` predictions, as scikit-learn's ``f1_score``:
+
+    - ``binary``: of the class ``positive`` alone (a finding's F1, as papers on binary tasks report);
+    - ``macro``: the mean over the classes that occur in ``target`` or ``pred``;
+    - ``weighted``: the mean over classes weighted by their count in ``target``.
+    """
     cm = confusion_matrix(pred, target, num_classes).double()
     tp = cm.diag()
     fp, fn = cm.sum(0) - tp, cm.sum(1) - tp
+    per_class = 2 * tp / (2 * tp + fp + fn).clamp(min=1)
+    if average == "binary":
+        return per_class[positive].item()
+    if average == "weighted":
+        support = cm.sum(1)
+        return ((per_class * support).sum() / support.sum().clamp(min=1)).item()
     present = (cm.sum(0) + cm.sum(1)) > 0
-    return (2 * tp / (2 * tp + fp + fn).clamp(min=1))[present].mean().item()
+    return per_class[present].mean().item()
+
+
+def with_average(info: DataInfo, setting: str | None) -> DataInfo:
+    """``info`` with F1 averaged as ``metrics.average`` says: ``auto`` (or ``None``) keeps the task's
+    default, binary for two classes with a positive class, else macro."""
+    if setting in (None, "auto"):
+        return info
+    if setting not in AVERAGES:
+        raise unknown_choice("metrics.average", setting, ["auto", *AVERAGES])
+    if setting == "binary" and info.positive_class is None:
+        raise ConfigError("metrics.average=binary needs a binary classification task; use macro or weighted")
+    if info.multilabel and setting != "macro":
+        raise ConfigError(f"metrics.average={setting}: multi-label F1 is the macro mean of the per-label F1")
+    return dataclasses.replace(info, average=setting)
+
+
+def positive_class(info: DataInfo) -> dict[str, Any] | None:
+    """``{"index", "name"}`` of the positive class in a binary task (as summary.json keeps it), else ``None``."""
+    if info.positive_class is None:
+        return None
+    return {"index": info.positive_class, "name": info.class_names[info.positive_class]}
+
+
+def f1_header(average: str | None, positive: str | None, percent: bool = True) -> str:
+    """What the F1 column is: ``F1 % (pneumonia)`` for the binary F1 of class ``positive``,
+    ``macro F1 %`` or ``weighted F1 %`` otherwise (``None``: a run from before the choice, macro)."""
+    unit = " %" if percent else ""
+    if average == "binary":
+        return f"F1{unit} ({positive})"
+    return f"{average or 'macro'} F1{unit}"
 
 
 def roc_auc(probs: torch.Tensor, target: torch.Tensor) -> float:
@@ -237,16 +285,19 @@ class TaskMetrics:
             found["label"], found["probs"] = torch.cat(self.labels), torch.cat(self.probs)
         if self.info.segments:
             found["dice"], found["iou"] = torch.cat(self.dice), torch.cat(self.iou)
-        return quality_metrics(found, self.info.multilabel)
+        return quality_metrics(found, self.info.multilabel, self.info.average, self.info.positive_class)
 
 
-def quality_metrics(cases: Mapping[str, torch.Tensor], multilabel: bool = False) -> dict[str, float]:
+def quality_metrics(
+    cases: Mapping[str, torch.Tensor], multilabel: bool = False, average: str = "macro", positive: int | None = None
+) -> dict[str, float]:
     """The one computation of each quality metric, from per-case values.
 
     Args:
         cases: ``probs`` ``(N, K)`` and ``label`` ``(N,)`` (``(N, L)`` probabilities and 0/1
             labels when ``multilabel``) for classification; ``dice`` and ``iou`` ``(N, C)`` per
             foreground class (or ``(N, 1)`` per-case means) for segmentation.
+        average, positive: how F1 is averaged and, for ``binary``, the positive class (``f1_score``).
 
     Returns:
         Fractions in [0, 1] keyed as ``METRICS``; segmentation averages over cases, then classes.
@@ -258,7 +309,7 @@ def quality_metrics(cases: Mapping[str, torch.Tensor], multilabel: bool = False)
         probs, labels = cases["probs"], cases["label"]
         pred = probs.argmax(dim=1)
         result["accuracy"] = accuracy(pred, labels)
-        result["f1"] = macro_f1(pred, labels, probs.shape[1])
+        result["f1"] = f1_score(pred, labels, probs.shape[1], average, positive)
         result["auc"] = roc_auc(probs, labels)
     for key in ("dice", "iou"):
         if key in cases:

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from medimg_cli.metrics import METRICS
+from medimg_cli.metrics import METRICS, f1_header
 
 _CAPTION = "* best validation epoch; test = best checkpoint on the test split"
 
@@ -29,6 +29,13 @@ def run_title(summary: Mapping[str, Any]) -> str:
     return f"{summary['model']} on {summary['data']} ({summary['task']}), seed {summary['seed']}"
 
 
+def run_headers(summary: Mapping[str, Any]) -> dict[str, str]:
+    """Column headers that depend on the run: which F1 it reports (``F1 % (pneumonia)``, ``macro F1 %``)."""
+    if summary.get("f1_average") is None:
+        return {}
+    return {"f1": f1_header(summary["f1_average"], (summary.get("positive_class") or {}).get("name"))}
+
+
 def select_rows(
     rows: Sequence[Mapping[str, Any]], every: int, best_epoch: int | None = None
 ) -> list[Mapping[str, Any]]:
@@ -38,9 +45,14 @@ def select_rows(
 
 
 def _table_cells(
-    rows: Sequence[Mapping[str, Any]], every: int, test: Mapping[str, Any] | None, best_epoch: int | None
+    rows: Sequence[Mapping[str, Any]],
+    every: int,
+    test: Mapping[str, Any] | None,
+    best_epoch: int | None,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[list[str], list[list[str]]]:
-    """Headers and cells of the table; columns without any value are left out."""
+    """Headers and cells of the table; columns without any value are left out. ``headers``
+    (metric key -> header) replaces the specification's headers (``run_headers``)."""
     metrics = [m for m in METRICS if any(r.get(m.column) is not None for r in rows)]
     body = []
     for row in select_rows(rows, every, best_epoch):
@@ -50,7 +62,7 @@ def _table_cells(
         body.append(cells)
     if test:
         body.append(["test"] + [m.show(test.get(m.key)) if m.evaluated else "" for m in metrics[1:]])
-    return [m.header for m in metrics], body
+    return [(headers or {}).get(m.key, m.header) for m in metrics], body
 
 
 def rich_table(
@@ -59,10 +71,11 @@ def rich_table(
     test: Mapping[str, Any] | None = None,
     best_epoch: int | None = None,
     title: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Table:
     """The per-epoch table for the terminal (``*`` marks the best epoch)."""
-    headers, body = _table_cells(rows, every, test, best_epoch)
-    return grid_rich(headers, body, title, _CAPTION, sections=(len(body) - 2,) if test is not None else ())
+    columns, body = _table_cells(rows, every, test, best_epoch, headers)
+    return grid_rich(columns, body, title, _CAPTION, sections=(len(body) - 2,) if test is not None else ())
 
 
 def markdown_table(
@@ -71,10 +84,11 @@ def markdown_table(
     test: Mapping[str, Any] | None = None,
     best_epoch: int | None = None,
     title: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> str:
     """The same table as ``rich_table``, in Markdown."""
-    headers, body = _table_cells(rows, every, test, best_epoch)
-    return grid_markdown(headers, body, title, "\\" + _CAPTION)
+    columns, body = _table_cells(rows, every, test, best_epoch, headers)
+    return grid_markdown(columns, body, title, "\\" + _CAPTION)
 
 
 def grid_rich(

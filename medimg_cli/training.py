@@ -31,7 +31,7 @@ from medimg_cli.distributed import device_for_rank, is_distributed, world
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import hold_folder, release, remove_stale_temporaries, write_atomic, write_json
 from medimg_cli.losses import TaskLoss
-from medimg_cli.metrics import monitor_columns, monitor_mode
+from medimg_cli.metrics import monitor_columns, monitor_mode, with_average
 from medimg_cli.models import check_model_runs, create_model, model_args
 from medimg_cli.models.transfer import forward_flops, freeze, layer_cells, load_pretrained, transfer_rows
 from medimg_cli.resume import Resume, State, restore, resume_checkpoint
@@ -186,6 +186,7 @@ def planned_data(cfg: DictConfig, device: Any) -> Splits:
     if wants_plan(data_cfg):
         data_cfg["memory_gb"] = memory_budget(cfg.trainer.get("memory_gb"), device)
     data = build_data(data_cfg)
+    data.info = with_average(data.info, OmegaConf.select(cfg, "metrics.average", default=None))
     if data.plan is not None:
         resolve_config(cfg, data.plan)
     elif cfg.trainer.get("batch_size") == "auto":

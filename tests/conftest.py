@@ -62,6 +62,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
 def check_test_metrics(run_dir: Path, test: dict) -> None:
     """``test`` (summary.json's test metrics) recomputed from the run's ``test_predictions.csv``:
     classification metrics with scikit-learn, Dice and IoU as the mean of the per-case values."""
+    import json
     import math
 
     import numpy as np
@@ -74,7 +75,9 @@ def check_test_metrics(run_dir: Path, test: dict) -> None:
         labels, probs = cases["label"], cases["probs"]
         pred = probs.argmax(axis=1)
         assert test["accuracy"] == pytest.approx(accuracy_score(labels, pred), abs=1e-6)
-        assert test["f1"] == pytest.approx(f1_score(labels, pred, average="macro"), abs=1e-6)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        average, positive = summary["f1_average"], (summary["positive_class"] or {}).get("index", 1)
+        assert test["f1"] == pytest.approx(f1_score(labels, pred, average=average, pos_label=positive), abs=1e-6)
         if len(np.unique(labels)) < probs.shape[1]:  # an AUC needs every class in the labels
             assert test["auc"] is None or math.isnan(test["auc"])
         elif probs.shape[1] == 2:

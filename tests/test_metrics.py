@@ -7,10 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn import metrics as skm
+from sklearn.metrics import roc_auc_score
 
 from medimg_cli.data import DataInfo
-from medimg_cli.metrics import TaskMetrics, accuracy, confusion_matrix, macro_f1, roc_auc
+from medimg_cli.errors import ConfigError
+from medimg_cli.metrics import TaskMetrics, accuracy, confusion_matrix, f1_header, f1_score, roc_auc, with_average
 
 
 def test_confusion_matrix_counts_rows_true_columns_pred():
@@ -25,15 +27,35 @@ def test_accuracy_and_f1_by_hand():
     true = torch.tensor([0, 1, 2, 2, 2, 0])
     assert accuracy(pred, true) == pytest.approx(4 / 6)
     # class 0: TP1 FP0 FN1 -> 2/3; class 1: TP1 FP1 FN0 -> 2/3; class 2: TP2 FP1 FN1 -> 4/6
-    assert macro_f1(pred, true, 3) == pytest.approx(2 / 3)
+    assert f1_score(pred, true, 3) == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_macro_f1_matches_sklearn(seed):
+@pytest.mark.parametrize("average", ["macro", "weighted"])
+def test_f1_matches_sklearn(seed, average):
     rng = np.random.default_rng(seed)
     true, pred = rng.integers(0, 4, 50), rng.integers(0, 3, 50)  # class 3 never predicted
-    expected = f1_score(true, pred, average="macro", zero_division=0)
-    assert macro_f1(torch.from_numpy(pred), torch.from_numpy(true), 4) == pytest.approx(expected)
+    expected = skm.f1_score(true, pred, average=average, zero_division=0)
+    assert f1_score(torch.from_numpy(pred), torch.from_numpy(true), 4, average) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("positive", [0, 1])
+def test_binary_f1_is_the_positive_class_f1_of_sklearn(positive):
+    rng = np.random.default_rng(positive)
+    true, pred = rng.integers(0, 2, 80), rng.integers(0, 2, 80)
+    expected = skm.f1_score(true, pred, average="binary", pos_label=positive)
+    found = f1_score(torch.from_numpy(pred), torch.from_numpy(true), 2, "binary", positive)
+    assert found == pytest.approx(expected) and found != pytest.approx(skm.f1_score(true, pred, average="macro"))
+
+
+def test_the_f1_header_says_which_f1_and_metrics_average_overrides_it():
+    binary = DataInfo("classification", 2, 1, 2, 0, ("normal", "pneumonia"), positive_class=1, average="binary")
+    assert f1_header(binary.average, "pneumonia") == "F1 % (pneumonia)" and with_average(binary, "auto") == binary
+    assert with_average(binary, "macro").average == "macro" and f1_header("macro", None) == "macro F1 %"
+    three = DataInfo("classification", 2, 1, 3, 0, ("a", "b", "c"))
+    assert three.average == "macro" and with_average(three, "weighted").average == "weighted"
+    with pytest.raises(ConfigError, match="metrics.average=binary needs a binary"):
+        with_average(three, "binary")
 
 
 def test_binary_auc_by_hand():
@@ -115,6 +137,6 @@ def test_multilabel_metrics_match_sklearn():
     target, probs = rng.integers(0, 2, (40, 5)), rng.random((40, 5))
     result = multilabel_metrics(torch.tensor(probs), torch.tensor(target))
     assert result["accuracy"] == pytest.approx(((probs > 0.5) == target).mean())
-    assert result["f1"] == pytest.approx(f1_score(target, (probs > 0.5).astype(int), average="macro"))
+    assert result["f1"] == pytest.approx(skm.f1_score(target, (probs > 0.5).astype(int), average="macro"))
     expected_auc = np.mean([roc_auc_score(target[:, k], probs[:, k]) for k in range(5)])
     assert result["auc"] == pytest.approx(expected_auc)

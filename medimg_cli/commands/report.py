@@ -19,7 +19,7 @@ from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_atomic
 from medimg_cli.hydra_app import print_error
 from medimg_cli.results import read_metrics_csv
-from medimg_cli.tables import make_console, markdown_table, rich_table, run_title
+from medimg_cli.tables import make_console, markdown_table, rich_table, run_headers, run_title
 
 HELP = "print and write the per-epoch table of a run, or the tables, statistics and plots of a folder of runs"
 
@@ -51,10 +51,10 @@ def main(argv: list[str]) -> int:
     if every < 1:
         print_error("report", f"--every {every} must be >= 1")
         return 2
-    title = run_title(summary) if summary else str(args.run)
+    title, headers = (run_title(summary), run_headers(summary)) if summary else (str(args.run), None)
     test, best = summary.get("test"), summary.get("best_epoch")
-    make_console().print(rich_table(rows, every, test, best, title=title))
-    write_atomic(args.run / "table.md", markdown_table(rows, every, test, best, title=title))
+    make_console().print(rich_table(rows, every, test, best, title=title, headers=headers))
+    write_atomic(args.run / "table.md", markdown_table(rows, every, test, best, title=title, headers=headers))
     return 0
 
 

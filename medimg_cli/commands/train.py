@@ -34,10 +34,10 @@ from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
 from medimg_cli.fileio import release, write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
 from medimg_cli.loop import evaluate, train_epoch
-from medimg_cli.metrics import COLUMNS, METRICS, TaskMetrics
+from medimg_cli.metrics import COLUMNS, METRICS, TaskMetrics, positive_class
 from medimg_cli.results import append_metrics_row, cases_csv
 from medimg_cli.runinfo import device_name, git_commit, peak_memory, versions
-from medimg_cli.tables import make_console, markdown_table, rich_table, run_title
+from medimg_cli.tables import make_console, markdown_table, rich_table, run_headers, run_title
 from medimg_cli.tracking import Tracker, sample_predictions
 from medimg_cli.training import Run, setup
 
@@ -173,10 +173,10 @@ def finish(run: Run, test: dict[str, float], seconds: float) -> dict[str, Any]:
     summary = build_summary(run, test, seconds)
     write_json(run.run_dir / "summary.json", summary)
     history, every, best = run.state.history, run.cfg.trainer.table_every, run.state.best_epoch
-    title = run_title(summary)
-    write_atomic(run.run_dir / "table.md", markdown_table(history, every, test, best, title=title))
+    title, headers = run_title(summary), run_headers(summary)
+    write_atomic(run.run_dir / "table.md", markdown_table(history, every, test, best, title=title, headers=headers))
     console = make_console()
-    console.print(rich_table(history, every, test, best, title=title))
+    console.print(rich_table(history, every, test, best, title=title, headers=headers))
     console.print(f"run folder: {run.run_dir}")
     return summary
 
@@ -188,6 +188,8 @@ def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str,
         "model": cfg.model.name,
         "data": cfg.data.name,
         "task": run.data.info.task,
+        "f1_average": run.data.info.average if run.data.info.classifies else None,
+        "positive_class": positive_class(run.data.info),
         "seed": cfg.seed,
         "epochs": cfg.trainer.epochs,
         "epochs_trained": state.epoch,

@@ -15,6 +15,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,10 @@ class DataInfo:
     class_names: tuple[str, ...]
     multilabel: bool = False  # labels ``(N, num_classes)`` of independent 0/1 targets (e.g. ChestMNIST)
     image_size: tuple[int, ...] = ()  # spatial size of every image, set by ``build_data``
+    # binary classification: the index of the class that is the finding (data.positive_class; a
+    # source may set its dataset's default), which binary F1, sensitivity and PPV are about
+    positive_class: int | None = None
+    average: str = "macro"  # how F1 is averaged: binary (the positive class), macro or weighted
 
     @property
     def classifies(self) -> bool:
@@ -133,5 +138,28 @@ def build_data(cfg: Mapping) -> Splits:
             f"data.source={source}: {splits.info.num_classes} class ({', '.join(splits.info.class_names) or 'none'}) "
             "cannot train a classifier (it would score 100%); add images of another class or use data.task=segmentation"
         )
-    splits.info = dataclasses.replace(splits.info, image_size=tuple(splits.train["image"].shape[2:]))
+    positive = _positive_class(cfg.get("positive_class"), splits.info)
+    splits.info = dataclasses.replace(
+        splits.info,
+        image_size=tuple(splits.train["image"].shape[2:]),
+        positive_class=positive,
+        average="binary" if positive is not None else "macro",
+    )
     return splits
+
+
+def _positive_class(given: Any, info: DataInfo) -> int | None:
+    """The positive class of a binary classification (``data.positive_class``: a class name or
+    index; null: the source's default, else the last class), ``None`` for other tasks."""
+    if not info.classifies or info.multilabel or info.num_classes != 2:
+        if given is not None:
+            raise ConfigError(f"data.positive_class={given} applies to binary classification; this data has none")
+        return None
+    if given is None:
+        return info.positive_class if info.positive_class is not None else 1
+    names = list(info.class_names)
+    if str(given) in names:
+        return names.index(str(given))
+    if isinstance(given, int) and not isinstance(given, bool) and 0 <= given < 2:
+        return given
+    raise unknown_choice("data.positive_class", str(given), [*names, "0", "1"])

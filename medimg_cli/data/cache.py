@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 # data keys that only choose the split of the decoded samples, how batches are drawn from them,
 # or where the cache lives; every other key (a new preprocessing key too) is part of the key, so
 # it can never serve stale data
-NOT_DECODING_KEYS = ("split", "splits", "seed", "salt", "cache", "cache_dir", "foreground_fraction", "memory_gb")
+NOT_DECODING_KEYS = (
+    "split", "splits", "seed", "salt", "cache", "cache_dir", "foreground_fraction", "memory_gb", "positive_class"
+)  # fmt: skip
 # bumped when the decoded dictionary changes (2: pixel_spacings, 3: roi, 4: sizes, 5: sizes on the file grid,
 # affines; 6: originals): old entries are not read
 FORMAT = 6

@@ -40,6 +40,11 @@ def _info(name: str) -> dict:
     return INFO[name]
 
 
+# The class that is the finding in the binary datasets, by the names MedMNIST's metadata gives
+# them: binary F1, sensitivity and PPV are about it (data.positive_class overrides).
+FINDING = {"breastmnist": "malignant", "pneumoniamnist": "pneumonia"}
+
+
 def npz_path(root: str | Path, name: str, size: int) -> Path:
     """Where the official file of ``name`` at ``size`` lives under ``root``."""
     if size not in SIZES:
@@ -139,6 +144,7 @@ def medmnist_splits(cfg: Mapping) -> Splits:
         num_seg_classes=0,
         class_names=class_names,
         multilabel=multilabel,
+        positive_class=class_names.index(FINDING[name]) if name in FINDING else None,
     )
     return Splits(**splits, info=data_info, fingerprint=fingerprint(arrays))
 

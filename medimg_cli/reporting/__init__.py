@@ -41,6 +41,7 @@ from medimg_cli.reporting.tables import (
     epoch_table,
     epochs_shown,
     interval_table,
+    metric_title,
     published_table,
     test_table,
 )
@@ -203,7 +204,7 @@ def write_report(
                 continue
             found.append(epoch_table(f"{slug}-{metric.key}", metric, groups, epochs_shown(members, every)))
             path = out / "plots" / f"{slug}-{metric.key}.png"
-            metric_plot(path, metric, groups, f"{metric.title}{': ' + name if name else ''}")
+            metric_plot(path, metric, groups, f"{metric_title(metric, members)}{': ' + name if name else ''}")
             images[name][found[-1].name] = path
         tables[name] = [t for t in found if t is not None]
     devices = sorted({job.summary.get("device", "?") for job in jobs})

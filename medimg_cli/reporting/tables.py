@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 
 from medimg_cli.metrics import BY_KEY, Metric, of_kind, quality_metrics
 from medimg_cli.reporting.stats import bootstrap_ci, holm, mean_sd, paired_t_test
+from medimg_cli.tables import run_headers
 
 QUALITY = of_kind("quality")
 TIMING = (BY_KEY["seconds_per_image"], BY_KEY["epoch_seconds"], BY_KEY["train_images_per_second"])
@@ -79,13 +80,23 @@ def _mark_best(means: Sequence[float], higher: bool | None) -> list[int]:
     return [i for i, m in enumerate(means) if m == best]
 
 
+def metric_title(metric: Metric, jobs: Iterable[Any]) -> str:
+    """``metric``'s title for these runs: which F1 they report (``F1 % (pneumonia)``, ``macro F1 %``),
+    every one named when they differ."""
+    if metric.key != "f1":
+        return metric.title
+    titles = sorted({run_headers(job.summary).get("f1", metric.title) for job in jobs})
+    return titles[0] if len(titles) == 1 else f"{metric.title} ({'; '.join(titles)})"
+
+
 def _header(value: str, jobs: Sequence[Any]) -> str:
     return f"{value} (n={len(jobs)})"
 
 
 def epoch_table(name: str, metric: Metric, groups: Groups, epochs: Sequence[int]) -> Table:
     """Rows = ``epochs`` then ``test``; columns = groups; cells = mean ± sd over the group's runs."""
-    table = Table(name, metric.title, ["epoch", *(_header(v, jobs) for v, jobs in groups.items())], [])
+    every = [job for jobs in groups.values() for job in jobs]
+    table = Table(name, metric_title(metric, every), ["epoch", *(_header(v, jobs) for v, jobs in groups.items())], [])
     for epoch in epochs:
         texts, means = [str(epoch)], []
         for jobs in groups.values():
@@ -116,7 +127,7 @@ def test_table(name: str, key: str, groups: Groups) -> Table:
     metrics = [m for m in QUALITY + TIMING[:1] if any(job.test(m.key) is not None for job in every)]
     sizes = [m for m in PER_RUN[:-1] if any(job.summary.get(m.key) is not None for job in every)]
     minutes = PER_RUN[-1]
-    headers = [key, "runs", *(m.title for m in sizes), *(m.title for m in metrics), minutes.title]
+    headers = [key, "runs", *(m.title for m in sizes), *(metric_title(m, every) for m in metrics), minutes.title]
     table = Table(name, "Test split, best checkpoints", headers, [])
     columns: list[list[float]] = []
     for value, jobs in groups.items():
@@ -166,7 +177,7 @@ def comparison_table(name: str, groups: Groups, alpha: float) -> Table | None:
             if other != best and len(shared) >= 2:
                 tests[other] = paired_t_test([seeds[best][s] for s in shared], [seeds[other][s] for s in shared])
         for (other, test), adjusted in zip(tests.items(), holm([t.p for t in tests.values()]), strict=True):
-            row = [metric.title, best, other, str(test.n), f"{test.mean * metric.scale:+.2f}"]
+            row = [metric_title(metric, groups[best]), best, other, str(test.n), f"{test.mean * metric.scale:+.2f}"]
             if test.not_applicable:
                 table.rows.append([*row, "n/a", f"n/a ({test.not_applicable})", "n/a", "n/a"])
                 continue
@@ -192,14 +203,21 @@ def interval_table(name: str, groups: Groups, resamples: int) -> Table | None:
         if cases is None:
             continue
         count = len(next(iter(cases.values())))
-        for metric, statistic in case_statistics(cases).items():
+        for metric, statistic in case_statistics(cases, jobs[0].summary).items():
             low, high, used = bootstrap_ci(statistic, count, resamples)
             point = jobs[0].test(metric.key)
             if point is None or math.isnan(low):
                 continue
             s = metric.scale
             table.rows.append(
-                [value, metric.title, f"{point * s:.1f}", f"[{low * s:.1f}, {high * s:.1f}]", str(count), str(used)]
+                [
+                    value,
+                    metric_title(metric, jobs),
+                    f"{point * s:.1f}",
+                    f"[{low * s:.1f}, {high * s:.1f}]",
+                    str(count),
+                    str(used),
+                ]
             )
     if not table.rows:
         return None
@@ -210,8 +228,11 @@ def interval_table(name: str, groups: Groups, resamples: int) -> Table | None:
     return table
 
 
-def case_statistics(cases: Mapping[str, np.ndarray]) -> dict[Metric, Callable[[np.ndarray], float]]:
-    """Each test metric as a function of resampled case indices, computed as training computes it."""
+def case_statistics(
+    cases: Mapping[str, np.ndarray], summary: Mapping[str, Any]
+) -> dict[Metric, Callable[[np.ndarray], float]]:
+    """Each test metric as a function of resampled case indices, computed as training computed it
+    (F1 averaged as the run's ``summary.json`` says)."""
     tensors = {key: torch.from_numpy(values) for key, values in cases.items()}
     multilabel = "label" in tensors and tensors["label"].ndim == 2
     if "dice" in tensors:  # test_predictions.csv holds per-case means over the foreground classes
@@ -219,10 +240,13 @@ def case_statistics(cases: Mapping[str, np.ndarray]) -> dict[Metric, Callable[[n
     if "probs" in tensors:
         tensors["probs"] = tensors["probs"].float()
 
-    def statistic(indices: np.ndarray, key: str) -> float:
-        return quality_metrics({name: values[indices] for name, values in tensors.items()}, multilabel)[key]
+    average, positive = summary.get("f1_average") or "macro", (summary.get("positive_class") or {}).get("index")
+    settings = (multilabel, average, positive)
 
-    return {BY_KEY[key]: functools.partial(statistic, key=key) for key in quality_metrics(tensors, multilabel)}
+    def statistic(indices: np.ndarray, key: str) -> float:
+        return quality_metrics({name: values[indices] for name, values in tensors.items()}, *settings)[key]
+
+    return {BY_KEY[key]: functools.partial(statistic, key=key) for key in quality_metrics(tensors, *settings)}
 
 
 def published_table(name: str, jobs: Sequence[Any], published: Mapping, tolerance: float) -> Table | None:
