@@ -11,6 +11,10 @@ library calls. Definitions follow scikit-learn, which the tests compare against:
 - balanced accuracy: the mean recall over the classes present in the labels;
 - AUC: the Mann-Whitney rank statistic, binary on class 1, one-vs-rest macro for K > 2
   (``roc_auc_score(multi_class="ovr")``); NaN when a class it needs is absent.
+
+A binary task with a positive class (the finding) reports what a clinical paper does instead
+of macro means: sensitivity and specificity, PPV and NPV, the positive class's F1, AUC and
+average precision (``average_precision_score``) of its probability, and balanced accuracy.
 """
 
 from __future__ import annotations
@@ -20,6 +24,35 @@ from scipy.stats import rankdata
 
 PER_CLASS = ("precision", "recall", "specificity", "f1", "auc")
 OVERALL = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc")
+BINARY = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "auc", "ap")
+
+
+def overall_names(positive: int | None) -> tuple[str, ...]:
+    """The overall metrics ``classification_metrics`` returns: ``BINARY`` with a positive class."""
+    return OVERALL if positive is None else BINARY
+
+
+def predicted_classes(probs: np.ndarray, positive: int | None = None, threshold: float | None = None) -> np.ndarray:
+    """Class predictions from ``(..., K)`` probabilities: the most probable class, or, with a
+    ``threshold``, the positive class where its probability is at least the threshold."""
+    if threshold is None or positive is None:
+        return probs.argmax(axis=-1)
+    return np.where(probs[..., positive] >= threshold, positive, 1 - positive)
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Average precision of ``(R, N)`` scores for ``(R, N)`` booleans: the sum over distinct
+    thresholds of precision times the recall gained (``average_precision_score``); NaN without positives."""
+    found = np.full(scores.shape[0], np.nan)
+    for row, (score, truth) in enumerate(zip(scores, positive, strict=True)):  # a sort per resample
+        order = np.argsort(-score, kind="stable")
+        score, truth = score[order], truth[order].astype(float)
+        last = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # last index of each distinct score
+        tps = np.cumsum(truth)[last]
+        if tps[-1] > 0:
+            precision, recall = tps / (last + 1), tps / tps[-1]
+            found[row] = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return found
 
 
 def confusion_matrices(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -54,15 +87,21 @@ def class_aucs(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return aucs
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+def classification_metrics(
+    labels: np.ndarray, probs: np.ndarray, positive: int | None = None, threshold: float | None = None
+) -> dict[str, np.ndarray]:
     """Metrics of ``(R, N)`` integer labels and ``(R, N, K)`` class probabilities.
 
+    Args:
+        positive: the positive class of a binary task (then the ``BINARY`` metrics are about it).
+        threshold: its probability from which a case is called positive; ``None``: the most probable class.
+
     Returns:
-        overall metrics as ``(R,)`` arrays under the names of ``OVERALL``, and per-class
-        metrics as ``(R, K)`` arrays under ``class_<name>`` for the names of ``PER_CLASS``.
+        overall metrics as ``(R,)`` arrays under the names of ``overall_names(positive)``, and
+        per-class metrics as ``(R, K)`` arrays under ``class_<name>`` for the names of ``PER_CLASS``.
     """
     num_classes = probs.shape[-1]
-    preds = probs.argmax(axis=-1)
+    preds = predicted_classes(probs, positive, threshold)
     cm = confusion_matrices(labels, preds, num_classes).astype(float)
     tp = np.diagonal(cm, axis1=1, axis2=2)
     true, predicted = cm.sum(axis=2), cm.sum(axis=1)
@@ -82,7 +121,13 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, n
     aucs = class_aucs(labels, probs)
     per_class["auc"] = aucs
     found["auc"] = aucs[:, 1] if num_classes == 2 else aucs.mean(axis=1)  # NaN if any class is absent
-    return {name: found[name] for name in OVERALL} | {f"class_{name}": per_class[name] for name in PER_CLASS}
+    if positive is not None:
+        negative = 1 - positive
+        found |= {"sensitivity": per_class["recall"][:, positive], "specificity": per_class["recall"][:, negative]}
+        found |= {"ppv": per_class["precision"][:, positive], "npv": per_class["precision"][:, negative]}
+        found |= {"f1": per_class["f1"][:, positive], "ap": average_precision(probs[..., positive], labels == positive)}
+    names = overall_names(positive)
+    return {name: found[name] for name in names} | {f"class_{name}": per_class[name] for name in PER_CLASS}
 
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

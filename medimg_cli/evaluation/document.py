@@ -30,6 +30,7 @@ class Settings:
     nsd_tolerance: float = 1.0
     cldice: bool = False
     case_map: bool = False
+    threshold: Any = None  # binary tasks: null (most probable class), youden, or a probability
 
 
 @dataclass

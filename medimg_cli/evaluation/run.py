@@ -24,7 +24,14 @@ from medimg_cli.data import DataInfo, Splits
 from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError
 from medimg_cli.evaluation import calibration, figures
-from medimg_cli.evaluation.classification import OVERALL, PER_CLASS, classification_metrics, confusion_matrices
+from medimg_cli.evaluation.classification import (
+    PER_CLASS,
+    classification_metrics,
+    confusion_matrices,
+    overall_names,
+    predicted_classes,
+    roc_curve,
+)
 from medimg_cli.evaluation.document import Evaluation, Settings
 from medimg_cli.evaluation.explained import explain_cases
 from medimg_cli.evaluation.segmented import segmentation_split
@@ -33,6 +40,7 @@ from medimg_cli.fileio import columns_csv, write_atomic, write_json
 from medimg_cli.reporting.stats import percentile_interval, resample_indices
 from medimg_cli.speed import Speed
 
+Rule = tuple[int | None, float | None]  # (positive class, threshold) of the class predictions
 SUBGROUP_METRICS = ("accuracy", "balanced_accuracy", "f1", "auc", "dice", "hd95")
 
 
@@ -43,14 +51,14 @@ def _chunked(function: Callable[[np.ndarray], dict[str, np.ndarray]], indices: n
 
 
 def _classification(
-    result: Evaluation, probs: np.ndarray, labels: np.ndarray, names: tuple[str, ...], indices: np.ndarray
+    result: Evaluation, probs: np.ndarray, labels: np.ndarray, names: tuple[str, ...], indices: np.ndarray, rule: Rule
 ) -> None:
     """Overall and per-class metrics with CIs into ``result``."""
-    point = classification_metrics(labels[None], probs[None])
-    boot = _chunked(lambda i: classification_metrics(labels[i], probs[i]), indices)
+    point = classification_metrics(labels[None], probs[None], *rule)
+    boot = _chunked(lambda i: classification_metrics(labels[i], probs[i], *rule), indices)
     cases = len(labels)
     overall, per_class = {}, {}
-    for name in OVERALL:
+    for name in overall_names(rule[0]):
         interval = percentile_interval(boot[name])
         overall[name] = {"value": float(point[name][0]), "low": interval[0], "high": interval[1]}
         result.add(name, "all", float(point[name][0]), interval, cases)
@@ -79,6 +87,49 @@ def _calibration(result: Evaluation, probs: np.ndarray, labels: np.ndarray, indi
     return calibration.reliability_bins(probs, labels, bins)
 
 
+def _decision_rule(info: DataInfo, threshold: Any, val_probs: Callable[[], np.ndarray]) -> Rule:
+    """``(positive class, threshold)`` of the class predictions: ``(None, None)`` (the most probable
+    class) unless the task is binary with a positive class; ``eval.threshold`` a probability, or
+    ``youden``: the one maximising sensitivity + specificity on the val split (never the split
+    evaluated, whose numbers it would flatter)."""
+    positive = info.positive_class if info.average == "binary" else None
+    if threshold is None:
+        return positive, None
+    if positive is None:
+        raise ConfigError(f"eval.threshold={threshold} applies to binary classification with a positive class")
+    if threshold == "youden":
+        probs, labels = val_probs()
+        fpr, tpr, thresholds = roc_curve(probs[:, positive], labels == positive)
+        return positive, float(thresholds[1:][np.argmax((tpr - fpr)[1:])])
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ConfigError(f"eval.threshold={threshold!r} must be null, youden or a probability in [0, 1]")
+    return positive, float(threshold)
+
+
+def _calibrated_rule(
+    model: nn.Module, data: Splits, info: DataInfo, settings: Settings, batch_size: int, speed: Speed
+) -> tuple[float, Rule]:
+    """The temperature (``eval.temperature``: fitted on the val split, else 1) and the decision rule."""
+    temperature = 1.0
+    if settings.temperature:
+        val_logits = _validation_logits(model, data, info, batch_size, speed)
+        temperature = calibration.fit_temperature(val_logits, data.split("val")["label"])
+
+    def val_probs() -> tuple[np.ndarray, np.ndarray]:
+        logits = _validation_logits(model, data, info, batch_size, speed).cpu().double()
+        return (logits / temperature).softmax(dim=1).numpy(), data.split("val")["label"].numpy()
+
+    return temperature, _decision_rule(info, settings.threshold, val_probs)
+
+
+def _decision_document(info: DataInfo, asked: Any, rule: Rule) -> dict[str, Any]:
+    """How classes were called, for metrics.json: the positive class, the threshold and where it came from."""
+    positive, threshold = rule
+    how = "most probable class" if threshold is None else "youden on the val split" if asked == "youden" else "given"
+    name = info.class_names[positive] if positive is not None else None
+    return {"positive_class": name, "threshold": threshold, "rule": how}
+
+
 def _validation_logits(model: nn.Module, data: Splits, info: DataInfo, batch_size: int, speed: Speed) -> torch.Tensor:
     """``(N, K)`` class logits of the val split, one pass (for temperature scaling)."""
     batches = TensorBatches(data.split("val"), batch_size, speed.device)
@@ -86,7 +137,7 @@ def _validation_logits(model: nn.Module, data: Splits, info: DataInfo, batch_siz
 
 
 def _subgroups(
-    data: Splits, split: str, columns: list[str] | None, cases: dict[str, np.ndarray], settings: Settings
+    data: Splits, split: str, columns: list[str] | None, cases: dict[str, np.ndarray], settings: Settings, rule: Rule
 ) -> dict[str, list]:
     """Rows ``column, value, n, metric, value, low, high`` for each metadata subgroup."""
     meta = (data.meta or {}).get(split, {})
@@ -101,19 +152,19 @@ def _subgroups(
         for group in sorted(set(values)):
             members = np.flatnonzero(values == group)
             indices = resample_indices(len(members), settings.bootstrap, settings.seed)
-            for name, value, boot in _subgroup_metrics(cases, members, indices):
+            for name, value, boot in _subgroup_metrics(cases, members, indices, rule):
                 low, high, _ = percentile_interval(boot)
                 for key, item in zip(rows, (column, group, len(members), name, value, low, high), strict=True):
                     rows[key].append(item)
     return rows
 
 
-def _subgroup_metrics(cases: dict[str, np.ndarray], members: np.ndarray, indices: np.ndarray):
+def _subgroup_metrics(cases: dict[str, np.ndarray], members: np.ndarray, indices: np.ndarray, rule: Rule):
     """``(metric, value, bootstrap values)`` of the cases ``members``."""
     if "probs" in cases:
         probs, labels = cases["probs"][members], cases["label"][members]
-        point = classification_metrics(labels[None], probs[None])
-        boot = _chunked(lambda i: classification_metrics(labels[i], probs[i]), indices)
+        point = classification_metrics(labels[None], probs[None], *rule)
+        boot = _chunked(lambda i: classification_metrics(labels[i], probs[i], *rule), indices)
         for name in SUBGROUP_METRICS[:4]:
             yield name, float(point[name][0]), boot[name]
     for name in SUBGROUP_METRICS[4:]:
@@ -131,6 +182,7 @@ def _classification_outputs(
     temperature: float,
     indices: np.ndarray,
     settings: Settings,
+    rule: Rule,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Metrics, calibration, confusion matrix and ROC of the class predictions; fills
     ``result.columns`` (predictions.csv) and ``result.cases``.
@@ -140,7 +192,7 @@ def _classification_outputs(
     """
     stats = sample_statistics(predictions.logits, temperature)
     probs = stats["probs"].numpy().astype(np.float64)
-    _classification(result, probs, labels, names, indices)
+    _classification(result, probs, labels, names, indices, rule)
     result.document["calibration"] = {"temperature": temperature, "bins": settings.bins}
     if temperature != 1.0:
         plain = sample_statistics(predictions.logits)["probs"].numpy().astype(np.float64)
@@ -152,7 +204,7 @@ def _classification_outputs(
     write_atomic(out / "reliability.csv", columns_csv({k: v.tolist() for k, v in bins.items()}))
     ece = result.document["calibration"]["ece"]["value"]
     figures.reliability_figure(out / "reliability.png", bins, ece, result.document["split"] + " split")
-    preds = probs.argmax(1)
+    preds = predicted_classes(probs, *rule)
     matrix = confusion_matrices(labels[None], preds[None], len(names))[0]
     table = {"true": list(names)} | {f"pred_{n}": matrix[:, k].tolist() for k, n in enumerate(names)}
     write_atomic(out / "confusion_matrix.csv", columns_csv(table))
@@ -242,13 +294,12 @@ def evaluate_split(
     columns: dict[str, list] = {"case": list(range(count)), "id": ids}
     columns |= {c: list(v) for c, v in ((data.meta or {}).get(split) or {}).items()}
     cases: dict[str, np.ndarray] = {}
+    rule: Rule = (None, None)
     if info.classifies:
-        temperature = 1.0
-        if settings.temperature:
-            val_logits = _validation_logits(model, data, info, batch_size, speed)
-            temperature = calibration.fit_temperature(val_logits, data.split("val")["label"])
+        temperature, rule = _calibrated_rule(model, data, info, settings, batch_size, speed)
+        result.document["decision"] = _decision_document(info, settings.threshold, rule)
         quality, uncertainty = _classification_outputs(
-            result, out, predictions, tensors["label"].numpy(), info.class_names, temperature, indices, settings
+            result, out, predictions, tensors["label"].numpy(), info.class_names, temperature, indices, settings, rule
         )
         columns |= result.columns
         cases |= result.cases
@@ -263,7 +314,7 @@ def evaluate_split(
             quality, uncertainty = torch.as_tensor(values["dice"].mean(axis=1)), predictions.seg_entropy
     _risk_coverage(result, out, uncertainty, quality, "accuracy" if info.classifies else "Dice", settings)
     write_atomic(out / "predictions.csv", columns_csv(columns))
-    groups = _subgroups(data, split, settings.subgroups, cases, settings)
+    groups = _subgroups(data, split, settings.subgroups, cases, settings, rule)
     if groups["column"]:
         write_atomic(out / "subgroups.csv", columns_csv(groups))
     result.document["subgroups"] = sorted(set(groups["column"]))
