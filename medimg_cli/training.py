@@ -77,6 +77,7 @@ class Run:
     size: dict[str, int]  # parameters, trainable_parameters, flops_per_image
     ended_by: str = "trainer.epochs"  # or "trainer.max_minutes" when the time budget ended training
     skipped_batches: int = 0  # batches skipped for a non-finite loss (trainer.on_nonfinite=skip_batch)
+    per_label: dict | None = None  # multi-label data: each label's test metrics (summary.json)
     lock: Any = None  # the run folder's lock (fileio.hold_folder), released when the run ends
 
     @property

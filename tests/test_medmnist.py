@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from urllib.error import URLError
 
@@ -9,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import check_test_metrics, compose_config, run_cli
+from sklearn.metrics import recall_score, roc_auc_score
 
+from medimg_cli.commands import eval as eval_command
 from medimg_cli.commands.train import train
 from medimg_cli.data import build_data
 from medimg_cli.data.medmnist_source import npz_path
 from medimg_cli.errors import ConfigError
+from medimg_cli.results import read_cases_csv
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"
 needs_shared = pytest.mark.skipif(
@@ -93,6 +97,32 @@ def test_multilabel_chestmnist_trains_with_per_label_metrics(tmp_path):
         tmp_path / "run",
     )
     assert set(summary["test"]) == {"loss", "accuracy", "f1", "auc", "seconds_per_image"}
+    # per-label AUC in summary.json against scikit-learn on the run's test_predictions.csv
+    cases = read_cases_csv(tmp_path / "run" / "test_predictions.csv")
+    labels, probs = cases["label"], cases["probs"]
+    names = list(summary["per_label"])
+    assert len(names) == 14 and summary["f1_average"] == "macro"
+    for k, name in enumerate(names):
+        if len(np.unique(labels[:, k])) == 2:
+            assert summary["per_label"][name]["auc"] == pytest.approx(
+                roc_auc_score(labels[:, k], probs[:, k]), abs=1e-6
+            )
+        else:
+            assert math.isnan(summary["per_label"][name]["auc"] or math.nan)
+    # medimg eval evaluates it: each label's metrics with CIs, their macro means
+    cfg = compose_config(
+        [f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'best.pt'}", "eval.bootstrap=50"], name="eval"
+    )
+    document = eval_command.evaluate_checkpoint_cfg(cfg)
+    assert set(document["per_label"]) == set(names) and document["threshold"] == 0.5
+    for k, name in enumerate(names):
+        found = document["per_label"][name]
+        if len(np.unique(labels[:, k])) == 2:
+            assert found["auc"]["value"] == pytest.approx(roc_auc_score(labels[:, k], probs[:, k]), abs=1e-5)
+        assert found["sensitivity"]["value"] == pytest.approx(
+            recall_score(labels[:, k], probs[:, k] >= 0.5, zero_division=0)
+        )
+    assert document["metrics"]["auc"]["value"] == pytest.approx(summary["test"]["auc"], abs=1e-5)
 
 
 def test_rgb_images_become_channels_first(tmp_path):

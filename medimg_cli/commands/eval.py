@@ -96,11 +96,14 @@ def print_evaluation(document: Mapping[str, Any], title: str) -> None:
     console.print(table)
     if document.get("calibration", {}).get("temperature", 1.0) != 1.0:
         console.print(f"temperature fitted on the val split: T = {document['calibration']['temperature']:.3f}")
-    risk = document["risk_coverage"]
-    console.print(
-        f"risk-coverage ({document['uncertainty']}): AURC {risk['aurc']:.4f}; "
-        f"{risk['quality']} of the 80% most certain cases {risk['quality_at_80_percent']:.4f}"
-    )
+    if "per_label" in document:
+        console.print(f"per-label metrics at threshold {document['threshold']} (macro means above): metrics.csv")
+    if "risk_coverage" in document:
+        risk = document["risk_coverage"]
+        console.print(
+            f"risk-coverage ({document['uncertainty']}): AURC {risk['aurc']:.4f}; "
+            f"{risk['quality']} of the 80% most certain cases {risk['quality_at_80_percent']:.4f}"
+        )
     if "explain" in document:
         pointing = document["explain"]["pointing_game"]
         if pointing:

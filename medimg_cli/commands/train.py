@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from medimg_cli.distributed import barrier, join, launch, leave, reduce_across, requested_devices, sum_across, world
 from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
+from medimg_cli.evaluation.multilabel import per_label_summary
 from medimg_cli.fileio import release, write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
 from medimg_cli.loop import evaluate, train_epoch
@@ -164,7 +165,11 @@ def test_best(run: Run) -> dict[str, float]:
     cases = TaskMetrics(run.data.info)
     batches = run.batches(run.data.test, run.cfg.trainer.eval_batch_size)
     test = evaluate(run.eval_model, batches, run.loss, run.speed.for_evaluation(), cases)
-    write_atomic(run.run_dir / "test_predictions.csv", cases_csv(cases.cases()))
+    found = cases.cases()
+    write_atomic(run.run_dir / "test_predictions.csv", cases_csv(found))
+    if run.data.info.multilabel:
+        names = run.data.info.class_names
+        run.per_label = per_label_summary(found["probs"].double().numpy(), found["label"].numpy(), names)
     return test
 
 
@@ -199,6 +204,7 @@ def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str,
         "best_epoch": state.best_epoch,
         "best": next(r for r in state.history if r["epoch"] == state.best_epoch),
         "test": test,
+        **({"per_label": run.per_label} if run.per_label is not None else {}),
         **run.size,
         **dict(zip(("peak_memory_mib", "peak_memory"), peak_memory(run.device), strict=True)),
         "layers": run.checkpoint_base["layers"],

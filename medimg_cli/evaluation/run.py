@@ -34,6 +34,7 @@ from medimg_cli.evaluation.classification import (
 )
 from medimg_cli.evaluation.document import Evaluation, Settings
 from medimg_cli.evaluation.explained import explain_cases
+from medimg_cli.evaluation.multilabel import multilabel_outputs
 from medimg_cli.evaluation.segmented import segmentation_split
 from medimg_cli.evaluation.uncertainty import Predictions, predict, risk_coverage, sample_statistics
 from medimg_cli.fileio import columns_csv, write_atomic, write_json
@@ -270,13 +271,8 @@ def evaluate_split(
     """Evaluate ``model`` on ``data``'s ``split`` and write the eval folder (see the module
     docstring) into ``out``. Returns the ``metrics.json`` document, which starts with ``facts``."""
     info, device = _model_task(data.info, payload["model"]["args"].get("task", data.info.task)), speed.device
-    if info.multilabel:
-        raise ConfigError(
-            "medimg eval does not evaluate multi-label data (e.g. ChestMNIST) yet; "
-            "the run's summary.json and test_predictions.csv hold its per-label metrics"
-        )
-    if settings.explain and not info.classifies:
-        raise ConfigError("eval.explain needs a model that classifies (data.task classification or multitask)")
+    if settings.explain and (not info.classifies or info.multilabel):
+        raise ConfigError("eval.explain needs a single-label classifier (data.task classification or multitask)")
     tensors = data.split(split)
     count = len(tensors["image"])
     known_ids = (data.ids or {}).get(split)
@@ -295,7 +291,11 @@ def evaluate_split(
     columns |= {c: list(v) for c, v in ((data.meta or {}).get(split) or {}).items()}
     cases: dict[str, np.ndarray] = {}
     rule: Rule = (None, None)
-    if info.classifies:
+    if info.multilabel:  # independent findings: per-label binary metrics, no softmax calibration
+        probs = predictions.logits.double().sigmoid().mean(dim=0).numpy()
+        multilabel_outputs(result, probs, tensors["label"].numpy(), info.class_names, indices)
+        columns |= result.columns
+    elif info.classifies:
         temperature, rule = _calibrated_rule(model, data, info, settings, batch_size, speed)
         result.document["decision"] = _decision_document(info, settings.threshold, rule)
         quality, uncertainty = _classification_outputs(
@@ -312,7 +312,8 @@ def evaluate_split(
         columns["mask_entropy"] = predictions.seg_entropy.tolist()
         if not info.classifies:  # the risk-coverage curve of a segmenter: Dice against mask entropy
             quality, uncertainty = torch.as_tensor(values["dice"].mean(axis=1)), predictions.seg_entropy
-    _risk_coverage(result, out, uncertainty, quality, "accuracy" if info.classifies else "Dice", settings)
+    if not info.multilabel:
+        _risk_coverage(result, out, uncertainty, quality, "accuracy" if info.classifies else "Dice", settings)
     write_atomic(out / "predictions.csv", columns_csv(columns))
     groups = _subgroups(data, split, settings.subgroups, cases, settings, rule)
     if groups["column"]:
