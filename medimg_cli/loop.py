@@ -43,9 +43,11 @@ def train_epoch(
     scaler: torch.amp.GradScaler,
     on_batch: Callable[[], None] = lambda: None,
     skip_nonfinite: bool = False,
+    warmup: bool = False,
 ) -> dict[str, float]:
     """Train for one epoch; returns ``train_loss`` (sample-weighted mean), throughput,
-    ``train_samples``, ``nonfinite_steps`` and ``first_nonfinite_step`` (1-based, 0 when none).
+    ``train_samples``, ``nonfinite_steps``, ``first_nonfinite_step`` (1-based, 0 when none) and
+    ``warmup_seconds``.
 
     Args:
         model: what to call (``speed.prepare``'s result).
@@ -53,13 +55,19 @@ def train_epoch(
         skip_nonfinite: skip the optimizer step of batches whose loss is NaN or infinite (a check
             that waits for the device every step); otherwise they are only counted, on the device,
             for the caller to stop on (``trainer.on_nonfinite``).
+        warmup: the first epoch of a session: its first step (compilation, cuDNN autotuning, first
+            allocations) is timed on its own, as ``warmup_seconds``, and left out of the throughput.
     """
     model.train()
     total, count = torch.zeros((), device=batches.device), 0
     bad, first = torch.zeros((), dtype=torch.long, device=batches.device), torch.zeros((), device=batches.device)
     synchronize(batches.device)
     start = time.perf_counter()
+    warm, warm_images = 0.0, 0
     for step, batch in enumerate(batches.epoch(epoch), start=1):
+        if warmup and step == 2:  # one wait for the device, in one epoch of the session
+            synchronize(batches.device)
+            warm, warm_images = time.perf_counter() - start, count
         batch = augment(batch)
         with speed.autocast():
             outputs = model(speed.layout(batch["image"]))
@@ -79,9 +87,12 @@ def train_epoch(
         count += size
     synchronize(batches.device)
     seconds = time.perf_counter() - start
+    if warm_images == 0 or warm_images == count:  # one step only: nothing to leave out
+        warm, warm_images = 0.0, 0
     return {
         "train_loss": total.item() / count if count else float("nan"),
-        "train_images_per_second": count / seconds,
+        "train_images_per_second": (count - warm_images) / (seconds - warm),
+        "warmup_seconds": warm,
         "train_samples": count,
         "nonfinite_steps": int(bad.item()),
         "first_nonfinite_step": int(first.item()),
@@ -96,6 +107,7 @@ def evaluate(
     speed: Speed,
     metrics: TaskMetrics | None = None,
     keep: tuple[list, int] | None = None,
+    warmup: bool = False,
 ) -> dict[str, float]:
     """Loss, task metrics and ``seconds_per_image`` (forward passes only) on one split.
 
@@ -105,9 +117,12 @@ def evaluate(
         keep: ``(found, n)``: ``(outputs, batch)`` pairs of the first batches, until they hold
             ``n`` samples, are appended to ``found`` (the tracker's pictures reuse them rather
             than predicting again, which with sliding windows costs as much as the validation).
+        warmup: first pass the first batch once, untimed (compilation, autotuning), and return
+            its time as ``warmup_seconds``, so ``seconds_per_image`` is the processing time alone.
     """
     model.eval()
     metrics = metrics if metrics is not None else TaskMetrics(loss_fn.info)
+    warm = forward_seconds(model, batches, speed, limit=1) if warmup else None
     total, count, seconds = 0.0, 0, 0.0
     for batch in batches.epoch():
         synchronize(batches.device)
@@ -122,4 +137,23 @@ def evaluate(
         metrics.update(outputs, batch)
         if keep is not None and sum(len(b["image"]) for _, b in keep[0]) < keep[1]:
             keep[0].append(({key: value.detach() for key, value in outputs.items()}, batch))
-    return {"loss": total / count, **metrics.compute(), "seconds_per_image": seconds / count}
+    found = {"loss": total / count, **metrics.compute(), "seconds_per_image": seconds / count}
+    return found if warm is None else found | {"warmup_seconds": warm}
+
+
+@torch.no_grad()
+def forward_seconds(model: nn.Module, batches: Batches, speed: Speed, limit: int | None = None) -> float:
+    """Seconds of the forward passes over ``batches`` (the first ``limit`` batches), with device
+    synchronisation around each pass: the processing time the papers report."""
+    model.eval()
+    seconds = 0.0
+    for index, batch in enumerate(batches.epoch()):
+        if limit is not None and index >= limit:
+            break
+        synchronize(batches.device)
+        start = time.perf_counter()
+        with speed.autocast():
+            call(model, speed.layout(batch["image"]), batch.get("roi"))
+        synchronize(batches.device)
+        seconds += time.perf_counter() - start
+    return seconds

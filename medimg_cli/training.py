@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,8 @@ class Run:
     ended_by: str = "trainer.epochs"  # or "trainer.max_minutes" when the time budget ended training
     skipped_batches: int = 0  # batches skipped for a non-finite loss (trainer.on_nonfinite=skip_batch)
     per_label: dict | None = None  # multi-label data: each label's test metrics (summary.json)
+    warmup_seconds: dict = field(default_factory=dict)  # this session's first train step and validation pass
+    processing: dict | None = None  # processing_time's seconds per image at batch 1 and batch B
     lock: Any = None  # the run folder's lock (fileio.hold_folder), released when the run ends
 
     @property

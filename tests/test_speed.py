@@ -6,6 +6,7 @@ No timings are asserted here; ``medimg benchmark speed`` and ``benchmarks/`` mea
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 import torch
@@ -158,3 +159,31 @@ def test_a_run_resumes_with_the_other_loader_to_the_same_metrics(tiny_cfg, tmp_p
     assert summary["speed"] == "fp32, channels_last, stream loader"  # resolved: channels-last is auto's CPU choice
     full, part = (without_timing(read_metrics_csv(tmp_path / x / "metrics.csv")) for x in ("full", "part"))
     assert part == full
+
+
+class _SlowFirstCalls(torch.nn.Module):
+    """What torch.compile does to timing, without its minutes of compiling: the first call in
+    training mode and the first in evaluation mode each take ``seconds`` longer."""
+
+    def __init__(self, model: torch.nn.Module, seconds: float) -> None:
+        super().__init__()
+        self.model, self.seconds, self.slept = model, seconds, set()
+
+    def forward(self, *args, **kwargs):
+        if self.training not in self.slept:
+            self.slept.add(self.training)
+            time.sleep(self.seconds)
+        return self.model(*args, **kwargs)
+
+
+def test_a_warm_up_is_left_out_of_the_timing_and_reported_apart(tiny_cfg, tmp_path, monkeypatch):
+    prepare = Speed.prepare
+    monkeypatch.setattr(Speed, "prepare", lambda self, model: _SlowFirstCalls(prepare(self, model), 1.0))
+    summary = train(tiny_cfg("data.num_samples=96", "trainer.epochs=2"), tmp_path)
+    rows = read_metrics_csv(tmp_path / "metrics.csv")
+    test = summary["test"]["seconds_per_image"]
+    assert rows[0]["seconds_per_image"] < 2 * test  # the 1 s of the first evaluation call is left out
+    assert rows[0]["train_images_per_second"] > rows[1]["train_images_per_second"] / 2
+    assert summary["warmup_seconds"]["train"] >= 1.0 and summary["warmup_seconds"]["evaluation"] >= 1.0
+    processing = summary["processing_seconds_per_image"]
+    assert set(processing) == {"batch_1", "batch_256"} and all(0 < s < 0.1 for s in processing.values())

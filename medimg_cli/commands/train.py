@@ -34,7 +34,7 @@ from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
 from medimg_cli.evaluation.multilabel import per_label_summary
 from medimg_cli.fileio import release, write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
-from medimg_cli.loop import evaluate, train_epoch
+from medimg_cli.loop import evaluate, forward_seconds, train_epoch
 from medimg_cli.metrics import COLUMNS, METRICS, TaskMetrics, positive_class
 from medimg_cli.results import append_metrics_row, cases_csv
 from medimg_cli.runinfo import device_name, git_commit, peak_memory, versions
@@ -129,10 +129,12 @@ def run_epoch(
     """
     epoch_start = time.perf_counter()
     skip = _nonfinite_policy(run.cfg.trainer) == "skip_batch"
+    warm = not run.warmup_seconds  # the session's first epoch: time its warm-up apart
     stats = train_epoch(
         run.train_model, run.train_batches, epoch, run.loss, run.optimizer, run.augment, run.speed, run.scaler,
-        on_batch, skip,
+        on_batch, skip, warm,
     )  # fmt: skip
+    run.warmup_seconds["train"] = run.warmup_seconds.get("train", stats["warmup_seconds"])
     _check_finite(run, epoch, stats, skip)
     if run.schedule is not None:
         run.schedule.step()
@@ -140,7 +142,8 @@ def run_epoch(
         stats = reduce_across(stats, "train_samples", ACROSS_PROCESSES)
     if not run.main:
         return None
-    val = evaluate(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation(), keep=keep)
+    val = evaluate(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation(), keep=keep, warmup=warm)
+    run.warmup_seconds["evaluation"] = run.warmup_seconds.get("evaluation", val.get("warmup_seconds", 0.0))
     if not math.isfinite(val["loss"]):
         raise TrainingStopped(
             f"epoch {epoch}: the validation loss is {val['loss']} (NaN or infinite pixels in the validation images, "
@@ -167,10 +170,24 @@ def test_best(run: Run) -> dict[str, float]:
     test = evaluate(run.eval_model, batches, run.loss, run.speed.for_evaluation(), cases)
     found = cases.cases()
     write_atomic(run.run_dir / "test_predictions.csv", cases_csv(found))
+    run.processing = processing_time(run)
     if run.data.info.multilabel:
         names = run.data.info.class_names
         run.per_label = per_label_summary(found["probs"].double().numpy(), found["label"].numpy(), names)
     return test
+
+
+def processing_time(run: Run, images: int = 32) -> dict[str, float]:
+    """Seconds per image of the forward pass alone (Gomathi and Roopa Chandrika's eq. 8), after a
+    warm-up pass, on the val split: one image at a time (its first ``images`` images) and in batches
+    of ``trainer.eval_batch_size`` (all of it)."""
+    speed, val, size = run.speed.for_evaluation(), run.data.val, run.cfg.trainer.eval_batch_size
+    first = {key: value[:images] for key, value in val.items()}
+    found = {}
+    for name, tensors, batch in (("batch_1", first, 1), (f"batch_{size}", val, size)):
+        forward_seconds(run.eval_model, run.batches(tensors, batch), speed, limit=1)  # warm-up at this shape
+        found[name] = forward_seconds(run.eval_model, run.batches(tensors, batch), speed) / len(tensors["image"])
+    return found
 
 
 def finish(run: Run, test: dict[str, float], seconds: float) -> dict[str, Any]:
@@ -204,6 +221,8 @@ def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str,
         "best_epoch": state.best_epoch,
         "best": next(r for r in state.history if r["epoch"] == state.best_epoch),
         "test": test,
+        "processing_seconds_per_image": run.processing,
+        "warmup_seconds": run.warmup_seconds,
         **({"per_label": run.per_label} if run.per_label is not None else {}),
         **run.size,
         **dict(zip(("peak_memory_mib", "peak_memory"), peak_memory(run.device), strict=True)),
