@@ -117,7 +117,12 @@ def test_seed_comparison_writes_every_format_with_numbers_from_the_runs(tmp_path
                 expected = f"{style.format(statistics.fmean(values))} ± {style.format(statistics.stdev(values))}"
                 assert row[index].strip("*") == expected, (title, row[0], model)
     assert "Paired comparisons across seeds (test split)" in tables
-    assert "overrides given to every run on the command line" in (out / "tables.md").read_text()
+    text = (out / "tables.md").read_text()
+    assert "overrides given to every run on the command line" in text
+    # the experiment's description does not say 3 epochs: the title and the protocol block do
+    assert "[protocol changed: " in text.splitlines()[0] and "trainer.epochs=3]" in text.splitlines()[0]
+    assert "Protocol (as run): epochs 3; batch 16;" in text and "seed 0, 1" in text
+    assert "command: medimg benchmark experiment=seed_comparison" in text
     assert r"\toprule" in (out / "tables.tex").read_text()
     # the same command again runs nothing and rewrites the same tables
     before = (out / "tables.md").read_text()

@@ -210,6 +210,8 @@ def test_published_numbers_are_marked_reproduced_within_the_tolerance(tmp_path):
     table = published_table("p", jobs, published, 0.02)
     assert table.rows == [["breastmnist", "resnet18@28", "2", "90.0 ± 1.4", "90.1", "85.5 ± 0.7", "86.3", "yes"]]
     assert published_table("p", jobs, published, 0.005).rows[0][-1] == "no"  # |85.5 - 86.3| > 0.5
+    changed = published_table("p", jobs, published, 0.02, ["trainer.epochs"]).rows[0][-1]
+    assert changed == "yes; protocol changed: trainer.epochs"
 
 
 def test_report_of_a_folder_without_runs_says_so(tmp_path):

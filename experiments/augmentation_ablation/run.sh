@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Augmentation ablation (seed 000's question): the CNN on BreastMNIST (28 px, official splits) with each
-# recipe, 50 epochs (seed 001's setup), three seeds each; then the report into results/.
+# Augmentation ablation (Musa's question): the CNN on BreastMNIST (28 px, official splits) with each
+# recipe, 50 epochs (Gomathi and Roopa Chandrika's setup), three seeds each; then the report into results/.
 #   bash experiments/augmentation_ablation/run.sh [override ...]      e.g. device=cuda benchmark.parallel=2
 # DATA_ROOT (default ../shared/data/medmnist) holds breastmnist.npz.
 set -euo pipefail

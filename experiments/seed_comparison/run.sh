@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Seed 001's comparison (Tables 3-7): CNN, U-Net, Transformer and the hybrid on the lesion phantom
+# Gomathi and Roopa Chandrika's comparison (Tables 3-7): CNN, U-Net, Transformer and the hybrid on the lesion phantom
 # (multitask) and on BreastMNIST (classification), 3 seeds, then the report into results/.
 #   bash experiments/seed_comparison/run.sh                                  # the committed CPU results
 #   EXPERIMENT=seed_comparison bash experiments/seed_comparison/run.sh device=cuda   # the full 50 epochs

@@ -1,4 +1,4 @@
-"""MRI corruptions in k-space (seed 000: MRI is acquired in the Fourier domain).
+"""MRI corruptions in k-space (Musa: MRI is acquired in the Fourier domain).
 
 Each corruption takes the image's spatial FFT (``torch.fft.fftn``, orthonormal), changes the
 spectrum, and returns the magnitude of the inverse FFT, as a magnitude MR image is made.

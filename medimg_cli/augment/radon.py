@@ -1,4 +1,4 @@
-"""CT corruptions through the Radon transform (seed 000: CT is reconstructed from projections).
+"""CT corruptions through the Radon transform (Musa: CT is reconstructed from projections).
 
 ``radon`` projects square images along parallel rays at the given angles; ``fbp`` reconstructs
 them with the ramp-filtered back-projection. Both are batched ``grid_sample`` calls on the

@@ -57,6 +57,16 @@ def override_note(overrides: list[str]) -> list[str]:
     return [f"overrides given to every run on the command line: {' '.join(overrides)}"] if overrides else []
 
 
+def protocol_changes(overrides: list[str]) -> list[str]:
+    """The overrides that change what the runs compute (``trainer.epochs=2``), which the
+    experiment's description and any published numbers do not account for; neutral keys
+    (printing, loaders, tracking, the device) are left out."""
+    from medimg_cli.resume import neutral  # torch
+
+    keys = [item.lstrip("+~").partition("=")[0] for item in overrides]
+    return [item for item, key in zip(overrides, keys, strict=True) if not neutral(key) and key != "device"]
+
+
 def gpu_pool(setting: Any) -> list[int]:
     """``benchmark.gpus``: ``null`` (no pinning), ``all`` (every visible CUDA GPU) or a list of indices."""
     if setting is None:
@@ -121,7 +131,11 @@ def run_experiment(cfg: DictConfig, extra: list[str]) -> dict[str, Any]:
         left = len(runs) - len(finished)
         notes = [f"{left} of {len(runs)} runs unfinished, left out"] if left else []
         notes += override_note(fixed_extra)
-        write_report(jobs, out, settings, f"{cfg.name}: {cfg.description}", order, notes)
+        notes += [f"command: medimg benchmark {' '.join([*HydraConfig.get().overrides.task, *extra])}"]
+        changed = protocol_changes(fixed_extra)
+        title = f"{cfg.name}: {cfg.description}"
+        title += f" [protocol changed: {' '.join(changed)}]" if changed else ""
+        write_report(jobs, out, settings | {"changed": [c.partition("=")[0] for c in changed]}, title, order, notes)
     if failed:
         raise ConfigError(
             f"{len(failed)} of {len(runs)} runs failed (their train.out says why): "

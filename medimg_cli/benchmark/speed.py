@@ -10,7 +10,7 @@ options), on synthetic batches already on the device, so that data loading is no
 - training images/s: ``loop.train_epoch`` over ``steps`` batches (forward, loss, backward,
   Adam step), median of ``repeats`` passes after a warm-up pass (which also compiles);
 - inference images/s at ``eval_batch_size`` and latency at batch 1: ``loop.evaluate``'s
-  synchronised forward timing; seconds per image as the papers define it (seed 001 eq. 8);
+  synchronised forward timing; seconds per image as the papers define it (Gomathi and Roopa Chandrika, eq. 8);
 - peak memory of training (CUDA), parameters, forward FLOPs per image (torch's counter) and
   achieved training TFLOP/s (3 x forward FLOPs per image x images/s: backward costs about twice
   the forward), also as a fraction of the device's matrix-multiply rate measured in the same run.

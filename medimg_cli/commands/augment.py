@@ -7,7 +7,7 @@
 ``preview`` writes ``preview.png`` (one row per training image: the original, then
 ``augment.copies`` augmented versions, masks in red) and ``augmentations.csv``, one row per
 augmented image with its original and the transformations with their drawn parameters (the
-layout of seed 001's Table 1). ``export`` writes the whole dataset as files: the training
+layout of Gomathi and Roopa Chandrika's Table 1). ``export`` writes the whole dataset as files: the training
 split plus ``augment.copies`` augmented versions of each training image, the validation and
 test splits unchanged, and ``manifest.csv``, which ``medimg train data=manifest`` reads back
 (2D images as ``.npy``, volumes as ``.nii.gz``; copies keep their original's patient id).

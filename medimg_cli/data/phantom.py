@@ -1,7 +1,7 @@
 """Synthetic lesion phantom: the embedded default dataset (no files, no network).
 
 Each image is an organ-like textured ellipse on a dark background with zero or more lesions,
-Gaussian noise, and min-max normalisation to [0, 1] (seed 001, eq. 2). Image labels:
+Gaussian noise, and min-max normalisation to [0, 1] (Gomathi and Roopa Chandrika, eq. 2). Image labels:
 
 - 0 ``no_lesion``: healthy organ only;
 - 1 ``benign``: one or two smooth, round, homogeneous lesions with sharp margins;
@@ -105,7 +105,7 @@ def generate_phantom(
         seed: the same seed gives the same arrays on every machine.
         mask_classes: 2 (background, lesion) or 3 (background, benign, malignant lesion).
         noise: range of the Gaussian noise standard deviation, before normalisation.
-        normalize: ``minmax`` per image to [0, 1] (seed 001, eq. 2), or ``none``: the generator's
+        normalize: ``minmax`` per image to [0, 1] (Gomathi and Roopa Chandrika, eq. 2), or ``none``: the generator's
             intensities (background 0.1, organ about 0.5, lesions +-0.15 to 0.4). Per-image
             min-max leaks the label into every pixel: a bright lesion raises the maximum, so
             the organ and background of lesion images come out darker (a linear model on the
@@ -141,7 +141,7 @@ def generate_phantom(
     place(labels == 2, malignant=True)
 
     image += _expand(rng.uniform(*noise, size=n), spatial_dims) * rng.standard_normal(image.shape)
-    if normalize == "minmax":  # min-max normalisation to [0, 1], seed 001 eq. 2
+    if normalize == "minmax":  # min-max normalisation to [0, 1], Gomathi and Roopa Chandrika, eq. 2
         image = _minmax(image)
     return {
         "image": image[:, None].astype(np.float32),

@@ -128,7 +128,7 @@ DENOISERS = ("gaussian", "median")
 
 
 def denoise(image: np.ndarray, how: str, size: float) -> np.ndarray:
-    """Seed 001's eq. 1 noise reduction on ``(C, *spatial)``: Gaussian smoothing with sigma
+    """Gomathi and Roopa Chandrika's eq. 1 noise reduction on ``(C, *spatial)``: Gaussian smoothing with sigma
     ``size`` (pixels), or a median filter of radius ``size``, with MONAI's transforms."""
     from monai.transforms import GaussianSmooth, MedianSmooth
 

@@ -1,4 +1,4 @@
-"""``hybrid``: the seeds' proposed model, a CNN encoder refined by self-attention (seed 001).
+"""``hybrid``: the seeds' proposed model, a CNN encoder refined by self-attention (Gomathi and Roopa Chandrika).
 
 Shapes for ``channels=(c1, ..., cL)`` and an image ``(B, C, *S)``:
 
@@ -7,7 +7,7 @@ Shapes for ``channels=(c1, ..., cL)`` and an image ``(B, C, *S)``:
     attention X = flatten(fL) + P                            (B, N, cL), N = prod(S / 2^(L-1))
               ``attention_layers`` pre-norm blocks, each
                 X <- X + MHSA(LN(X)),  X <- X + MLP(LN(X))
-              where every head computes A_ij = Q_i . K_j / sqrt(d_k) (seed 001 eq. 3),
+              where every head computes A_ij = Q_i . K_j / sqrt(d_k) (Gomathi and Roopa Chandrika, eq. 3),
               softmax over j, and Output_i = sum_j A_ij V_j (eq. 4); heads are concatenated
               and projected (MONAI ``TransformerBlock``). P: learned position embedding.
               r = reshape(X)                                 (B, cL, *S / 2^(L-1))

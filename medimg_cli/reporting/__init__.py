@@ -50,6 +50,33 @@ from medimg_cli.resume import neutral
 from medimg_cli.tables import make_console
 
 SETTINGS = {"columns": "model", "every": 10, "alpha": 0.05, "bootstrap": 2000, "published": {}, "tolerance": 0.02}
+# What the protocol block states, as the runs' config.yaml has it: (label, dotted key).
+PROTOCOL = (
+    ("epochs", "trainer.epochs"), ("batch", "trainer.batch_size"), ("optimiser", "optim.name"), ("lr", "optim.lr"),
+    ("weight decay", "optim.weight_decay"), ("schedule", "scheduler.name"), ("augmentation", "augment.name"),
+    ("loss", "loss.name"), ("data", "data.name"), ("task", "data.task"), ("image size", "data.image_size"),
+    ("MedMNIST size", "data.size"), ("upsampled to", "data.upsample"), ("model", "model.name"),
+    ("pretrained", "model.pretrained"), ("monitor", "trainer.monitor"), ("precision", "trainer.precision"),
+    ("seed", "seed"),
+)  # fmt: skip
+
+
+def protocol_lines(jobs: Sequence[Job]) -> list[str]:
+    """``Protocol (as run): epochs 2; batch 128; ...``: every setting of ``PROTOCOL`` the runs have,
+    with all the values they used, read from their saved configs (not from an experiment's text)."""
+    parts = []
+    for label, key in PROTOCOL:
+        values = []
+        for job in jobs:
+            node: Any = job.config
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None and str(node) not in values:
+                values.append(str(node))
+        if values:
+            parts.append(f"{label} {', '.join(sorted(values, key=lambda v: (len(v), v)))}")
+    devices = sorted({job.summary.get("device", "?") for job in jobs})
+    return [f"Protocol (as run): {'; '.join(parts)}", f"device: {'; '.join(devices)}"]
 
 
 @dataclass
@@ -197,7 +224,11 @@ def write_report(
             if any(len(js) > 1 for js in groups.values())
             else interval_table(f"{slug}-bootstrap", groups, settings["bootstrap"])
         )
-        found.append(published_table(f"{slug}-published", members, settings["published"], settings["tolerance"]))
+        found.append(
+            published_table(
+                f"{slug}-published", members, settings["published"], settings["tolerance"], settings.get("changed", [])
+            )
+        )
         images[name] = {}
         for metric in EPOCH_METRICS:
             if not any(job.value(metric.column, int(r["epoch"])) is not None for job in members for r in job.rows):
@@ -207,11 +238,10 @@ def write_report(
             metric_plot(path, metric, groups, f"{metric_title(metric, members)}{': ' + name if name else ''}")
             images[name][found[-1].name] = path
         tables[name] = [t for t in found if t is not None]
-    devices = sorted({job.summary.get("device", "?") for job in jobs})
     facts = [
         f"{len(jobs)} finished runs; columns: {columns}; panels: {', '.join(panel_keys) or 'none'}; "
         f"seeds per group: {_seed_counts(panels, columns, order)}",
-        f"device: {'; '.join(devices)}",
+        *protocol_lines(jobs),
         *_case_counts(panels),
         *notes,
     ]

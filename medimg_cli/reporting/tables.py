@@ -1,6 +1,6 @@
 """The report's tables, as data: built from runs, rendered by ``render``.
 
-- ``epoch_table``: the papers' layout (seed 001 Tables 4-7): rows = epochs, columns = the
+- ``epoch_table``: the papers' layout (Gomathi and Roopa Chandrika, Tables 4-7): rows = epochs, columns = the
   values of one axis (models), cells = mean ± sd over seeds of the validation metric at that
   epoch, then a ``test`` row: the best checkpoint of each run on the test split.
 - ``test_table``: one row per column value: n, size, test metrics, training time.
@@ -249,10 +249,14 @@ def case_statistics(
     return {BY_KEY[key]: functools.partial(statistic, key=key) for key in quality_metrics(tensors, *settings)}
 
 
-def published_table(name: str, jobs: Sequence[Any], published: Mapping, tolerance: float) -> Table | None:
+def published_table(
+    name: str, jobs: Sequence[Any], published: Mapping, tolerance: float, changed: Sequence[str] = ()
+) -> Table | None:
     """Our mean ± sd beside published test AUC and accuracy, per ``<model>@<size>`` cell of a dataset.
 
-    A cell counts as reproduced when ``|our mean - published| <= tolerance`` for both metrics.
+    A cell counts as reproduced when ``|our mean - published| <= tolerance`` for both metrics;
+    ``changed`` (overrides that depart from the published protocol) is said on every row, since a
+    "no" then says nothing about the paper.
     """
     cells: dict[tuple[str, str], list[Any]] = {}
     for job in jobs:
@@ -279,7 +283,7 @@ def published_table(name: str, jobs: Sequence[Any], published: Mapping, toleranc
             text, mean = cell(BY_KEY[metric], [j.test(metric) for j in members])
             texts += [text, f"{100 * paper[metric]:.1f}"]
             verdict &= not math.isnan(mean) and abs(mean - paper[metric]) <= tolerance + 1e-12
-        texts.append("yes" if verdict else "no")
+        texts.append(("yes" if verdict else "no") + (f"; protocol changed: {', '.join(changed)}" if changed else ""))
         table.rows.append(texts)
     if not table.rows:
         return None
