@@ -3,7 +3,9 @@ sensitivity, specificity, PPV, NPV and average precision, at a stated decision t
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -40,7 +42,7 @@ def _expected(labels: np.ndarray, probs: np.ndarray, positive: int, threshold: f
 
 
 @pytest.mark.parametrize("threshold", [None, 0.3, "youden"])
-def test_binary_metrics_equal_scikit_learn_on_the_runs_test_predictions(binary_run, threshold):
+def test_binary_metrics_equal_scikit_learn_on_the_runs_test_predictions(binary_run, threshold, capsys):
     checkpoint, run = binary_run
     summary = json.loads((run / "summary.json").read_text())
     positive = summary["positive_class"]["index"]
@@ -60,6 +62,10 @@ def test_binary_metrics_equal_scikit_learn_on_the_runs_test_predictions(binary_r
     expected = _expected(labels, probs, positive, decision["threshold"])
     found = {name: document["metrics"][name]["value"] for name in expected}
     assert found == pytest.approx(expected, abs=1e-6)
+    # the terminal shows percent, as every table does; metrics.csv keeps fractions and says so
+    assert re.search(rf"sensitivity %\s*│\s*{100 * expected['sensitivity']:.2f}\s*│", capsys.readouterr().out)
+    rows = list(csv.DictReader((run / "eval" / "test" / "metrics.csv").open()))
+    assert {r["unit"] for r in rows} == {"fraction", "score"} and len(rows) > len(expected)
 
 
 def test_a_threshold_needs_a_binary_task(tmp_path):

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from medimg_cli.data.batches import TensorBatches
+from medimg_cli.evaluation.document import unit_of
 from medimg_cli.evaluation.run import Settings, evaluate_split
 from medimg_cli.hydra_app import run_hydra
 from medimg_cli.loop import evaluate
@@ -90,9 +91,12 @@ def print_evaluation(document: Mapping[str, Any], title: str) -> None:
     rows = dict(document["metrics"]) | {
         k: v for k, v in document.get("calibration", {}).items() if isinstance(v, dict) and "value" in v
     }
-    for name, entry in rows.items():
-        interval = "pooled, no CI" if math.isnan(entry["low"]) else f"[{entry['low']:.4f}, {entry['high']:.4f}]"
-        table.add_row(name, f"{entry['value']:.4f}", interval)
+    for name, entry in rows.items():  # fractions in percent, as every other table shows them
+        unit = unit_of(name, document.get("distance_unit", "mm"))
+        scale, style = (100, "{:.2f}") if unit == "fraction" else (1, "{:.4f}")
+        low, value, high = (style.format(entry[k] * scale) for k in ("low", "value", "high"))
+        label = f"{name} %" if unit == "fraction" else name if unit == "score" else f"{name} ({unit})"
+        table.add_row(label, value, "pooled, no CI" if math.isnan(entry["low"]) else f"[{low}, {high}]")
     console.print(table)
     if document.get("calibration", {}).get("temperature", 1.0) != 1.0:
         console.print(f"temperature fitted on the val split: T = {document['calibration']['temperature']:.3f}")
@@ -102,7 +106,7 @@ def print_evaluation(document: Mapping[str, Any], title: str) -> None:
         risk = document["risk_coverage"]
         console.print(
             f"risk-coverage ({document['uncertainty']}): AURC {risk['aurc']:.4f}; "
-            f"{risk['quality']} of the 80% most certain cases {risk['quality_at_80_percent']:.4f}"
+            f"{risk['quality']} of the 80% most certain cases {100 * risk['quality_at_80_percent']:.1f}%"
         )
     if "explain" in document:
         pointing = document["explain"]["pointing_game"]

@@ -33,6 +33,16 @@ class Settings:
     threshold: Any = None  # binary tasks: null (most probable class), youden, or a probability
 
 
+DISTANCES = ("hd95", "asd")  # in mm (pixels without a spacing): metrics.json's distance_unit
+SCORES = ("brier",)  # a squared error summed over classes, in [0, 2]
+
+
+def unit_of(metric: str, distance_unit: str = "mm") -> str:
+    """What a metric's value is in: ``fraction`` (in [0, 1]; tables show it in percent), a
+    distance unit, or ``score``."""
+    return distance_unit if metric in DISTANCES else "score" if metric in SCORES else "fraction"
+
+
 @dataclass
 class Evaluation:
     """What one evaluation found: the JSON document, the rows of metrics.csv and per-case values."""

@@ -32,7 +32,7 @@ from medimg_cli.evaluation.classification import (
     predicted_classes,
     roc_curve,
 )
-from medimg_cli.evaluation.document import Evaluation, Settings
+from medimg_cli.evaluation.document import Evaluation, Settings, unit_of
 from medimg_cli.evaluation.explained import explain_cases
 from medimg_cli.evaluation.multilabel import multilabel_outputs
 from medimg_cli.evaluation.segmented import segmentation_split
@@ -323,6 +323,8 @@ def evaluate_split(
         result.document["explain"] = explain_cases(
             out / "explain", model, payload, tensors, cases["probs"], ids, info.class_names, settings
         )
-    write_atomic(out / "metrics.csv", columns_csv({k: [r[k] for r in result.rows] for k in result.rows[0]}))
+    distance = result.document.get("distance_unit", "mm")
+    rows = [row | {"unit": unit_of(row["metric"], distance)} for row in result.rows]  # fractions, not percent
+    write_atomic(out / "metrics.csv", columns_csv({k: [r[k] for r in rows] for k in rows[0]}))
     write_json(out / "metrics.json", result.document)
     return result.document
