@@ -137,6 +137,7 @@ def test_benchmark_speed_writes_a_row_per_model_size_and_setting(tmp_path):
         assert float(row["seconds_per_image"]) == pytest.approx(1 / float(row["inference_images_per_second"]))
         assert float(row["train_tflops"]) == pytest.approx(3 * gflops * rate / 1000)
         assert int(row["parameters"]) == 74_309  # the multitask cnn of conf/model/cnn.yaml (README, Models)
+        assert 50 < float(row["peak_memory_mib"]) < 24 * 1024  # the process's resident set on a CPU
     assert "| cnn | 16 | fp32+channels_last |" in (tmp_path / "speed.md").read_text()
 
 
@@ -187,3 +188,16 @@ def test_a_warm_up_is_left_out_of_the_timing_and_reported_apart(tiny_cfg, tmp_pa
     assert summary["warmup_seconds"]["train"] >= 1.0 and summary["warmup_seconds"]["evaluation"] >= 1.0
     processing = summary["processing_seconds_per_image"]
     assert set(processing) == {"batch_1", "batch_256"} and all(0 < s < 0.1 for s in processing.values())
+
+
+def test_speed_defaults_follow_the_device():
+    """bf16 is emulated on a CPU (5-20x slower): the CPU defaults are fp32 settings and small passes."""
+    from omegaconf import OmegaConf
+
+    from medimg_cli.benchmark.speed import resolve_auto
+
+    cfg = OmegaConf.create({"settings": "auto", "batch_size": "auto", "steps": 7, "models": ["cnn"]})
+    cpu = resolve_auto(cfg, torch.device("cpu"))
+    assert list(cpu.settings) == ["fp32", "fp32+channels_last"] and cpu.batch_size == 16 and cpu.steps == 7
+    cuda = resolve_auto(cfg, torch.device("cuda"))
+    assert list(cuda.settings) == ["fp32", "bf16", "bf16+channels_last"] and cuda.batch_size == 128

@@ -11,7 +11,8 @@ options), on synthetic batches already on the device, so that data loading is no
   Adam step), median of ``repeats`` passes after a warm-up pass (which also compiles);
 - inference images/s at ``eval_batch_size`` and latency at batch 1: ``loop.evaluate``'s
   synchronised forward timing; seconds per image as the papers define it (Gomathi and Roopa Chandrika, eq. 8);
-- peak memory of training (CUDA), parameters, forward FLOPs per image (torch's counter) and
+- peak memory of training (CUDA: tensors allocated; CPU: the process's resident set, its peak
+  reset before each measurement where Linux allows), parameters, forward FLOPs per image (torch's counter) and
   achieved training TFLOP/s (3 x forward FLOPs per image x images/s: backward costs about twice
   the forward), also as a fraction of the device's matrix-multiply rate measured in the same run.
 
@@ -41,7 +42,7 @@ from medimg_cli.loop import evaluate, synchronize, train_epoch
 from medimg_cli.losses import TaskLoss
 from medimg_cli.models import create_model, model_args, model_names
 from medimg_cli.models.transfer import forward_flops
-from medimg_cli.runinfo import device_name, versions
+from medimg_cli.runinfo import device_name, peak_memory, versions
 from medimg_cli.speed import PRECISIONS, Speed, configure_backends
 from medimg_cli.tables import grid_markdown, grid_rich, make_console
 
@@ -54,6 +55,47 @@ COLUMNS = (
     "train_tflops", "fraction_of_matmul_peak",
 )  # fmt: skip
 log = logging.getLogger(__name__)
+# What ``auto`` means, by device: the CPU defaults finish in about 3 minutes on 2 cores (bf16 is
+# emulated there, 5-20x slower, so it is not a default; ask for it by name).
+DEFAULTS = {
+    "cpu": {"settings": ["fp32", "fp32+channels_last"], "batch_size": 16, "eval_batch_size": 64, "steps": 4},
+    "cuda": {
+        "settings": ["fp32", "bf16", "bf16+channels_last"],
+        "batch_size": 128,
+        "eval_batch_size": 1024,
+        "steps": 20,
+    },
+}
+
+
+def resolve_auto(cfg: DictConfig, device: torch.device) -> DictConfig:
+    """``cfg`` with its ``auto`` values replaced by the device's ``DEFAULTS``."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    defaults = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    return OmegaConf.create({k: defaults[k] if v == "auto" and k in defaults else v for k, v in resolved.items()})
+
+
+def _reset_peak(device: torch.device) -> bool:
+    """Start a new peak-memory count; ``False`` when only the process's peak so far can be read."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:  # Linux: writing 5 resets the peak resident set (VmHWM) of the process
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_mib(device: torch.device) -> float:
+    """Peak memory since ``_reset_peak``: CUDA tensors allocated, else the process's resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+    except (OSError, StopIteration):
+        return peak_memory(device)[0]
 
 
 def parse_setting(setting: str) -> dict[str, Any]:
@@ -104,11 +146,10 @@ def measure(name: str, size: int, setting: str, cfg: DictConfig, device: torch.d
     loss_fn, none = TaskLoss(info), build_augment({"name": "none"}, info)
     optimizer, scaler = torch.optim.Adam(model.parameters(), lr=1e-3), speed.scaler()
     train = TensorBatches({k: v[: cfg.batch_size * cfg.steps] for k, v in data.items()}, cfg.batch_size, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    _reset_peak(device)
     rates = [train_epoch(runner, train, 0, loss_fn, optimizer, none, speed, scaler) for _ in range(cfg.repeats + 1)]
     train_rate = statistics.median(r["train_images_per_second"] for r in rates[1:])
-    memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    memory = _peak_mib(device)
     infer = TensorBatches({k: v[: cfg.eval_batch_size * 2] for k, v in data.items()}, cfg.eval_batch_size, device)
     single = TensorBatches({k: v[: cfg.steps] for k, v in data.items()}, 1, device)
     per_image = _median_eval(runner, infer, loss_fn, speed, cfg.repeats)
@@ -141,6 +182,8 @@ def speed(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
     """Measure every model x size x setting of ``cfg`` (the ``speed`` config); write and print the table."""
     if cfg.task not in TASKS:
         raise unknown_choice("task", cfg.task, TASKS)
+    device = resolve_device(cfg.device)
+    cfg = resolve_auto(cfg, device)
     for key in ("batch_size", "eval_batch_size", "steps", "repeats"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]!r} must be a whole number >= 1")
@@ -149,22 +192,25 @@ def speed(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
         raise unknown_choice("models", unknown[0], model_names())
     for setting in cfg.settings:
         parse_setting(setting)  # every mistake before the first measurement
-    device = resolve_device(cfg.device)
     configure_backends(device, deterministic=False, cudnn_benchmark="auto")
     peak, peak_label = matmul_tflops(device)
-    log.info("%s: matrix multiply %s at %.1f TFLOP/s", device_name(device), peak_label, peak)
-    rows = []
-    for name in cfg.models:
-        for size in cfg.image_sizes:
-            for setting in cfg.settings:
-                rows.append(measure(name, size, setting, cfg, device, peak))
-                log.info("%s %s %s: %.0f training images/s", name, size, setting, rows[-1]["train_images_per_second"])
+    log.info("%s: matrix multiply %s at %.3g TFLOP/s", device_name(device), peak_label, peak)
+    cells = [(name, size, setting) for name in cfg.models for size in cfg.image_sizes for setting in cfg.settings]
+    rows, start = [], time.perf_counter()
+    for index, (name, size, setting) in enumerate(cells, start=1):
+        rows.append(measure(name, size, setting, cfg, device, peak))
+        left = (time.perf_counter() - start) / index * (len(cells) - index)
+        log.info(
+            "%d/%d %s %s %s: %.0f training images/s; about %.0f s left",
+            index, len(cells), name, size, setting, rows[-1]["train_images_per_second"], left,
+        )  # fmt: skip
     headers, body = _cells(rows)
     title = f"Speed on {device_name(device)}"
     caption = (
         f"{cfg.spatial_dims}D, {cfg.in_channels} channel(s), task {cfg.task}; training batch {cfg.batch_size} x "
         f"{cfg.steps} steps, inference batch {cfg.eval_batch_size}, latency at batch 1; median of {cfg.repeats} "
-        f"passes after a warm-up. Matrix multiply ({peak_label}): {peak:.1f} TFLOP/s. Versions: "
+        f"passes after a warm-up. Matrix multiply ({peak_label}): {peak:.3g} TFLOP/s. "
+        f"Peak memory: {'CUDA tensors allocated' if device.type == 'cuda' else 'process resident set'}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in versions().items())
     )
     make_console().print(grid_rich(headers, body, title, caption))
@@ -191,7 +237,7 @@ def _cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
             "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:,.0f}",
             f"{r['parameters']:,}",
             f"{r['gflops_per_image']:.3f}",
-            f"{r['train_tflops']:.2f}",
+            f"{r['train_tflops']:.3g}",
             f"{100 * r['fraction_of_matmul_peak']:.1f}%",
         ]
         for r in rows
