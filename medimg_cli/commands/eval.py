@@ -100,6 +100,11 @@ def print_evaluation(document: Mapping[str, Any], title: str) -> None:
     console.print(table)
     if document.get("calibration", {}).get("temperature", 1.0) != 1.0:
         console.print(f"temperature fitted on the val split: T = {document['calibration']['temperature']:.3f}")
+    decision = document.get("decision") or {}
+    if decision.get("positive_class") is not None:
+        rule = "the more probable class" if decision["threshold"] is None else f"p >= {decision['threshold']:.4g}"
+        rule += f" ({decision['rule']})" if decision["rule"] == "youden on the val split" else ""
+        console.print(f"binary metrics of the positive class '{decision['positive_class']}'; called positive at {rule}")
     if "per_label" in document:
         console.print(f"per-label metrics at threshold {document['threshold']} (macro means above): metrics.csv")
     if "risk_coverage" in document:
