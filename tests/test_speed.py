@@ -201,3 +201,25 @@ def test_speed_defaults_follow_the_device():
     assert list(cpu.settings) == ["fp32", "fp32+channels_last"] and cpu.batch_size == 16 and cpu.steps == 7
     cuda = resolve_auto(cfg, torch.device("cuda"))
     assert list(cuda.settings) == ["fp32", "bf16", "bf16+channels_last"] and cuda.batch_size == 128
+
+
+def _compiles() -> bool:
+    """Whether torch.compile works here (it needs a C++ compiler on a CPU)."""
+    try:
+        torch.compile(torch.nn.Linear(2, 2))(torch.zeros(1, 2))
+    except Exception:  # noqa: BLE001 - any failure means: not on this platform
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_a_compiled_runs_timing_excludes_the_compilation(tiny_cfg, tmp_path):
+    """The real thing the mocked test above stands in for, where torch.compile works."""
+    if not _compiles():
+        pytest.skip("torch.compile does not work on this platform (no C++ compiler?)")
+    overrides = ("data.task=classification", "trainer.compile=default", "trainer.epochs=2", "trainer.batch_size=16")
+    # 15 val and 15 test images: one evaluation batch, one shape (a new shape would compile again)
+    summary = train(tiny_cfg(*overrides, "data.num_samples=100", "trainer.eval_batch_size=16"), tmp_path)
+    first = read_metrics_csv(tmp_path / "metrics.csv")[0]["seconds_per_image"]
+    assert first < 2 * summary["test"]["seconds_per_image"], (first, summary["test"]["seconds_per_image"])
+    assert summary["warmup_seconds"]["train"] > 0.5  # compiling takes seconds, not milliseconds
