@@ -45,6 +45,8 @@ class Metric:
         across: how processes' values combine under DDP: ``mean`` (sample-weighted), ``sum``
             (rates), ``rank0`` (measured by the process that evaluates).
         evaluated: whether ``evaluate`` measures it on a split (and the table's test row shows it).
+        unit: what the stored value is in (``fraction``: in [0, 1], shown in percent), as
+            machine-readable files say it.
     """
 
     key: str
@@ -58,6 +60,7 @@ class Metric:
     task: str | None = None
     across: str = "rank0"
     evaluated: bool = True
+    unit: str = "fraction"
 
     def show(self, value: float | None) -> str:
         """The table text of ``value`` (empty for missing or NaN)."""
@@ -70,21 +73,21 @@ class Metric:
 # the train tables, the report's columns, trainer.monitor and the tests all derive from it;
 # adding a metric is a row here plus its computation in TaskMetrics.compute.
 METRICS = (
-    Metric("epoch", "epoch", "epoch", "epoch", "epoch", style="{:.0f}", higher=None, evaluated=False),
+    Metric("epoch", "epoch", "epoch", "epoch", "epoch", style="{:.0f}", higher=None, evaluated=False, unit="epoch"),
     Metric("train_loss", "train_loss", "train loss", "Training loss", "train", style="{:.4f}", higher=False,
-           across="mean", evaluated=False),
-    Metric("loss", "val_loss", "val loss", "Validation loss", "loss", style="{:.4f}", higher=False),
+           across="mean", evaluated=False, unit="loss"),
+    Metric("loss", "val_loss", "val loss", "Validation loss", "loss", style="{:.4f}", higher=False, unit="loss"),
     Metric("accuracy", "val_accuracy", "acc %", "Accuracy %", "quality", 100, task="classification"),
     Metric("f1", "val_f1", "F1 %", "F1 %", "quality", 100, task="classification"),
     Metric("auc", "val_auc", "AUC %", "AUC %", "quality", 100, task="classification"),
     Metric("dice", "val_dice", "Dice %", "Dice %", "quality", 100, task="segmentation"),
     Metric("iou", "val_iou", "IoU %", "IoU %", "quality", 100, task="segmentation"),
     Metric("epoch_seconds", "epoch_seconds", "epoch s", "Epoch time, s", "timing", style="{:.2f}", higher=False,
-           evaluated=False),
+           evaluated=False, unit="s"),
     Metric("train_images_per_second", "train_images_per_second", "train img/s", "Training images/s", "timing",
-           style="{:.0f}", across="sum", evaluated=False),
+           style="{:.0f}", across="sum", evaluated=False, unit="images/s"),
     Metric("seconds_per_image", "seconds_per_image", "s/img", "Processing s/image", "timing", style="{:.2e}",
-           higher=False),
+           higher=False, unit="s"),
 )  # fmt: skip
 BY_KEY = {m.key: m for m in METRICS}
 BY_COLUMN = {m.column: m for m in METRICS}

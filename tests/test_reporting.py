@@ -100,11 +100,11 @@ def test_tidy_csv_has_one_row_per_run_epoch_and_metric(sweep):
     assert report([str(sweep)]) == 0
     with (sweep / "results.csv").open(newline="") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == ["run", "model", "seed", "split", "epoch", "metric", "value"]
+    assert list(rows[0]) == ["run", "model", "seed", "split", "epoch", "metric", "value", "unit"]
     val = [r for r in rows if r["split"] == "val" and r["metric"] == "accuracy"]
     assert len(val) == 6 * 4
     row = next(r for r in val if r["run"] == "unet1" and r["epoch"] == "2")
-    assert float(row["value"]) == 0.56 and row["model"] == "unet" and row["seed"] == "1"
+    assert float(row["value"]) == 0.56 and row["model"] == "unet" and row["seed"] == "1" and row["unit"] == "fraction"
     assert len([r for r in rows if r["split"] == "test"]) == 6
     assert {r["metric"] for r in rows if r["split"] == "run"} == {"parameters", "wall_seconds"}
 

@@ -291,7 +291,8 @@ def _write_tables(out: Path, tables: Mapping[str, Sequence[Table]], title: str, 
 
 def tidy_csv(jobs: Sequence[Job]) -> str:
     """One row per run x split x epoch x metric: ``run``, the axes, ``seed``, ``split`` (val, test
-    or run for per-run sizes), ``epoch`` (the best epoch for test), ``metric``, ``value``."""
+    or run for per-run sizes), ``epoch`` (the best epoch for test), ``metric``, ``value`` and its
+    ``unit`` (``fraction`` for the quality metrics, which the tables show in percent)."""
     keys = list(dict.fromkeys(k for job in jobs for k in job.axes if k != "seed"))
     rows: list[list[Any]] = []
     for job in jobs:
@@ -299,11 +300,13 @@ def tidy_csv(jobs: Sequence[Job]) -> str:
         for row in job.rows:
             for metric in EPOCH_METRICS:
                 if row.get(metric.column) is not None:
-                    rows.append([*head, "val", int(row["epoch"]), metric.key, repr(row[metric.column])])
+                    value = repr(row[metric.column])
+                    rows.append([*head, "val", int(row["epoch"]), metric.key, value, metric.unit])
         for metric in (*QUALITY, BY_KEY["seconds_per_image"], BY_KEY["loss"]):
             if job.test(metric.key) is not None:
-                rows.append([*head, "test", job.summary.get("best_epoch"), metric.key, repr(job.test(metric.key))])
+                value = repr(job.test(metric.key))
+                rows.append([*head, "test", job.summary.get("best_epoch"), metric.key, value, metric.unit])
         for metric in PER_RUN:
             if job.summary.get(metric.key) is not None:
-                rows.append([*head, "run", "", metric.key, repr(job.summary[metric.key])])
-    return csv_text(["run", *keys, "seed", "split", "epoch", "metric", "value"], rows)
+                rows.append([*head, "run", "", metric.key, repr(job.summary[metric.key]), metric.unit])
+    return csv_text(["run", *keys, "seed", "split", "epoch", "metric", "value", "unit"], rows)

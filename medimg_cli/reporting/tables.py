@@ -29,10 +29,14 @@ QUALITY = of_kind("quality")
 TIMING = (BY_KEY["seconds_per_image"], BY_KEY["epoch_seconds"], BY_KEY["train_images_per_second"])
 EPOCH_METRICS = QUALITY + TIMING + of_kind("loss")  # what the report tabulates and plots per epoch
 PER_RUN = (  # facts of a whole run from summary.json, not per-epoch numbers
-    Metric("parameters", "parameters", "parameters", "parameters", "run", style="{:,.0f}", higher=None),
-    Metric("flops_per_image", "flops_per_image", "GFLOPs/image", "GFLOPs/image", "run", 1e-9, "{:.3g}", None),
-    Metric("peak_memory_mib", "peak_memory_mib", "peak MiB", "peak MiB", "run", style="{:,.0f}", higher=None),
-    Metric("wall_seconds", "wall_seconds", "train min", "train min", "run", 1 / 60, "{:.1f}", None),
+    Metric("parameters", "parameters", "parameters", "parameters", "run", style="{:,.0f}", higher=None, unit="count"),
+    Metric(
+        "flops_per_image", "flops_per_image", "GFLOPs/image", "GFLOPs/image", "run", 1e-9, "{:.3g}", None, unit="FLOPs"
+    ),
+    Metric(
+        "peak_memory_mib", "peak_memory_mib", "peak MiB", "peak MiB", "run", style="{:,.0f}", higher=None, unit="MiB"
+    ),
+    Metric("wall_seconds", "wall_seconds", "train min", "train min", "run", 1 / 60, "{:.1f}", None, unit="s"),
 )
 
 
