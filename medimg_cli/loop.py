@@ -117,20 +117,20 @@ def evaluate(
         keep: ``(found, n)``: ``(outputs, batch)`` pairs of the first batches, until they hold
             ``n`` samples, are appended to ``found`` (the tracker's pictures reuse them rather
             than predicting again, which with sliding windows costs as much as the validation).
-        warmup: first pass the first batch once, untimed (compilation, autotuning), and return
-            its time as ``warmup_seconds``, so ``seconds_per_image`` is the processing time alone.
+        warmup: pass each new batch shape once, untimed, before its timed pass (compilation,
+            autotuning), and return that time as ``warmup_seconds``, so ``seconds_per_image`` is
+            the processing time alone.
     """
     model.eval()
     metrics = metrics if metrics is not None else TaskMetrics(loss_fn.info)
-    warm = forward_seconds(model, batches, speed, limit=1) if warmup else None
-    total, count, seconds = 0.0, 0, 0.0
+    total, count, seconds, warm, shapes = 0.0, 0, 0.0, 0.0, set()
     for batch in batches.epoch():
-        synchronize(batches.device)
-        start = time.perf_counter()
-        with speed.autocast():
-            outputs = call(model, speed.layout(batch["image"]), batch.get("roi"))
-        synchronize(batches.device)
-        seconds += time.perf_counter() - start
+        shape = tuple(batch["image"].shape)
+        if warmup and shape not in shapes:  # a new shape compiles again under torch.compile: untimed
+            shapes.add(shape)
+            warm += timed_forward(model, batch, speed, batches.device)[1]
+        outputs, elapsed = timed_forward(model, batch, speed, batches.device)
+        seconds += elapsed
         size = batch["image"].shape[0]
         total += loss_fn(outputs, batch).item() * size
         count += size
@@ -138,22 +138,30 @@ def evaluate(
         if keep is not None and sum(len(b["image"]) for _, b in keep[0]) < keep[1]:
             keep[0].append(({key: value.detach() for key, value in outputs.items()}, batch))
     found = {"loss": total / count, **metrics.compute(), "seconds_per_image": seconds / count}
-    return found if warm is None else found | {"warmup_seconds": warm}
+    return found | {"warmup_seconds": warm} if warmup else found
+
+
+def timed_forward(
+    model: nn.Module, batch: dict[str, torch.Tensor], speed: Speed, device: torch.device
+) -> tuple[dict[str, torch.Tensor], float]:
+    """The model's outputs for ``batch`` and the seconds of the forward pass alone, with device
+    synchronisation before and after: the processing time the papers report."""
+    synchronize(device)
+    start = time.perf_counter()
+    with speed.autocast():
+        outputs = call(model, speed.layout(batch["image"]), batch.get("roi"))
+    synchronize(device)
+    return outputs, time.perf_counter() - start
 
 
 @torch.no_grad()
-def forward_seconds(model: nn.Module, batches: Batches, speed: Speed, limit: int | None = None) -> float:
-    """Seconds of the forward passes over ``batches`` (the first ``limit`` batches), with device
-    synchronisation around each pass: the processing time the papers report."""
+def forward_seconds(model: nn.Module, batches: Batches, speed: Speed) -> float:
+    """Seconds of the forward passes over ``batches``, each batch shape passed once untimed first."""
     model.eval()
-    seconds = 0.0
-    for index, batch in enumerate(batches.epoch()):
-        if limit is not None and index >= limit:
-            break
-        synchronize(batches.device)
-        start = time.perf_counter()
-        with speed.autocast():
-            call(model, speed.layout(batch["image"]), batch.get("roi"))
-        synchronize(batches.device)
-        seconds += time.perf_counter() - start
+    seconds, shapes = 0.0, set()
+    for batch in batches.epoch():
+        if tuple(batch["image"].shape) not in shapes:
+            shapes.add(tuple(batch["image"].shape))
+            timed_forward(model, batch, speed, batches.device)
+        seconds += timed_forward(model, batch, speed, batches.device)[1]
     return seconds

@@ -181,10 +181,12 @@ def test_a_warm_up_is_left_out_of_the_timing_and_reported_apart(tiny_cfg, tmp_pa
     prepare = Speed.prepare
     monkeypatch.setattr(Speed, "prepare", lambda self, model: _SlowFirstCalls(prepare(self, model), 1.0))
     summary = train(tiny_cfg("data.num_samples=96", "trainer.epochs=2"), tmp_path)
-    rows = read_metrics_csv(tmp_path / "metrics.csv")
-    test = summary["test"]["seconds_per_image"]
-    assert rows[0]["seconds_per_image"] < 2 * test  # the 1 s of the first evaluation call is left out
-    assert rows[0]["train_images_per_second"] > rows[1]["train_images_per_second"] / 2
+    first = read_metrics_csv(tmp_path / "metrics.csv")[0]
+    n_train, n_val, batch = 67, 14, 16  # 70/15/15 of 96 phantoms
+    # the timed parts hold no slept second (no timing comparison: a busy machine must not fail this)
+    assert first["seconds_per_image"] * n_val < 0.9 and (n_train - batch) / first["train_images_per_second"] < (
+        first["epoch_seconds"] - 1.95  # the epoch holds both slept seconds, the training rate neither
+    )
     assert summary["warmup_seconds"]["train"] >= 1.0 and summary["warmup_seconds"]["evaluation"] >= 1.0
     processing = summary["processing_seconds_per_image"]
     assert set(processing) == {"batch_1", "batch_256"} and all(0 < s < 0.1 for s in processing.values())
@@ -218,8 +220,11 @@ def test_a_compiled_runs_timing_excludes_the_compilation(tiny_cfg, tmp_path):
     if not _compiles():
         pytest.skip("torch.compile does not work on this platform (no C++ compiler?)")
     overrides = ("data.task=classification", "trainer.compile=default", "trainer.epochs=2", "trainer.batch_size=16")
-    # 15 val and 15 test images: one evaluation batch, one shape (a new shape would compile again)
-    summary = train(tiny_cfg(*overrides, "data.num_samples=100", "trainer.eval_batch_size=16"), tmp_path)
+    # 19 val and 19 test images in batches of 16: two shapes, each compiled before it is timed
+    summary = train(tiny_cfg(*overrides, "data.num_samples=128", "trainer.eval_batch_size=16"), tmp_path)
     first = read_metrics_csv(tmp_path / "metrics.csv")[0]["seconds_per_image"]
-    assert first < 2 * summary["test"]["seconds_per_image"], (first, summary["test"]["seconds_per_image"])
-    assert summary["warmup_seconds"]["train"] > 0.5  # compiling takes seconds, not milliseconds
+    warmup = summary["warmup_seconds"]
+    assert warmup["train"] > 0.5 and warmup["evaluation"] > 0.5  # compiling takes seconds, not milliseconds
+    # epoch 1's 19 validation images took a fraction of the compilation, which is not in them (on an idle
+    # machine s/img is within 2x of the test pass: 'seconds_per_image' in metrics.csv and summary.json)
+    assert first * 19 < warmup["evaluation"] / 2, (first, warmup)

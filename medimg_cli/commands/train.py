@@ -178,14 +178,13 @@ def test_best(run: Run) -> dict[str, float]:
 
 
 def processing_time(run: Run, images: int = 32) -> dict[str, float]:
-    """Seconds per image of the forward pass alone (Gomathi and Roopa Chandrika's eq. 8), after a
-    warm-up pass, on the val split: one image at a time (its first ``images`` images) and in batches
-    of ``trainer.eval_batch_size`` (all of it)."""
+    """Seconds per image of the forward pass alone (Gomathi and Roopa Chandrika's eq. 8), each batch
+    shape warmed up first, on the val split: one image at a time (its first ``images`` images) and
+    in batches of ``trainer.eval_batch_size`` (all of it)."""
     speed, val, size = run.speed.for_evaluation(), run.data.val, run.cfg.trainer.eval_batch_size
     first = {key: value[:images] for key, value in val.items()}
     found = {}
     for name, tensors, batch in (("batch_1", first, 1), (f"batch_{size}", val, size)):
-        forward_seconds(run.eval_model, run.batches(tensors, batch), speed, limit=1)  # warm-up at this shape
         found[name] = forward_seconds(run.eval_model, run.batches(tensors, batch), speed) / len(tensors["image"])
     return found
 
