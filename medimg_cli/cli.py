@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -49,7 +50,14 @@ def usage(available: dict[str, str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``medimg`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `medimg train --help | head`: the reader left; not an error to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 141  # 128 + SIGPIPE, as a shell reports it
+
+
+def _main(argv: list[str]) -> int:
     available = commands()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage(available))

@@ -205,3 +205,16 @@ def test_a_required_data_key_left_out_is_named(tmp_path):
     result = run_cli("train", "data=folder", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     assert "data.root has no value; pass data.root=<value>" in result.stderr
+
+
+def test_help_into_a_closed_pipe_is_not_a_traceback():
+    """``medimg train --help | head -1``: the reader leaves early; Python would print a BrokenPipeError."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medimg_cli", "train", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # before medimg writes anything: its first write meets a closed pipe
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) in (0, 141) and "Traceback" not in stderr, stderr
