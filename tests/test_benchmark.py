@@ -87,7 +87,8 @@ def test_grid_runs_are_found_by_their_resolved_config_not_their_folder(tmp_path)
 @pytest.mark.slow
 def test_seed_comparison_writes_every_format_with_numbers_from_the_runs(tmp_path):
     gpus = ["benchmark.gpus=[0,1]"]  # pinning only sets CUDA_VISIBLE_DEVICES; the runs are on the CPU here
-    result = benchmark("seed=0,1", "trainer.epochs=3", "report.every=2", "benchmark.parallel=2", *gpus, cwd=tmp_path)
+    args = ["seed=0,1", "trainer.epochs=3", "report.every=2", "benchmark.parallel=2", *gpus]
+    result = benchmark(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "runs" / "benchmark" / "seed_comparison"
     pinned = [(out / f / "train.out").read_text().splitlines()[0] for f in runs_of(out)]
@@ -126,7 +127,7 @@ def test_seed_comparison_writes_every_format_with_numbers_from_the_runs(tmp_path
     assert r"\toprule" in (out / "tables.tex").read_text()
     # the same command again runs nothing and rewrites the same tables
     before = (out / "tables.md").read_text()
-    again = benchmark("seed=0,1", "trainer.epochs=3", "report.every=2", cwd=tmp_path)
+    again = benchmark(*args, cwd=tmp_path)  # the command line is in the report: the same one
     assert again.returncode == 0 and "8 finished, 0 to resume, 0 to start" in said(again)
     assert (out / "tables.md").read_text() == before
 

@@ -103,14 +103,14 @@ def test_deterministic_gpu_runs_repeat_and_resume_exactly(tiny_cfg, tmp_path, mo
     ],
     ids=["stream", "channels_last", "bf16", "fp16", "cuda_graphs"],
 )
-def test_each_speed_option_on_gpu_gives_the_fp32_results(tiny_cfg, tmp_path, monkeypatch, overrides, tolerance):
+def test_each_speed_option_on_gpu_gives_the_fp32_results(tiny_cfg, tmp_path, overrides, tolerance):
     import torch._inductor.config
 
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # eager's dropout draws, to compare
     common = [*CUDA, "trainer.epochs=3", "trainer.deterministic=true", "model=hybrid"]
-    train(tiny_cfg(*common, "trainer.precision=fp32"), tmp_path / "plain")
     fp32 = [] if any(o.startswith("trainer.precision") for o in overrides) else ["trainer.precision=fp32"]
-    train(tiny_cfg(*common, *fp32, *overrides), tmp_path / "fast")
+    with torch._inductor.config.patch(fallback_random=True):  # eager's dropout draws, to compare
+        train(tiny_cfg(*common, "trainer.precision=fp32"), tmp_path / "plain")
+        train(tiny_cfg(*common, *fp32, *overrides), tmp_path / "fast")
     for a, b in zip(rows(tmp_path / "fast"), rows(tmp_path / "plain"), strict=True):
         for key in ("train_loss", "val_loss"):
             assert a[key] == pytest.approx(b[key], rel=tolerance), key
