@@ -152,16 +152,3 @@ def timed_forward(
         outputs = call(model, speed.layout(batch["image"]), batch.get("roi"))
     synchronize(device)
     return outputs, time.perf_counter() - start
-
-
-@torch.no_grad()
-def forward_seconds(model: nn.Module, batches: Batches, speed: Speed) -> float:
-    """Seconds of the forward passes over ``batches``, each batch shape passed once untimed first."""
-    model.eval()
-    seconds, shapes = 0.0, set()
-    for batch in batches.epoch():
-        if tuple(batch["image"].shape) not in shapes:
-            shapes.add(tuple(batch["image"].shape))
-            timed_forward(model, batch, speed, batches.device)
-        seconds += timed_forward(model, batch, speed, batches.device)[1]
-    return seconds

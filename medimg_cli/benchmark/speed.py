@@ -22,6 +22,7 @@ settings, and prints the table.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
@@ -75,16 +76,13 @@ def resolve_auto(cfg: DictConfig, device: torch.device) -> DictConfig:
     return OmegaConf.create({k: defaults[k] if v == "auto" and k in defaults else v for k, v in resolved.items()})
 
 
-def _reset_peak(device: torch.device) -> bool:
-    """Start a new peak-memory count; ``False`` when only the process's peak so far can be read."""
+def _reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory count (elsewhere than Linux, the CPU peak stays the process's so far)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        return True
-    try:  # Linux: writing 5 resets the peak resident set (VmHWM) of the process
+        return
+    with contextlib.suppress(OSError):  # Linux: writing 5 resets the peak resident set (VmHWM) of the process
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def _peak_mib(device: torch.device) -> float:

@@ -34,7 +34,7 @@ from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
 from medimg_cli.evaluation.multilabel import per_label_summary
 from medimg_cli.fileio import release, write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
-from medimg_cli.loop import evaluate, forward_seconds, train_epoch
+from medimg_cli.loop import evaluate, train_epoch
 from medimg_cli.metrics import COLUMNS, METRICS, TaskMetrics, positive_class
 from medimg_cli.results import append_metrics_row, cases_csv
 from medimg_cli.runinfo import device_name, git_commit, peak_memory, versions
@@ -134,7 +134,7 @@ def run_epoch(
         run.train_model, run.train_batches, epoch, run.loss, run.optimizer, run.augment, run.speed, run.scaler,
         on_batch, skip, warm,
     )  # fmt: skip
-    run.warmup_seconds["train"] = run.warmup_seconds.get("train", stats["warmup_seconds"])
+    run.warmup_seconds.setdefault("train", stats["warmup_seconds"])
     _check_finite(run, epoch, stats, skip)
     if run.schedule is not None:
         run.schedule.step()
@@ -143,7 +143,7 @@ def run_epoch(
     if not run.main:
         return None
     val = evaluate(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation(), keep=keep, warmup=warm)
-    run.warmup_seconds["evaluation"] = run.warmup_seconds.get("evaluation", val.get("warmup_seconds", 0.0))
+    run.warmup_seconds.setdefault("evaluation", val.get("warmup_seconds", 0.0))
     if not math.isfinite(val["loss"]):
         raise TrainingStopped(
             f"epoch {epoch}: the validation loss is {val['loss']} (NaN or infinite pixels in the validation images, "
@@ -183,10 +183,11 @@ def processing_time(run: Run, images: int = 32) -> dict[str, float]:
     in batches of ``trainer.eval_batch_size`` (all of it)."""
     speed, val, size = run.speed.for_evaluation(), run.data.val, run.cfg.trainer.eval_batch_size
     first = {key: value[:images] for key, value in val.items()}
-    found = {}
-    for name, tensors, batch in (("batch_1", first, 1), (f"batch_{size}", val, size)):
-        found[name] = forward_seconds(run.eval_model, run.batches(tensors, batch), speed) / len(tensors["image"])
-    return found
+    passes = (("batch_1", first, 1), (f"batch_{size}", val, size))
+    return {
+        name: evaluate(run.eval_model, run.batches(tensors, batch), run.loss, speed, warmup=True)["seconds_per_image"]
+        for name, tensors, batch in passes
+    }
 
 
 def finish(run: Run, test: dict[str, float], seconds: float) -> dict[str, Any]:
