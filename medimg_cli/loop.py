@@ -10,6 +10,7 @@ seconds-per-image figure.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -37,7 +38,7 @@ def train_epoch(
     batches: Batches,
     epoch: int,
     loss_fn: TaskLoss,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     augment: Augmenter,
     speed: Speed,
     scaler: torch.amp.GradScaler,
@@ -78,10 +79,11 @@ def train_epoch(
         on_batch()
         if skip_nonfinite and not finite.item():
             continue
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        if optimizer is not None:  # None: the forward pass fitted statistics (padim)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         size = batch["image"].shape[0]
         total += loss.detach() * size
         count += size
@@ -123,7 +125,7 @@ def evaluate(
     """
     model.eval()
     metrics = metrics if metrics is not None else TaskMetrics(loss_fn.info)
-    total, count, seconds, warm, shapes = 0.0, 0, 0.0, 0.0, set()
+    total, count, images, seconds, warm, shapes = 0.0, 0, 0, 0.0, 0.0, set()
     for batch in batches.epoch():
         shape = tuple(batch["image"].shape)
         if warmup and shape not in shapes:  # a new shape compiles again under torch.compile: untimed
@@ -131,13 +133,16 @@ def evaluate(
             warm += timed_forward(model, batch, speed, batches.device)[1]
         outputs, elapsed = timed_forward(model, batch, speed, batches.device)
         seconds += elapsed
-        size = batch["image"].shape[0]
-        total += loss_fn(outputs, batch).item() * size
+        size = loss_fn.counted(batch).item()  # anomaly detection: the normal images only
+        if size:
+            total += loss_fn(outputs, batch).item() * size
         count += size
+        images += batch["image"].shape[0]
         metrics.update(outputs, batch)
         if keep is not None and sum(len(b["image"]) for _, b in keep[0]) < keep[1]:
             keep[0].append(({key: value.detach() for key, value in outputs.items()}, batch))
-    found = {"loss": total / count, **metrics.compute(), "seconds_per_image": seconds / count}
+    loss = total / count if count else math.nan
+    found = {"loss": loss, **metrics.compute(), "seconds_per_image": seconds / images}
     return found | {"warmup_seconds": warm} if warmup else found
 
 

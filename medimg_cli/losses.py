@@ -5,6 +5,9 @@ the ``loss.name`` loss from MONAI on softmax probabilities, background included 
 default): ``dice_ce`` (Dice + cross-entropy, nnU-Net's choice), ``dice_focal`` (Dice + focal,
 for small structures) or ``tversky`` (Tversky index; ``beta > alpha`` weighs false negatives
 more). Multitask sums the two, weighted by ``classification_weight`` and ``segmentation_weight``.
+Anomaly detection: the detector's own objective (``sample_loss``, e.g. reconstruction error),
+averaged over the normal images of the batch only: abnormal images never train it, not even
+through the validation loss that picks ``best.pt``.
 """
 
 from __future__ import annotations
@@ -111,12 +114,25 @@ class TaskLoss(nn.Module):
         """Scalar loss from logits and a batch with ``label`` ``(B,)`` and/or ``mask`` ``(B, 1, *spatial)``
         (and ``roi`` ``(B, 1, *spatial)`` when only some pixels count)."""
         loss = torch.zeros((), device=batch["image"].device)
+        if self.info.detects:
+            return (outputs["sample_loss"].float() * self.normal(batch)).sum() / self.counted(batch).clamp(min=1)
         if self.info.classifies:
             loss = loss + self.weights["classification_weight"] * self._classification(outputs, batch)
         if self.info.segments:
             seg = self.segmentation(outputs["seg_logits"].float(), batch["mask"].long(), batch.get("roi"))
             loss = loss + self.weights["segmentation_weight"] * seg
         return loss
+
+    def normal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B,)`` 1.0 for the samples the loss counts: all, or for anomaly detection the normal ones."""
+        image = batch["image"]
+        if not self.info.detects:
+            return torch.ones(image.shape[0], device=image.device)
+        return (batch["label"] == 0).float()
+
+    def counted(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """How many samples of ``batch`` the loss averages over (a 0-d tensor), to weight batches by."""
+        return self.normal(batch).sum()
 
     def _classification(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = outputs["class_logits"].float()

@@ -25,6 +25,7 @@ from monai.metrics import compute_dice, compute_iou, compute_roc_auc
 
 from medimg_cli.data import DataInfo
 from medimg_cli.errors import ConfigError, unknown_choice
+from medimg_cli.evaluation.classification import average_precision, rank_auc
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class Metric:
         scale: shown value = value x scale (100: fractions in percent).
         style: format of the shown value.
         higher: which way is better (``None``: neither); picks ``best.pt`` for ``trainer.monitor``.
-        task: ``classification`` or ``segmentation`` when only that task has it.
+        tasks: the tasks that have it (``None``: every task); ``pixel`` for the anomaly
+            metrics that need masks of the abnormal regions.
         across: how processes' values combine under DDP: ``mean`` (sample-weighted), ``sum``
             (rates), ``rank0`` (measured by the process that evaluates).
         evaluated: whether ``evaluate`` measures it on a split (and the table's test row shows it).
@@ -57,7 +59,7 @@ class Metric:
     scale: float = 1.0
     style: str = "{:.1f}"
     higher: bool | None = True
-    task: str | None = None
+    tasks: tuple[str, ...] | None = None
     across: str = "rank0"
     evaluated: bool = True
     unit: str = "fraction"
@@ -77,11 +79,13 @@ METRICS = (
     Metric("train_loss", "train_loss", "train loss", "Training loss", "train", style="{:.4f}", higher=False,
            across="mean", evaluated=False, unit="loss"),
     Metric("loss", "val_loss", "val loss", "Validation loss", "loss", style="{:.4f}", higher=False, unit="loss"),
-    Metric("accuracy", "val_accuracy", "acc %", "Accuracy %", "quality", 100, task="classification"),
-    Metric("f1", "val_f1", "F1 %", "F1 %", "quality", 100, task="classification"),
-    Metric("auc", "val_auc", "AUC %", "AUC %", "quality", 100, task="classification"),
-    Metric("dice", "val_dice", "Dice %", "Dice %", "quality", 100, task="segmentation"),
-    Metric("iou", "val_iou", "IoU %", "IoU %", "quality", 100, task="segmentation"),
+    Metric("accuracy", "val_accuracy", "acc %", "Accuracy %", "quality", 100, tasks=("classification",)),
+    Metric("f1", "val_f1", "F1 %", "F1 %", "quality", 100, tasks=("classification",)),
+    Metric("auc", "val_auc", "AUC %", "AUC %", "quality", 100, tasks=("classification", "anomaly")),
+    Metric("ap", "val_ap", "AP %", "Average precision %", "quality", 100, tasks=("anomaly",)),
+    Metric("pixel_auc", "val_pixel_auc", "pixel AUC %", "Pixel AUC %", "quality", 100, tasks=("pixel",)),
+    Metric("dice", "val_dice", "Dice %", "Dice %", "quality", 100, tasks=("segmentation",)),
+    Metric("iou", "val_iou", "IoU %", "IoU %", "quality", 100, tasks=("segmentation",)),
     Metric("epoch_seconds", "epoch_seconds", "epoch s", "Epoch time, s", "timing", style="{:.2f}", higher=False,
            evaluated=False, unit="s"),
     Metric("train_images_per_second", "train_images_per_second", "train img/s", "Training images/s", "timing",
@@ -101,8 +105,13 @@ def of_kind(*kinds: str) -> tuple[Metric, ...]:
 
 def task_metrics(info: DataInfo) -> tuple[Metric, ...]:
     """The quality metrics ``TaskMetrics`` computes for ``info.task``, in table order."""
-    tasks = {"classification": info.classifies, "segmentation": info.segments}
-    return tuple(m for m in of_kind("quality") if tasks[m.task])
+    has = {
+        "classification": info.classifies,
+        "segmentation": info.segments,
+        "anomaly": info.detects,
+        "pixel": info.detects and info.num_seg_classes > 0,
+    }
+    return tuple(m for m in of_kind("quality") if any(has[task] for task in m.tasks))
 
 
 def task_metric_names(info: DataInfo) -> list[str]:
@@ -216,6 +225,12 @@ def roc_auc(probs: torch.Tensor, target: torch.Tensor) -> float:
         return float(compute_roc_auc(probs.cpu().float(), onehot, average="macro"))
 
 
+def pixel_auc(maps: np.ndarray, masks: np.ndarray) -> float:
+    """AUROC of every pixel's anomaly score ``(P,)`` against its mask value ``(P,)`` (abnormal
+    region or not), pooled over the images of a split as in the MedIAnomaly benchmark."""
+    return float(rank_auc(maps[None], masks[None])[0])
+
+
 def multilabel_metrics(probs: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """Metrics of ``(N, L)`` independent label probabilities against ``(N, L)`` 0/1 targets.
 
@@ -252,10 +267,18 @@ class TaskMetrics:
         # all-gather across DDP processes while only rank 0 evaluates
         self.dice: list[torch.Tensor] = []
         self.iou: list[torch.Tensor] = []
+        # anomaly detection: image scores, and pixel maps with the masks of abnormal regions
+        self.scores: list[torch.Tensor] = []
+        self.pixels: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def update(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
         """Add one batch: logits from the model, ``label`` ``(B,)``, ``mask`` ``(B, 1, *spatial)`` and, when
         only some pixels count, ``roi`` ``(B, 1, *spatial)`` (1 inside)."""
+        if self.info.detects:
+            self.scores.append(outputs["anomaly_score"].detach().float())
+            self.labels.append(batch["label"])
+            if "mask" in batch:  # pixel scores are ranked on the CPU (``pixel_auc``)
+                self.pixels.append((outputs["anomaly_map"].detach().float().cpu(), batch["mask"].bool().cpu()))
         if self.info.classifies:
             logits = outputs["class_logits"].detach().float()
             self.probs.append(logits.sigmoid() if self.info.multilabel else logits.softmax(dim=1))
@@ -274,6 +297,8 @@ class TaskMetrics:
         ``(N, K)`` when classifying, ``dice`` and ``iou`` ``(N,)`` (mean over foreground classes)
         when segmenting. The means of ``dice`` and ``iou`` are ``compute``'s values."""
         found: dict[str, torch.Tensor] = {}
+        if self.info.detects:
+            found["label"], found["score"] = torch.cat(self.labels).cpu(), torch.cat(self.scores).cpu()
         if self.info.classifies:
             found["label"], found["probs"] = torch.cat(self.labels).cpu(), torch.cat(self.probs).cpu()
         if self.info.segments:
@@ -284,11 +309,17 @@ class TaskMetrics:
     def compute(self) -> dict[str, float]:
         """The accumulated metrics as plain floats (fractions in [0, 1])."""
         found: dict[str, torch.Tensor] = {}
+        if self.info.detects:
+            found["label"], found["score"] = torch.cat(self.labels), torch.cat(self.scores)
         if self.info.classifies:
             found["label"], found["probs"] = torch.cat(self.labels), torch.cat(self.probs)
         if self.info.segments:
             found["dice"], found["iou"] = torch.cat(self.dice), torch.cat(self.iou)
-        return quality_metrics(found, self.info.multilabel, self.info.average, self.info.positive_class)
+        result = quality_metrics(found, self.info.multilabel, self.info.average, self.info.positive_class)
+        if self.pixels:
+            maps, masks = (torch.cat(part).flatten().numpy() for part in zip(*self.pixels, strict=True))
+            result["pixel_auc"] = pixel_auc(maps, masks)
+        return result
 
 
 def quality_metrics(
@@ -298,7 +329,8 @@ def quality_metrics(
 
     Args:
         cases: ``probs`` ``(N, K)`` and ``label`` ``(N,)`` (``(N, L)`` probabilities and 0/1
-            labels when ``multilabel``) for classification; ``dice`` and ``iou`` ``(N, C)`` per
+            labels when ``multilabel``) for classification; ``score`` ``(N,)`` anomaly scores
+            and ``label`` ``(N,)`` (1: abnormal) for anomaly detection; ``dice`` and ``iou`` ``(N, C)`` per
             foreground class (or ``(N, 1)`` per-case means) for segmentation.
         average, positive: how F1 is averaged and, for ``binary``, the positive class (``f1_score``).
 
@@ -314,6 +346,10 @@ def quality_metrics(
         result["accuracy"] = accuracy(pred, labels)
         result["f1"] = f1_score(pred, labels, probs.shape[1], average, positive)
         result["auc"] = roc_auc(probs, labels)
+    if "score" in cases:  # anomaly detection: the abnormal class is the positive one
+        scores, abnormal = cases["score"].double().cpu().numpy()[None], cases["label"].cpu().numpy()[None] == 1
+        result["auc"] = float(rank_auc(scores, abnormal)[0])
+        result["ap"] = float(average_precision(scores, abnormal)[0])
     for key in ("dice", "iou"):
         if key in cases:
             result[key] = cases[key].mean(dim=0).mean().item()

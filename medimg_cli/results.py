@@ -42,7 +42,9 @@ def cases_csv(cases: Mapping[str, Any]) -> str:
     columns: dict[str, list] = {}
     count = len(next(iter(cases.values())))
     columns["case"] = list(range(count))
-    if "label" in cases:
+    if "score" in cases:  # anomaly detection
+        columns |= {"label": cases["label"].tolist(), "score": cases["score"].tolist()}
+    elif "label" in cases:
         labels, probs = cases["label"], cases["probs"]
         if labels.ndim == 2:
             columns |= {f"label_{k}": labels[:, k].int().tolist() for k in range(labels.shape[1])}
@@ -58,7 +60,7 @@ def cases_csv(cases: Mapping[str, Any]) -> str:
 
 def read_cases_csv(path: Path) -> dict[str, np.ndarray]:
     """``test_predictions.csv`` back as arrays: ``label`` ``(N,)`` or ``(N, L)``, ``probs``
-    ``(N, K)``, ``dice``, ``iou`` ``(N,)`` (only those present)."""
+    ``(N, K)``, ``dice``, ``iou``, ``score`` ``(N,)`` (only those present)."""
     rows = read_csv(path)
     names = list(rows[0]) if rows else []
     table = {name: np.array([float(row[name]) if row[name] else np.nan for row in rows]) for name in names}
@@ -71,5 +73,5 @@ def read_cases_csv(path: Path) -> dict[str, np.ndarray]:
     probs = [n for n in names if n.startswith("p_")]
     if probs:
         found["probs"] = np.stack([table[n] for n in probs], axis=1)
-    found |= {key: table[key] for key in CASE_METRICS if key in table}
+    found |= {key: table[key] for key in (*CASE_METRICS, "score") if key in table}
     return found

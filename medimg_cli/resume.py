@@ -136,13 +136,14 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> R
 def restore(
     checkpoint: dict[str, Any],
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     scaler: torch.amp.GradScaler,
     schedule: torch.optim.lr_scheduler.LRScheduler | None,
 ) -> State:
     """Load a ``last.pt`` payload into the training objects and the RNGs; returns its ``State``."""
     model.load_state_dict(checkpoint["state_dict"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    if optimizer is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
     if "scaler" in checkpoint:
         scaler.load_state_dict(checkpoint["scaler"])
     if schedule is not None:

@@ -105,7 +105,8 @@ class Tracker:
 @torch.no_grad()
 def sample_predictions(outputs: dict[str, torch.Tensor], info: DataInfo, batch: dict) -> dict[str, Any]:
     """A picture ``(H, W, 3)`` uint8 of ``batch["image"]`` ``(N, C, *spatial)`` with the true masks
-    (top row) and the predicted ones from ``outputs`` (bottom row), and ``label -> prediction`` text
+    (top row) and the predicted ones from ``outputs`` (bottom row), or for anomaly detection the
+    images with their abnormal regions and the anomaly maps below; ``label -> prediction`` text
     when classifying."""
     images = batch["image"]
     rows = []
@@ -114,7 +115,10 @@ def sample_predictions(outputs: dict[str, torch.Tensor], info: DataInfo, batch: 
         rows.append([tile(image, mask[0]) for image, mask in zip(images, batch["mask"], strict=True)])
         rows.append([tile(image, mask) for image, mask in zip(images, predicted, strict=True)])
     else:
-        rows.append([tile(image) for image in images])
+        truth = batch["mask"][:, 0] if info.detects and "mask" in batch else [None] * len(images)
+        rows.append([tile(image, mask) for image, mask in zip(images, truth, strict=True)])
+    if info.detects:  # the anomaly maps, each min-max scaled
+        rows.append([tile(anomaly) for anomaly in outputs["anomaly_map"]])
     text = ""
     if info.classifies and not info.multilabel:
         names = info.class_names

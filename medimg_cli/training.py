@@ -61,7 +61,7 @@ class Run:
     model: nn.Module
     train_model: nn.Module
     eval_model: nn.Module
-    optimizer: Any  # torch.optim.Optimizer
+    optimizer: Any  # torch.optim.Optimizer, None for a model that fits statistics (padim)
     schedule: Any  # torch.optim.lr_scheduler.LRScheduler | None
     scaler: Any  # torch.amp.GradScaler
     augment: Augmenter
@@ -135,7 +135,10 @@ def _build_run(cfg: DictConfig, run_dir: Path, resume: Resume | None) -> Run:
         data.info = dataclasses.replace(data.info, image_size=patch)
     model, args, loaded, frozen = _build_model(cfg, data, device, processes, resume)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer, schedule, augment, loss = _build_training(cfg, data.info, trainable)
+    fitted = getattr(model, "FITTED", False)
+    if fitted and processes > 1:  # DDP would broadcast rank 0's statistics over the others'
+        raise ConfigError(f"model '{cfg.model.name}' fits statistics in one process; use trainer.devices=1")
+    optimizer, schedule, augment, loss = _build_training(cfg, data.info, trainable, fitted)
     mode = monitor_mode(cfg.trainer.monitor, monitor_columns(data.info))
     speed = Speed.from_config(cfg.trainer, device, model, data.info.spatial_dims)
     prepared, scaler = speed.prepare(model), speed.scaler()
@@ -256,8 +259,16 @@ def _build_model(
     return model, args, loaded, frozen
 
 
-def _build_training(cfg: DictConfig, info: Any, trainable: list[nn.Parameter]) -> tuple[Any, Any, Augmenter, TaskLoss]:
-    """The optimizer of the ``trainable`` parameters, its schedule, the augmentation and the loss."""
+def _build_training(
+    cfg: DictConfig, info: Any, trainable: list[nn.Parameter], fitted: bool = False
+) -> tuple[Any, Any, Augmenter, TaskLoss]:
+    """The optimizer of the ``trainable`` parameters and its schedule (``None`` for a ``fitted``
+    model, one whose training passes fit statistics), the augmentation and the loss."""
+    augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), info)
+    loss_cfg = cfg.get("loss")  # runs saved before the loss group existed have none
+    loss = TaskLoss(info, OmegaConf.to_container(loss_cfg, resolve=True) if loss_cfg is not None else None)
+    if fitted:  # statistics fitted in training-mode passes (padim): nothing to optimise
+        return None, None, augment, loss
     if not trainable:
         raise ConfigError(f"model.freeze={cfg.model.freeze} freezes every parameter; leave the head trainable")
     optimizer = build_optimizer(OmegaConf.to_container(cfg.optim, resolve=True), trainable)
@@ -267,9 +278,6 @@ def _build_training(cfg: DictConfig, info: Any, trainable: list[nn.Parameter]) -
         optimizer,
         cfg.trainer.epochs,
     )
-    augment = build_augment(OmegaConf.to_container(cfg.augment, resolve=True), info)
-    loss_cfg = cfg.get("loss")  # runs saved before the loss group existed have none
-    loss = TaskLoss(info, OmegaConf.to_container(loss_cfg, resolve=True) if loss_cfg is not None else None)
     return optimizer, schedule, augment, loss
 
 

@@ -61,7 +61,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
 
 def check_test_metrics(run_dir: Path, test: dict) -> None:
     """``test`` (summary.json's test metrics) recomputed from the run's ``test_predictions.csv``:
-    classification metrics with scikit-learn, Dice and IoU as the mean of the per-case values."""
+    classification and anomaly metrics with scikit-learn, Dice and IoU as the mean of the per-case values."""
     import json
     import math
 
@@ -84,6 +84,11 @@ def check_test_metrics(run_dir: Path, test: dict) -> None:
             assert test["auc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]), abs=1e-6)
         else:
             assert test["auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr"), abs=1e-6)
+    if "score" in cases:  # anomaly detection: the abnormal images' scores should rank high
+        from sklearn.metrics import average_precision_score
+
+        assert test["auc"] == pytest.approx(roc_auc_score(cases["label"], cases["score"]), abs=1e-6)
+        assert test["ap"] == pytest.approx(average_precision_score(cases["label"], cases["score"]), abs=1e-6)
     for key in ("dice", "iou"):
         if key in cases:
             assert test[key] == pytest.approx(float(np.mean(cases[key])), abs=1e-6)

@@ -52,7 +52,7 @@ def test_train_help_shows_groups_and_options():
         ("model=nope", f"unknown model 'nope'. Valid: {', '.join(model_names())}."),
         ("optim.lr=abc", "optim.lr='abc' must be a number, e.g. optim.lr=0.001"),
         ("optim.lrr=0.1", "Could not override 'optim.lrr'"),
-        ("data.task=detection", "unknown data.task 'detection'. Valid: classification, multitask, segmentation."),
+        ("data.task=detection", "unknown data.task 'detection'. Valid: anomaly, classification, multitask"),
         ("device=tpu", "device='tpu' is not a device"),
     ],
 )

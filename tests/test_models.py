@@ -30,7 +30,12 @@ SMALL = {
     "unetr": {"hidden_size": 32, "num_heads": 2, "mlp_dim": 64, "feature_size": 8},
     "swin_unetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4},
     "hybrid": {"channels": [8, 16, 32], "attention_layers": 1, "num_heads": 2},
+    **{name: {"channels": [8, 16], "latent_size": 16} for name in ("autoencoder", "vae", "memae")},
+    "denoising_autoencoder": {"channels": [8, 16], "latent_size": 16},
+    "hybrid_autoencoder": {"channels": [8, 16], "hidden_size": 8, "num_heads": 2, "depth": 1},
+    "padim": {"channels": [8, 16], "latent_size": 16, "features": 10},
 }
+DETECTORS = ("autoencoder", "vae", "memae", "denoising_autoencoder", "hybrid_autoencoder", "padim")
 SIZE = {"swin_unetr": 64}  # swin_unetr needs 64 or more per side; 32 for everything else
 BACKBONES = ("resnet18", "resnet50", "densenet121", "efficientnet_b0")
 
@@ -53,6 +58,7 @@ def batch(info: DataInfo, n: int = 4) -> dict[str, torch.Tensor]:
 
 def test_every_model_has_a_yaml_and_the_zoo_is_complete():
     expected = {"cnn", "unet", "attention_unet", "unetr", "swin_unetr", "transformer", "hybrid", "dynunet", *BACKBONES}
+    expected |= set(DETECTORS)
     assert set(model_names()) == expected
 
 
@@ -61,13 +67,18 @@ def test_every_model_has_a_yaml_and_the_zoo_is_complete():
 def test_every_model_gives_the_right_shapes_and_learns(name, dims):
     torch.manual_seed(0)
     tasks = MODELS.get(name).TASKS
-    for task in set(TASKS) - set(tasks):  # the segmentation-only dynunet
+    for task in set(TASKS) - set(tasks):  # the segmentation-only dynunet, the anomaly detectors
         with pytest.raises(ConfigError, match=f"model '{name}' cannot do data.task={task}; it supports"):
             build(name, task, dims)
     for task in tasks:
         model, info = build(name, task, dims)
         out = model(batch(info, 2)["image"])
         expected = ({"class_logits"} if info.classifies else set()) | ({"seg_logits"} if info.segments else set())
+        if info.detects:
+            expected = {"anomaly_map", "anomaly_score", "sample_loss"}
+            expected |= {"reconstruction"} if name != "padim" else set()
+            assert out["anomaly_map"].shape == (2, 1, *info.image_size)
+            assert out["anomaly_score"].shape == out["sample_loss"].shape == (2,)
         assert set(out) == expected, task
         if info.classifies:
             assert out["class_logits"].shape == (2, 3)
@@ -75,6 +86,8 @@ def test_every_model_gives_the_right_shapes_and_learns(name, dims):
             assert out["seg_logits"].shape == (2, 2, *info.image_size)
         groups = group_parameters(model)  # raises unless every parameter is in exactly one group
         assert sum(len(p) for p in groups.values()) == len(list(model.parameters()))
+    if getattr(MODELS.get(name), "FITTED", False):  # statistics, no optimisation: tests/test_anomaly.py
+        return
     # a few optimisation steps on one multitask (or segmentation) batch lower the loss
     model, info = build(name, "multitask" if "multitask" in tasks else tasks[0], dims)
     data, loss_fn = batch(info), TaskLoss(info)

@@ -12,8 +12,9 @@ from conftest import RUN_FILES, check_test_metrics
 from medimg_cli.checkpoint import load_checkpoint
 from medimg_cli.commands.eval import evaluate_checkpoint
 from medimg_cli.commands.train import train
-from medimg_cli.data import TASKS, DataInfo
+from medimg_cli.data import SUPERVISED, TASKS, DataInfo
 from medimg_cli.errors import ConfigError
+from medimg_cli.evaluation.anomalous import DECIDED
 from medimg_cli.metrics import COLUMNS, METRICS, of_kind, task_metrics
 from medimg_cli.results import read_cases_csv, read_metrics_csv
 
@@ -25,8 +26,10 @@ def without_timing(rows):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
-@pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("model", ["cnn", "unet"])
+RUNS = [(task, model) for task in SUPERVISED for model in ("cnn", "unet")] + [("anomaly", "autoencoder")]
+
+
+@pytest.mark.parametrize(("task", "model"), RUNS)
 def test_run_folder_is_complete_for_every_task(tiny_cfg, tmp_path, task, model):
     summary = train(tiny_cfg(f"data.task={task}", f"model={model}"), tmp_path)
     for name in RUN_FILES:
@@ -39,13 +42,14 @@ def test_run_folder_is_complete_for_every_task(tiny_cfg, tmp_path, task, model):
     saved = json.loads((tmp_path / "summary.json").read_text())
     losses = [r["val_loss"] for r in rows]
     assert saved["best_epoch"] == losses.index(min(losses)) + 1 and saved["task"] == task
-    evaluated = {m.key for m in METRICS if m.evaluated and (m.task is None or m.column in TASK_COLUMNS[task])}
-    assert set(saved["test"]) == evaluated
+    evaluated = {m.key for m in METRICS if m.evaluated and (m.tasks is None or m.column in TASK_COLUMNS[task])}
+    decided = {"threshold", *DECIDED} if task == "anomaly" else set()  # at the val split's threshold
+    assert set(saved["test"]) == evaluated | decided
     check_test_metrics(tmp_path, saved["test"])
     assert torch.__version__.startswith(saved["versions"]["torch"])
     assert summary["data_fingerprint"] == saved["data_fingerprint"]
     table = (tmp_path / "table.md").read_text()
-    assert "| test |" in table and ("Dice %" in table) == (task != "classification")
+    assert "| test |" in table and ("Dice %" in table) == (task in ("segmentation", "multitask"))
 
 
 def test_live_progress_bar_on_a_terminal(tiny_cfg, tmp_path, monkeypatch, capsys):

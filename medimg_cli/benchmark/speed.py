@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 import medimg_cli
 from medimg_cli.augment import build_augment
 from medimg_cli.config import resolve_device, seed_everything
-from medimg_cli.data import TASKS, DataInfo
+from medimg_cli.data import SUPERVISED, DataInfo
 from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError, unknown_choice
 from medimg_cli.fileio import csv_text, write_atomic
@@ -178,8 +178,8 @@ def _median_eval(model: Any, batches: TensorBatches, loss_fn: TaskLoss, speed: S
 
 def speed(cfg: DictConfig, out: Path) -> list[dict[str, Any]]:
     """Measure every model x size x setting of ``cfg`` (the ``speed`` config); write and print the table."""
-    if cfg.task not in TASKS:
-        raise unknown_choice("task", cfg.task, TASKS)
+    if cfg.task not in SUPERVISED:
+        raise unknown_choice("task", cfg.task, SUPERVISED)
     device = resolve_device(cfg.device)
     cfg = resolve_auto(cfg, device)
     for key in ("batch_size", "eval_batch_size", "steps", "repeats"):

@@ -102,7 +102,8 @@ def print_evaluation(document: Mapping[str, Any], title: str) -> None:
         console.print(f"temperature fitted on the val split: T = {document['calibration']['temperature']:.3f}")
     decision = document.get("decision") or {}
     if decision.get("positive_class") is not None:
-        rule = "the more probable class" if decision["threshold"] is None else f"p >= {decision['threshold']:.4g}"
+        value = "score" if document.get("task") == "anomaly" else "p"
+        rule = "the more probable class" if decision["threshold"] is None else f"{value} >= {decision['threshold']:.4g}"
         rule += f" ({decision['rule']})" if decision["rule"] == "youden on the val split" else ""
         console.print(f"binary metrics of the positive class '{decision['positive_class']}'; called positive at {rule}")
     if "per_label" in document:

@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from medimg_cli.distributed import barrier, join, launch, leave, reduce_across, requested_devices, sum_across, world
 from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
+from medimg_cli.evaluation.anomalous import decided_metrics, split_cases
 from medimg_cli.evaluation.multilabel import per_label_summary
 from medimg_cli.fileio import release, write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
@@ -162,7 +163,8 @@ def run_epoch(
 
 
 def test_best(run: Run) -> dict[str, float]:
-    """Evaluate ``best.pt`` on the test split; writes ``test_predictions.csv``."""
+    """Evaluate ``best.pt`` on the test split; writes ``test_predictions.csv``. Anomaly detection
+    adds the metrics at the val split's threshold (``evaluation.anomalous.decided_metrics``)."""
     best = load_checkpoint(run.run_dir / "checkpoints" / "best.pt", run.device)
     run.model.load_state_dict(best["state_dict"])
     cases = TaskMetrics(run.data.info)
@@ -171,6 +173,9 @@ def test_best(run: Run) -> dict[str, float]:
     found = cases.cases()
     write_atomic(run.run_dir / "test_predictions.csv", cases_csv(found))
     run.processing = processing_time(run)
+    if run.data.info.detects:  # F1, sensitivity, specificity at the val split's threshold
+        val, _ = split_cases(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation())
+        test |= decided_metrics(val, found)
     if run.data.info.multilabel:
         names = run.data.info.class_names
         run.per_label = per_label_summary(found["probs"].double().numpy(), found["label"].numpy(), names)
@@ -264,7 +269,8 @@ def _payload(run: Run, epoch: int, start: float | None = None, resumable: bool =
         "best": state.best(),
     }
     if resumable:
-        payload |= {"optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_state()}
+        optimizer = run.optimizer.state_dict() if run.optimizer is not None else None
+        payload |= {"optimizer": optimizer, "scaler": run.scaler.state_dict(), "rng": rng_state()}
         if run.schedule is not None:
             payload["scheduler"] = run.schedule.state_dict()
         payload["wall_seconds"] = state.prior_seconds + time.perf_counter() - start

@@ -23,7 +23,8 @@ import torch
 from medimg_cli.errors import ConfigError, unknown_choice
 from medimg_cli.registry import Registry
 
-TASKS = ("classification", "segmentation", "multitask")
+SUPERVISED = ("classification", "segmentation", "multitask")  # what a source reads
+TASKS = (*SUPERVISED, "anomaly")  # data.task: anomaly reads a source as classification (data/anomaly.py)
 SPLITS = ("train", "val", "test")
 MAX_SUBGROUP_VALUES = 20  # metadata columns with more distinct values (ids, dates...) are not subgroups
 
@@ -52,6 +53,11 @@ class DataInfo:
     @property
     def segments(self) -> bool:
         return self.task in ("segmentation", "multitask")
+
+    @property
+    def detects(self) -> bool:
+        """Anomaly detection: normal images only in training, a score and a map per image."""
+        return self.task == "anomaly"
 
 
 @dataclass
@@ -132,7 +138,12 @@ def build_data(cfg: Mapping) -> Splits:
     if source not in modules:
         raise unknown_choice("data.source", source, modules)
     importlib.import_module(f"{__name__}.{modules[source]}")
-    splits = SOURCES.get(source)(cfg)
+    if cfg["task"] == "anomaly":
+        from medimg_cli.data.anomaly import anomaly_splits, source_task  # it imports this module
+
+        splits = anomaly_splits(SOURCES.get(source)({**cfg, "task": source_task(cfg)}), cfg.get("normal_classes"))
+    else:
+        splits = SOURCES.get(source)(cfg)
     if splits.info.classifies and splits.info.num_classes < 2:
         raise ConfigError(
             f"data.source={source}: {splits.info.num_classes} class ({', '.join(splits.info.class_names) or 'none'}) "
@@ -151,6 +162,10 @@ def build_data(cfg: Mapping) -> Splits:
 def _positive_class(given: Any, info: DataInfo) -> int | None:
     """The positive class of a binary classification (``data.positive_class``: a class name or
     index; null: the source's default, else the last class), ``None`` for other tasks."""
+    if info.detects:
+        if given is not None:
+            raise ConfigError(f"data.positive_class={given}: with data.task=anomaly the positive class is abnormal")
+        return info.positive_class
     if not info.classifies or info.multilabel or info.num_classes != 2:
         if given is not None:
             raise ConfigError(f"data.positive_class={given} applies to binary classification; this data has none")

@@ -78,18 +78,19 @@ def class_aucs(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
     Ties in the scores count one half (average ranks), as in the trapezoidal ROC area.
     """
-    num_classes = probs.shape[-1]
-    aucs = np.full((labels.shape[0], num_classes), np.nan)
-    for k in range(num_classes):
-        positive = labels == k
-        n_pos = positive.sum(axis=1).astype(float)
-        n_neg = labels.shape[1] - n_pos
-        ranks = rankdata(probs[..., k], axis=1)
-        rank_sum = np.where(positive, ranks, 0).sum(axis=1)
-        defined = (n_pos > 0) & (n_neg > 0)
-        aucs[defined, k] = (rank_sum[defined] - n_pos[defined] * (n_pos[defined] + 1) / 2) / (
-            n_pos[defined] * n_neg[defined]
-        )
+    return np.stack([rank_auc(probs[..., k], labels == k) for k in range(probs.shape[-1])], axis=1)
+
+
+def rank_auc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Area under the ROC curve of ``(R, N)`` scores for ``(R, N)`` booleans, ``(R,)``: the
+    Mann-Whitney statistic, ties counting one half (average ranks); NaN without both classes.
+    One sort per row, so it serves millions of pixels as well as a few hundred cases."""
+    n_pos = positive.sum(axis=1).astype(float)
+    n_neg = positive.shape[1] - n_pos
+    rank_sum = np.where(positive, rankdata(scores, axis=1), 0).sum(axis=1)
+    aucs = np.full(scores.shape[0], np.nan)
+    defined = (n_pos > 0) & (n_neg > 0)
+    aucs[defined] = (rank_sum[defined] - n_pos[defined] * (n_pos[defined] + 1) / 2) / (n_pos[defined] * n_neg[defined])
     return aucs
 
 
@@ -147,3 +148,10 @@ def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.
     tpr = np.r_[0.0, tps] / max(tps[-1], 1)
     fpr = np.r_[0.0, fps] / max(fps[-1], 1)
     return fpr, tpr, np.r_[np.inf, thresholds]
+
+
+def youden_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The score threshold of ``(N,)`` scores that maximises sensitivity + specificity (Youden's J)
+    against ``(N,)`` booleans; a case is positive from the threshold up."""
+    fpr, tpr, thresholds = roc_curve(scores, positive)
+    return float(thresholds[1:][np.argmax((tpr - fpr)[1:])])

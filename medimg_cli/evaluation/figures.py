@@ -1,5 +1,6 @@
 """The PNG figures of ``medimg eval``: confusion matrix, ROC curves, reliability diagram,
-risk-coverage curve and explanation overlays (3D volumes as three orthogonal slices)."""
+risk-coverage curve, anomaly-score histograms and explanation or anomaly-map overlays (3D
+volumes as three orthogonal slices)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,22 @@ def risk_coverage_figure(path: Path, curve: dict[str, torch.Tensor], quality: st
     axes.set_ylabel(quality + " of the kept cases")
     axes.set_title(f"risk-coverage, uncertainty = predictive entropy ({method})", fontsize=10)
     axes.set_xlim(0, 1)
+    axes.grid(alpha=0.3)
+    save_figure(figure, path)
+
+
+def score_histogram(path: Path, scores: np.ndarray, labels: np.ndarray, threshold: float, names: Sequence[str]) -> None:
+    """Anomaly scores ``(N,)`` of each class (``labels`` 0 normal, 1 abnormal) on shared bins, and
+    the decision threshold."""
+    figure, axes = plt.subplots(figsize=(5.6, 4.0), dpi=110)
+    bins = np.histogram_bin_edges(scores, bins=30)
+    for k, name in enumerate(names):
+        chosen = scores[labels == k]
+        axes.hist(chosen, bins=bins, alpha=0.55, label=f"{name} ({len(chosen)})")
+    axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
+    axes.set_xlabel("anomaly score")
+    axes.set_ylabel("images")
+    axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
     save_figure(figure, path)
 

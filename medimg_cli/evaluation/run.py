@@ -24,16 +24,16 @@ from medimg_cli.data import DataInfo, Splits
 from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError
 from medimg_cli.evaluation import calibration, figures
+from medimg_cli.evaluation.anomalous import anomaly_outputs
 from medimg_cli.evaluation.classification import (
-    PER_CLASS,
     classification_metrics,
     confusion_matrices,
-    overall_names,
     predicted_classes,
-    roc_curve,
+    youden_threshold,
 )
 from medimg_cli.evaluation.document import Evaluation, Settings, unit_of
 from medimg_cli.evaluation.explained import explain_cases
+from medimg_cli.evaluation.intervals import Rule, add_classification, chunked
 from medimg_cli.evaluation.multilabel import multilabel_outputs
 from medimg_cli.evaluation.segmented import segmentation_split
 from medimg_cli.evaluation.uncertainty import Predictions, predict, risk_coverage, sample_statistics
@@ -41,37 +41,7 @@ from medimg_cli.fileio import columns_csv, write_atomic, write_json
 from medimg_cli.reporting.stats import percentile_interval, resample_indices
 from medimg_cli.speed import Speed
 
-Rule = tuple[int | None, float | None]  # (positive class, threshold) of the class predictions
 SUBGROUP_METRICS = ("accuracy", "balanced_accuracy", "f1", "auc", "dice", "hd95")
-
-
-def _chunked(function: Callable[[np.ndarray], dict[str, np.ndarray]], indices: np.ndarray) -> dict[str, np.ndarray]:
-    """``function`` over blocks of resample rows (bounded memory), concatenated."""
-    parts = [function(indices[i : i + 250]) for i in range(0, len(indices), 250)]
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-
-def _classification(
-    result: Evaluation, probs: np.ndarray, labels: np.ndarray, names: tuple[str, ...], indices: np.ndarray, rule: Rule
-) -> None:
-    """Overall and per-class metrics with CIs into ``result``."""
-    point = classification_metrics(labels[None], probs[None], *rule)
-    boot = _chunked(lambda i: classification_metrics(labels[i], probs[i], *rule), indices)
-    cases = len(labels)
-    overall, per_class = {}, {}
-    for name in overall_names(rule[0]):
-        interval = percentile_interval(boot[name])
-        overall[name] = {"value": float(point[name][0]), "low": interval[0], "high": interval[1]}
-        result.add(name, "all", float(point[name][0]), interval, cases)
-    for k, klass in enumerate(names):
-        per_class[klass] = {"cases": int((labels == k).sum())}
-        for name in PER_CLASS:
-            interval = percentile_interval(boot[f"class_{name}"][:, k])
-            value = float(point[f"class_{name}"][0, k])
-            per_class[klass][name] = {"value": value, "low": interval[0], "high": interval[1]}
-            result.add(name, klass, value, interval, cases)
-    result.document["metrics"] = overall
-    result.document["per_class"] = per_class
 
 
 def _calibration(result: Evaluation, probs: np.ndarray, labels: np.ndarray, indices: np.ndarray, bins: int) -> dict:
@@ -100,8 +70,7 @@ def _decision_rule(info: DataInfo, threshold: Any, val_probs: Callable[[], np.nd
         raise ConfigError(f"eval.threshold={threshold} applies to binary classification with a positive class")
     if threshold == "youden":
         probs, labels = val_probs()
-        fpr, tpr, thresholds = roc_curve(probs[:, positive], labels == positive)
-        return positive, float(thresholds[1:][np.argmax((tpr - fpr)[1:])])
+        return positive, youden_threshold(probs[:, positive], labels == positive)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise ConfigError(f"eval.threshold={threshold!r} must be null, youden or a probability in [0, 1]")
     return positive, float(threshold)
@@ -165,7 +134,7 @@ def _subgroup_metrics(cases: dict[str, np.ndarray], members: np.ndarray, indices
     if "probs" in cases:
         probs, labels = cases["probs"][members], cases["label"][members]
         point = classification_metrics(labels[None], probs[None], *rule)
-        boot = _chunked(lambda i: classification_metrics(labels[i], probs[i], *rule), indices)
+        boot = chunked(lambda i: classification_metrics(labels[i], probs[i], *rule), indices)
         for name in SUBGROUP_METRICS[:4]:
             yield name, float(point[name][0]), boot[name]
     for name in SUBGROUP_METRICS[4:]:
@@ -193,7 +162,7 @@ def _classification_outputs(
     """
     stats = sample_statistics(predictions.logits, temperature)
     probs = stats["probs"].numpy().astype(np.float64)
-    _classification(result, probs, labels, names, indices, rule)
+    add_classification(result, probs, labels, names, indices, rule)
     result.document["calibration"] = {"temperature": temperature, "bins": settings.bins}
     if temperature != 1.0:
         plain = sample_statistics(predictions.logits)["probs"].numpy().astype(np.float64)
@@ -270,7 +239,7 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``data``'s ``split`` and write the eval folder (see the module
     docstring) into ``out``. Returns the ``metrics.json`` document, which starts with ``facts``."""
-    info, device = _model_task(data.info, payload["model"]["args"].get("task", data.info.task)), speed.device
+    info = _model_task(data.info, payload["model"]["args"].get("task", data.info.task))
     if settings.explain and (not info.classifies or info.multilabel):
         raise ConfigError("eval.explain needs a single-label classifier (data.task classification or multitask)")
     tensors = data.split(split)
@@ -282,14 +251,56 @@ def evaluate_split(
     indices = resample_indices(count, settings.bootstrap, settings.seed)
     result = Evaluation(document=dict(facts or {}))
     result.document.update(split=split, cases=count, bootstrap=settings.bootstrap, uncertainty=settings.uncertainty)
-    batches = TensorBatches(tensors, batch_size, device)
-    # probabilities for pixel AUC and AP of binary masks, and to resample back to the files' grid
-    keep = settings.save_probabilities or info.num_seg_classes == 2 or any((data.originals or {}).get(split) or [])
-    predictions = predict(model, batches, info, speed, settings.uncertainty, settings.samples, settings.seed, keep)
     out.mkdir(parents=True, exist_ok=True)
     columns: dict[str, list] = {"case": list(range(count)), "id": ids}
     columns |= {c: list(v) for c, v in ((data.meta or {}).get(split) or {}).items()}
+    if info.detects:
+        result.document["task"] = info.task
+        cases, rule = anomaly_outputs(result, out, model, data, split, settings, speed, batch_size, indices)
+    else:
+        cases, rule = _predicted_outputs(
+            result, out, model, data, (split, ids), info, settings, speed, batch_size, indices
+        )
+    columns |= result.columns
+    write_atomic(out / "predictions.csv", columns_csv(columns))
+    groups = _subgroups(data, split, settings.subgroups, cases, settings, rule)
+    if groups["column"]:
+        write_atomic(out / "subgroups.csv", columns_csv(groups))
+    result.document["subgroups"] = sorted(set(groups["column"]))
+    if settings.explain:
+        result.document["explain"] = explain_cases(
+            out / "explain", model, payload, tensors, cases["probs"], ids, info.class_names, settings
+        )
+    distance = result.document.get("distance_unit", "mm")
+    rows = [row | {"unit": unit_of(row["metric"], distance)} for row in result.rows]  # fractions, not percent
+    write_atomic(out / "metrics.csv", columns_csv({k: [r[k] for r in rows] for k in rows[0]}))
+    write_json(out / "metrics.json", result.document)
+    return result.document
+
+
+def _predicted_outputs(
+    result: Evaluation,
+    out: Path,
+    model: nn.Module,
+    data: Splits,
+    split_ids: tuple[str, list[str]],
+    info: DataInfo,
+    settings: Settings,
+    speed: Speed,
+    batch_size: int,
+    indices: np.ndarray,
+) -> tuple[dict[str, np.ndarray], Rule]:
+    """The analyses of a classifier's or segmenter's predictions (metrics, calibration, masks,
+    risk-coverage); fills ``result.columns``. Returns the per-case values for the subgroups and the
+    decision rule. ``split_ids``: the split and its cases' anonymous ids."""
+    split, ids = split_ids
+    tensors = data.split(split)
+    batches = TensorBatches(tensors, batch_size, speed.device)
+    # probabilities for pixel AUC and AP of binary masks, and to resample back to the files' grid
+    keep = settings.save_probabilities or info.num_seg_classes == 2 or any((data.originals or {}).get(split) or [])
+    predictions = predict(model, batches, info, speed, settings.uncertainty, settings.samples, settings.seed, keep)
     cases: dict[str, np.ndarray] = {}
+    columns: dict[str, list] = {}
     rule: Rule = (None, None)
     if info.multilabel:  # independent findings: per-label binary metrics, no softmax calibration
         probs = predictions.logits.double().sigmoid().mean(dim=0).numpy()
@@ -314,17 +325,5 @@ def evaluate_split(
             quality, uncertainty = torch.as_tensor(values["dice"].mean(axis=1)), predictions.seg_entropy
     if not info.multilabel:
         _risk_coverage(result, out, uncertainty, quality, "accuracy" if info.classifies else "Dice", settings)
-    write_atomic(out / "predictions.csv", columns_csv(columns))
-    groups = _subgroups(data, split, settings.subgroups, cases, settings, rule)
-    if groups["column"]:
-        write_atomic(out / "subgroups.csv", columns_csv(groups))
-    result.document["subgroups"] = sorted(set(groups["column"]))
-    if settings.explain:
-        result.document["explain"] = explain_cases(
-            out / "explain", model, payload, tensors, cases["probs"], ids, info.class_names, settings
-        )
-    distance = result.document.get("distance_unit", "mm")
-    rows = [row | {"unit": unit_of(row["metric"], distance)} for row in result.rows]  # fractions, not percent
-    write_atomic(out / "metrics.csv", columns_csv({k: [r[k] for r in rows] for k in rows[0]}))
-    write_json(out / "metrics.json", result.document)
-    return result.document
+    result.columns = columns
+    return cases, rule
