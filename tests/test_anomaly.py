@@ -119,7 +119,7 @@ def test_padim_fits_the_mean_and_covariance_and_scores_mahalanobis_distances():
     model(images[12:])
     model.eval()
     with torch.no_grad():
-        embedded, probed = model.embed(images).numpy(), model.embed(probe)
+        embedded, probed = model.embed(images).double().numpy(), model.embed(probe)
         found = model.distances(probed).numpy()
         maps = model(probe)["anomaly_map"]
     for position in (0, 7, embedded.shape[1] - 1):
@@ -127,7 +127,7 @@ def test_padim_fits_the_mean_and_covariance_and_scores_mahalanobis_distances():
         covariance = np.cov(values.T, bias=True) + 0.01 * np.eye(values.shape[1])
         for b in range(3):
             expected = mahalanobis(probed[b, position].numpy(), values.mean(0), np.linalg.inv(covariance))
-            assert found[b, position] == pytest.approx(expected, rel=1e-6)
+            assert found[b, position] == pytest.approx(expected, rel=1e-4)  # float32 distances
     assert maps.shape == (3, 1, 16, 16) and (maps > 0).all()
 
 
@@ -199,3 +199,19 @@ def test_eval_reports_bootstrap_intervals_pixel_metrics_and_pictures(denoiser):
         assert (out / name).is_file(), name
     header = (out / "predictions.csv").read_text().splitlines()[0]
     assert header.startswith("case,id,label,score,prediction")
+
+
+def test_export_gives_the_anomaly_map_and_score(denoiser):
+    checkpoint = denoiser / "checkpoints" / "best.pt"
+    assert main(["export", f"checkpoint={checkpoint}", "format=torchscript", "device=cpu"]) == 0
+    described = json.loads((denoiser / "export" / "model.pt.json").read_text())
+    assert list(described["outputs"]) == ["anomaly_map", "anomaly_score"]
+
+
+@pytest.mark.slow
+def test_denoising_autoencoder_localises_phantom_lesions(tmp_path):
+    """The experiment's best method at its setting (one seed): pixel AUC of at least 0.90 (about 45 s)."""
+    overrides = [*PHANTOM, "data.num_samples=1500", "model=denoising_autoencoder", "trainer.epochs=60", "device=cpu"]
+    summary = train(compose_config(overrides), tmp_path)
+    assert summary["test"]["pixel_auc"] >= 0.90
+    assert summary["test"]["auc"] >= 0.85

@@ -10,7 +10,7 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 ROOT=runs/benchmark/anomaly_detection
 $MEDIMG benchmark experiment=anomaly_detection "$@"
 # PaDiM needs a trained encoder: each autoencoder run's best.pt, with that run's overrides
-for run in "$ROOT"/*model-autoencoder_*/; do
+for run in "$ROOT"/runs/*model-autoencoder_*/; do
   mapfile -t overrides < <($PYTHON - "$run" <<'PY'
 import sys, yaml
 for item in yaml.safe_load(open(sys.argv[1] + ".hydra/overrides.yaml")):
@@ -18,7 +18,7 @@ for item in yaml.safe_load(open(sys.argv[1] + ".hydra/overrides.yaml")):
         print(item)
 PY
 )
-  target="$ROOT/padim-$(basename "$run")"
+  target="$ROOT/runs/padim-$(basename "$run")"
   if [ ! -f "$target/summary.json" ]; then
     $MEDIMG train "${overrides[@]}" model=padim "model.pretrained=${run}checkpoints/best.pt" trainer.epochs=1 \
       "hydra.run.dir=$target" "$@" > /dev/null

@@ -3,7 +3,8 @@
     medimg export checkpoint=runs/.../checkpoints/best.pt format=onnx
 
 The model is rebuilt from the checkpoint (as ``medimg eval`` does) and wrapped so that it
-returns a tuple of its outputs in a fixed order (``class_logits``, ``seg_logits``) instead of a
+returns a tuple of its outputs in a fixed order (``class_logits``, ``seg_logits``; an anomaly
+detector's ``anomaly_map``, ``anomaly_score``) instead of a
 dict. ONNX goes through ``torch.onnx.export``'s dynamo exporter with a dynamic batch dimension;
 TorchScript through ``torch.jit.trace``. The exported file is then loaded back (onnxruntime for
 ONNX) and run on a batch of test images of another size than the traced one; every output must
@@ -32,7 +33,7 @@ from medimg_cli.trained import load_trained
 
 HELP = "export a checkpoint as ONNX or TorchScript and check its outputs against PyTorch"
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
-OUTPUTS = ("class_logits", "seg_logits")
+OUTPUTS = ("class_logits", "seg_logits", "anomaly_map", "anomaly_score")
 log = logging.getLogger(__name__)
 
 
@@ -111,6 +112,7 @@ def export_checkpoint(
     payload, model, data, speed = load_trained(checkpoint, device, windows=False)
     model = model.float().eval()
     wanted = {"class_logits": data.info.classifies, "seg_logits": data.info.segments}
+    wanted |= {"anomaly_map": data.info.detects, "anomaly_score": data.info.detects}
     names = tuple(name for name in OUTPUTS if wanted[name])
     wrapped = TupleOutputs(model, names).eval()
     images = data.split("test")["image"]

@@ -84,6 +84,14 @@ class Reconstructor(nn.Module):
         raise NotImplementedError
 
 
+def stages(spatial_dims: int, in_channels: int, channels: Sequence[int]) -> AutoEncoder:
+    """MONAI's convolutional encoder (``encode``: stride-2 stages of ``channels``) and mirrored
+    decoder (``decode``), residual units with batch norm; the output has ``in_channels``."""
+    return AutoEncoder(
+        spatial_dims, in_channels, in_channels, channels, (2,) * len(channels), num_res_units=1, norm="batch"
+    )
+
+
 class Memory(nn.Module):
     """Memory module of MemAE (Gong et al. 2019): a latent code is replaced by a sparse
     attention-weighted sum of ``slots`` learned normal prototypes, so an abnormal code can only
@@ -141,9 +149,7 @@ class ConvAutoencoder(Reconstructor):
         noise_std: float = 0.0,
     ) -> None:
         super().__init__(image_size, len(channels), noise_std)
-        self.net = AutoEncoder(
-            spatial_dims, in_channels, in_channels, channels, (2,) * len(channels), num_res_units=1, norm="batch"
-        )
+        self.net = stages(spatial_dims, in_channels, channels)
         flat = channels[-1] * math.prod(self.grid)
         self.encode_latent, self.decode_latent = nn.Linear(flat, latent_size), nn.Linear(latent_size, flat)
         self.memory = Memory(memory_slots, latent_size, shrink) if memory_slots else None
@@ -236,9 +242,7 @@ class HybridAutoencoder(Reconstructor):
         noise_std: float = 0.0,
     ) -> None:
         super().__init__(image_size, len(channels), noise_std)
-        self.net = AutoEncoder(
-            spatial_dims, in_channels, in_channels, channels, (2,) * len(channels), num_res_units=1, norm="batch"
-        )
+        self.net = stages(spatial_dims, in_channels, channels)
         self.narrow, self.widen = nn.Linear(channels[-1], hidden_size), nn.Linear(hidden_size, channels[-1])
         self.position = nn.Parameter(torch.zeros(1, math.prod(self.grid), hidden_size))
         self.blocks = nn.Sequential(*(TransformerBlock(hidden_size, 4 * hidden_size, num_heads) for _ in range(depth)))

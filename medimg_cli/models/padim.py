@@ -89,11 +89,11 @@ class Padim(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("total", torch.zeros(positions, kept, dtype=torch.float64))
         self.register_buffer("outer", torch.zeros(positions, kept, kept, dtype=torch.float64))
-        self._inverse: tuple[float, torch.Tensor, torch.Tensor] | None = None  # (count, mean, precision) cache
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._inverse = None  # other statistics: invert them again
-        super()._load_from_state_dict(*args, **kwargs)
+        # derived from the sums when the model turns to evaluation or is loaded (not saved)
+        self.register_buffer("mean", torch.zeros(positions, kept), persistent=False)
+        eye = torch.eye(kept).expand(positions, -1, -1).clone()
+        self.register_buffer("precision", eye, persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, keys: module._finalise())
 
     def layer_groups(self) -> dict[str, list[str]]:
         return {"encoder": ["encoder"]}
@@ -101,6 +101,8 @@ class Padim(nn.Module):
     def train(self, mode: bool = True) -> Padim:
         super().train(mode)
         self.encoder.eval()  # frozen: batch-norm statistics stay those it was trained with
+        if not mode:
+            self._finalise()
         return self
 
     def _features(self, image: torch.Tensor) -> list[torch.Tensor]:
@@ -117,24 +119,25 @@ class Padim(nn.Module):
         return found
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
-        """``(B, C, *spatial)`` images -> ``(B, positions, features)`` embeddings (float64)."""
+        """``(B, C, *spatial)`` images -> ``(B, positions, features)`` embeddings."""
         found = self._features(image)
         mode = "bilinear" if image.dim() == 4 else "trilinear"
         joined = torch.cat([found[0]] + [F.interpolate(f, size=self.grid, mode=mode) for f in found[1:]], dim=1)
-        return joined[:, self.chosen].flatten(2).transpose(1, 2).double()
+        return joined[:, self.chosen].flatten(2).transpose(1, 2)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training mode: add the images to the statistics. Returns the outputs of
         ``models.anomaly`` (``sample_loss`` the Mahalanobis score, 0 while fitting)."""
         with torch.no_grad():
             embedded = self.embed(image.float())
-            if self.training:
+            if self.training:  # sums in float64: many images, large squares
+                wide = embedded.double()
                 self.count += embedded.shape[0]
-                self.total += embedded.sum(dim=0)
-                self.outer += torch.einsum("bpi,bpj->pij", embedded, embedded)
+                self.total += wide.sum(dim=0)
+                self.outer += torch.einsum("bpi,bpj->pij", wide, wide)
                 zero = torch.zeros(image.shape[0], device=image.device)
                 return {"anomaly_map": torch.zeros_like(image[:, :1]), "anomaly_score": zero, "sample_loss": zero}
-            distance = self.distances(embedded).float()
+            distance = self.distances(embedded)
         mode = "bilinear" if image.dim() == 4 else "trilinear"
         maps = F.interpolate(distance.view(image.shape[0], 1, *self.grid), size=image.shape[2:], mode=mode)
         score = maps.flatten(1).amax(dim=1)
@@ -142,19 +145,19 @@ class Padim(nn.Module):
 
     def distances(self, embedded: torch.Tensor) -> torch.Tensor:
         """Mahalanobis distances ``(B, positions)`` of ``embed``'s ``(B, positions, features)``."""
-        mean, precision = self._statistics()
-        centred = embedded - mean
-        return torch.einsum("bpi,pij,bpj->bp", centred, precision, centred).clamp(min=0).sqrt()
+        centred = embedded - self.mean
+        return torch.einsum("bpi,pij,bpj->bp", centred, self.precision, centred).clamp(min=0).sqrt()
 
-    def _statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mean ``(positions, features)`` and inverse covariance ``(positions, features, features)``;
-        N(0, I) before the first training pass (which only counting FLOPs evaluates)."""
+    @torch.no_grad()
+    def _finalise(self) -> None:
+        """The mean and inverse covariance of each position from the sums (N(0, I) before the first
+        training pass, which only counting FLOPs evaluates)."""
         if self.count == 0:
-            eye = torch.eye(self.total.shape[1], dtype=self.total.dtype, device=self.total.device)
-            return torch.zeros_like(self.total), eye.expand(self.total.shape[0], -1, -1)
-        if self._inverse is None or self._inverse[0] != float(self.count):
-            mean = self.total / self.count
-            covariance = self.outer / self.count - torch.einsum("pi,pj->pij", mean, mean)
-            covariance = covariance + self.epsilon * torch.eye(mean.shape[1], dtype=mean.dtype, device=mean.device)
-            self._inverse = (float(self.count), mean, torch.linalg.inv(covariance))
-        return self._inverse[1], self._inverse[2]
+            self.mean.zero_()
+            self.precision.copy_(torch.eye(self.mean.shape[1], dtype=self.mean.dtype).expand_as(self.precision))
+            return
+        mean = self.total / self.count
+        covariance = self.outer / self.count - torch.einsum("pi,pj->pij", mean, mean)
+        covariance += self.epsilon * torch.eye(mean.shape[1], dtype=mean.dtype, device=mean.device)
+        self.mean.copy_(mean.float())
+        self.precision.copy_(torch.linalg.inv(covariance).float())
