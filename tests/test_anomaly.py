@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, compose_config
+from test_files import data_cfg, image_folder  # noqa: F401 (a fixture)
 from scipy.spatial.distance import mahalanobis
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -67,6 +68,18 @@ def test_normal_classes_by_name_or_index_and_refusals():
         phantom("data.normal_classes=[cyst]")
     with pytest.raises(ConfigError, match="the positive class is abnormal"):
         phantom("data.positive_class=1")
+
+
+def test_a_folder_source_with_masks_becomes_anomaly_splits(image_folder):
+    args = [f"data.root={image_folder / 'images'}", f"data.mask_root={image_folder / 'masks'}"]
+    splits = build_data(data_cfg("folder", *args, "data.task=anomaly", "data.normal_classes=[normal]"))
+    assert (splits.train["label"] == 0).all() and not splits.train["mask"].any()
+    assert len(splits.ids["train"]) == len(splits.train["label"]) == len(splits.names["train"])
+    assert all(name.startswith("normal/") for name in splits.names["train"])
+    for name in ("val", "test"):  # the lesion images are abnormal, their masks the abnormal region
+        split = splits.split(name)
+        assert set(split["label"].tolist()) == {0, 1}
+        assert ((split["mask"].flatten(1).amax(1) > 0) == (split["label"] == 1)).all()
 
 
 def test_image_and_pixel_metrics_match_scikit_learn():
