@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+from PIL import Image
 
 # A run small enough for tests: 64 phantoms of 32x32 (the U-Net needs 32 or more), 2 epochs.
 TINY = [
@@ -92,3 +94,24 @@ def check_test_metrics(run_dir: Path, test: dict) -> None:
     for key in ("dice", "iou"):
         if key in cases:
             assert test[key] == pytest.approx(float(np.mean(cases[key])), abs=1e-6)
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Two classes of 12 images each (40x48), bright squares for 'lesion', masks at 0/255."""
+    rng = np.random.default_rng(0)
+    for label in ("lesion", "normal"):
+        for i in range(12):
+            image = (rng.random((40, 48)) * 80).astype(np.uint8)
+            mask = np.zeros((40, 48), np.uint8)
+            if label == "lesion":
+                image[10:20, 10:20] = 250
+                mask[10:20, 10:20] = 255
+            write_png(tmp_path / "images" / label / f"{i}.png", image)
+            write_png(tmp_path / "masks" / label / f"{i}.png", mask)
+    return tmp_path

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, compose_config
-from test_files import data_cfg, image_folder  # noqa: F401 (a fixture)
 from scipy.spatial.distance import mahalanobis
 from sklearn.metrics import average_precision_score, roc_auc_score
+from test_files import data_cfg
 
 from medimg_cli.cli import main
 from medimg_cli.commands.train import train
 from medimg_cli.data import build_data
 from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError
-from medimg_cli.evaluation.anomalous import anomaly_maps, decided_metrics
+from medimg_cli.evaluation.anomalous import anomaly_maps, decided_metrics, pixel_metrics
 from medimg_cli.loop import evaluate
 from medimg_cli.losses import TaskLoss
 from medimg_cli.metrics import pixel_auc, quality_metrics
@@ -103,6 +103,30 @@ def test_threshold_comes_from_val_and_decides_the_test_metrics():
     assert found["sensitivity"] == pytest.approx(2 / 3)
     assert found["specificity"] == 1.0
     assert found["f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
+
+
+def test_pixel_dice_thresholds_where_dice_is_best_on_val():
+    class Identity(torch.nn.Module):  # the anomaly map is the image
+        def forward(self, image):
+            return {"anomaly_map": image}
+
+    rng = np.random.default_rng(1)
+
+    def split(n):
+        masks = rng.random((n, 1, 8, 8)) < 0.2
+        return {"image": torch.from_numpy(rng.normal(masks * 1.0, 0.7)).float(), "mask": torch.from_numpy(masks)}
+
+    test, val = split(6), split(6)
+    found = pixel_metrics(Identity(), test, val, Speed(torch.device("cpu")), 4)
+    scores, truth = val["image"].flatten().double().numpy(), val["mask"].flatten().numpy()
+
+    def dice(called, truth):
+        return 2 * (called & truth).sum() / (called.sum() + truth.sum())
+
+    best = max(np.unique(scores), key=lambda t: dice(scores >= t, truth))  # every threshold, by brute force
+    assert found["pixel_threshold"] == pytest.approx(best)
+    called = test["image"].flatten().double().numpy() >= best
+    assert found["pixel_dice"] == pytest.approx(dice(called, test["mask"].flatten().numpy()))
 
 
 def test_loss_and_validation_loss_count_normal_images_only():
@@ -208,6 +232,7 @@ def test_eval_reports_bootstrap_intervals_pixel_metrics_and_pictures(denoiser):
     assert document["decision"]["threshold"] == pytest.approx(summary["test"]["threshold"])
     assert document["metrics"]["sensitivity"]["value"] == pytest.approx(summary["test"]["sensitivity"])
     assert 0.5 < document["metrics"]["pixel_auc"]["value"] <= 1 and document["metrics"]["pixel_auc"]["low"] is None
+    assert 0 < document["metrics"]["pixel_dice"]["value"] < 1 and document["decision"]["pixel_threshold"] > 0
     for name in ("anomaly_maps.png", "score_histogram.png", "predictions.csv", "metrics.csv"):
         assert (out / name).is_file(), name
     header = (out / "predictions.csv").read_text().splitlines()[0]

@@ -8,34 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, write_png
 from PIL import Image
 
 from medimg_cli.commands.train import train
 from medimg_cli.data import build_data
 from medimg_cli.data.readers import normalise, read_image
 from medimg_cli.errors import ConfigError
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
-@pytest.fixture
-def image_folder(tmp_path: Path) -> Path:
-    """Two classes of 12 images each (40x48), bright squares for 'lesion', masks at 0/255."""
-    rng = np.random.default_rng(0)
-    for label in ("lesion", "normal"):
-        for i in range(12):
-            image = (rng.random((40, 48)) * 80).astype(np.uint8)
-            mask = np.zeros((40, 48), np.uint8)
-            if label == "lesion":
-                image[10:20, 10:20] = 250
-                mask[10:20, 10:20] = 255
-            write_png(tmp_path / "images" / label / f"{i}.png", image)
-            write_png(tmp_path / "masks" / label / f"{i}.png", mask)
-    return tmp_path
 
 
 def data_cfg(source: str, *overrides: str) -> dict:

@@ -24,7 +24,12 @@ from medimg_cli.data.anomaly import ABNORMAL, CLASS_NAMES
 from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError
 from medimg_cli.evaluation import figures
-from medimg_cli.evaluation.classification import average_precision, classification_metrics, youden_threshold
+from medimg_cli.evaluation.classification import (
+    average_precision,
+    classification_metrics,
+    threshold_counts,
+    youden_threshold,
+)
 from medimg_cli.evaluation.document import Evaluation, Settings
 from medimg_cli.evaluation.intervals import Rule, add_classification
 from medimg_cli.loop import evaluate
@@ -64,14 +69,28 @@ def split_cases(
     return cases.cases(), found
 
 
-def pixel_metrics(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], speed: Speed, size: int) -> dict:
-    """Pixel AUC and average precision of the anomaly maps against the masks, pooled over the
-    split's pixels (a single number each: the pixels of one image are not independent cases)."""
-    maps = torch.cat(
-        [anomaly_maps(model, tensors["image"][i : i + size], speed) for i in range(0, len(tensors["image"]), size)]
-    )
-    scores, truth = maps.flatten().double().numpy(), tensors["mask"].flatten().numpy() > 0
-    return {"pixel_auc": pixel_auc(scores, truth), "pixel_ap": float(average_precision(scores[None], truth[None])[0])}
+def pixel_metrics(model: torch.nn.Module, tensors: Mapping, val: Mapping, speed: Speed, size: int) -> dict:
+    """Pixel AUC and average precision of the anomaly maps against the masks, and the Dice of the
+    maps thresholded where Dice is best on the ``val`` split's pixels, each pooled over the split's
+    pixels (a single number: the pixels of one image are not independent cases)."""
+    scores, truth = _pixels(model, tensors, speed, size)
+    val_scores, val_truth = _pixels(model, val, speed, size)
+    tps, fps, thresholds = threshold_counts(val_scores, val_truth)
+    threshold = float(thresholds[np.argmax(2 * tps / (tps + fps + val_truth.sum()))])
+    called = scores >= threshold
+    return {
+        "pixel_auc": pixel_auc(scores, truth),
+        "pixel_ap": float(average_precision(scores[None], truth[None])[0]),
+        "pixel_dice": float(2 * (called & truth).sum() / max(called.sum() + truth.sum(), 1)),
+        "pixel_threshold": threshold,
+    }
+
+
+def _pixels(model: torch.nn.Module, tensors: Mapping, speed: Speed, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel's anomaly score and whether it is in the abnormal region, ``(P,)`` each."""
+    images = tensors["image"]
+    maps = torch.cat([anomaly_maps(model, images[i : i + size], speed) for i in range(0, len(images), size)])
+    return maps.flatten().double().numpy(), tensors["mask"].flatten().numpy() > 0
 
 
 def anomaly_maps(model: torch.nn.Module, images: torch.Tensor, speed: Speed) -> torch.Tensor:
@@ -121,7 +140,9 @@ def anomaly_outputs(
     how = "given" if isinstance(settings.threshold, (int, float)) else "youden on the val split"
     result.document["decision"] = {"positive_class": "abnormal", "threshold": threshold, "rule": how}
     if "mask" in tensors:
-        for name, value in pixel_metrics(model, tensors, speed, batch_size).items():
+        found = pixel_metrics(model, tensors, data.split("val"), speed, batch_size)
+        result.document["decision"]["pixel_threshold"] = found.pop("pixel_threshold")
+        for name, value in found.items():
             result.add(name, "all", value, (math.nan, math.nan, 0), len(labels))
             result.document["metrics"][name] = {"value": value, "low": math.nan, "high": math.nan}
     write_figures(out, model, tensors, {"score": scores, "label": labels}, threshold, speed, settings.cases)

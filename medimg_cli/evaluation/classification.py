@@ -45,14 +45,14 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     thresholds of precision times the recall gained (``average_precision_score``); NaN without positives."""
     found = np.full(scores.shape[0], np.nan)
     for row, (score, truth) in enumerate(zip(scores, positive, strict=True)):  # a sort per resample
-        tps, fps, _ = _threshold_counts(score, truth)
+        tps, fps, _ = threshold_counts(score, truth)
         if tps[-1] > 0:
             precision, recall = tps / (tps + fps), tps / tps[-1]
             found[row] = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
     return found
 
 
-def _threshold_counts(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def threshold_counts(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """True and false positives ``(T,)`` at each distinct threshold of ``(N,)`` scores against
     ``(N,)`` booleans, highest threshold first, and those thresholds."""
     order = np.argsort(-scores, kind="stable")
@@ -144,7 +144,7 @@ def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.
         false-positive rates, true-positive rates and thresholds, starting at (0, 0) with an
         infinite threshold, as ``sklearn.metrics.roc_curve(drop_intermediate=False)``.
     """
-    tps, fps, thresholds = _threshold_counts(scores, positive)
+    tps, fps, thresholds = threshold_counts(scores, positive)
     tpr = np.r_[0.0, tps] / max(tps[-1], 1)
     fpr = np.r_[0.0, fps] / max(fps[-1], 1)
     return fpr, tpr, np.r_[np.inf, thresholds]
