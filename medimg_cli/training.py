@@ -246,6 +246,12 @@ def _build_model(
             model_cfg.get("pretrained_min_match", 0.5),
         )
     )
+    if getattr(model, "FITTED", False) and not loaded and resume is None:
+        log.warning(
+            "model '%s' fits statistics on the features of an encoder with random weights; give trained ones with "
+            "model.pretrained=<a medimg autoencoder's best.pt> (or imagenet)",
+            cfg.model.name,
+        )
     frozen = freeze(model, model_cfg.get("freeze"))
     batch_size = cfg.trainer.batch_size
     if processes > 1 and batch_size % processes:

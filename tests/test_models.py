@@ -114,7 +114,8 @@ def test_medimg_train_runs_every_model_and_task(name, task, tmp_path):
         [*TINY, "trainer.epochs=1", f"model={name}", f"data.task={task}", f"data.image_size={size}", *small]
     )
     summary = train(cfg, tmp_path)
-    assert summary["parameters"] >= summary["trainable_parameters"] > 0
+    fitted = getattr(MODELS.get(name), "FITTED", False)  # padim fits statistics: nothing is trained
+    assert summary["parameters"] >= summary["trainable_parameters"] > 0 or (fitted and summary["parameters"] > 0)
     assert summary["flops_per_image"] > 0
     assert (tmp_path / "model.md").is_file()
     # the checkpoint alone rebuilds the model (image_size and all) and reproduces the test metrics
