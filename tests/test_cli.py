@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,3 +220,25 @@ def test_help_into_a_closed_pipe_is_not_a_traceback():
     process.stdout.close()  # before medimg writes anything: its first write meets a closed pipe
     stderr = process.stderr.read()
     assert process.wait(timeout=120) in (0, 141) and "Traceback" not in stderr, stderr
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_a_terminal_shows_the_last_epochs_metrics_while_the_next_one_trains(tmp_path):
+    run, session = tmp_path / "run", f"medimg-test-{tmp_path.name}"
+    train = f"{sys.executable} -m medimg_cli train data.num_samples=400 trainer.epochs=30 trainer.table_every=100"
+    command = f"{train} device=cpu hydra.run.dir={run}; sleep 60"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "40", command], check=True)
+    live = []  # progress lines of epochs 2-29 that carry the epoch before's numbers
+    try:
+        deadline = time.monotonic() + 300
+        while not live and time.monotonic() < deadline and not (run / "summary.json").is_file():
+            capture = ["tmux", "capture-pane", "-p", "-t", session]
+            for line in subprocess.run(capture, capture_output=True, text=True).stdout.splitlines():
+                epoch = re.search(r"epoch (\d+)/30", line)
+                if epoch and 1 < int(epoch.group(1)) < 30 and "ETA" in line:
+                    live.append(line)
+            time.sleep(0.2)
+    finally:  # stops the training too
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+    assert live, "no progress line with the last epoch's numbers was seen during training"
+    assert re.search(r"loss \d\.\d{4}  val_loss \d\.\d{4} \(best \d\.\d{4} @ \d+\)  ETA \dm\d\ds", live[-1]), live[-1]
