@@ -66,6 +66,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     check_arguments("model", f"model '{name}'", cls, kwargs)
     try:
         return cls(**kwargs)
+    except ConfigError:  # the model's own one-line reason
+        raise
     except (TypeError, ValueError, AssertionError) as error:
         raise ConfigError(f"model '{name}' cannot be built from {kwargs}: {error}") from error
 
