@@ -26,8 +26,8 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check medimg_cli tests benchmarks
-	$(BIN)/ruff format --check medimg_cli tests benchmarks
+	$(BIN)/ruff check medimg medimg_cli tests benchmarks
+	$(BIN)/ruff format --check medimg medimg_cli tests benchmarks
 
 clean:
 	rm -rf $(VENV) outputs runs multirun .pytest_cache
