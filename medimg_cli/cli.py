@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import medimg_cli.commands
+import medimg_cli.conf
 from medimg_cli.errors import unknown_choice
-from medimg_cli.hydra_app import print_error
+from medimg_cli.hydra_app import print_error, run_hydra
 
 
 def commands() -> dict[str, str]:
@@ -71,7 +72,22 @@ def _main(argv: list[str]) -> int:
     if name not in available:
         print_error(None, str(unknown_choice("command", name, available)))
         return 2
+    config = _help_config(argv)
+    if config is not None:  # Hydra's help needs the config alone: not the command's torch and MONAI
+        words = config.split("_")
+        return run_hydra(" ".join(words), lambda cfg: None, argv[len(words) :])
     return importlib.import_module(f"medimg_cli.commands.{name}").main(argv[1:])
+
+
+def _help_config(argv: list[str]) -> str | None:
+    """The config a ``--help`` line asks about (``train``, ``augment_preview``...), else ``None``."""
+    if not any(arg in ("-h", "--help", "--hydra-help") for arg in argv[1:]):
+        return None
+    conf = Path(medimg_cli.conf.__file__).parent
+    for words in (argv[:2], argv[:1]):  # a subcommand's config first: augment preview
+        if all(not w.startswith("-") for w in words) and (conf / f"{'_'.join(words)}.yaml").is_file():
+            return "_".join(words)
+    return None
 
 
 if __name__ == "__main__":

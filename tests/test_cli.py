@@ -242,3 +242,12 @@ def test_a_terminal_shows_the_last_epochs_metrics_while_the_next_one_trains(tmp_
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
     assert live, "no progress line with the last epoch's numbers was seen during training"
     assert re.search(r"loss \d\.\d{4}  val_loss \d\.\d{4} \(best \d\.\d{4} @ \d+\)  ETA \dm\d\ds", live[-1]), live[-1]
+
+
+@pytest.mark.parametrize("argv", [["train", "--help"], ["augment", "preview", "--help"], ["eval", "split=val", "-h"]])
+def test_a_command_s_help_does_not_import_torch(argv):
+    # what makes `medimg train --help` take seconds is importing torch and MONAI; its help is the config
+    code = f"import sys\nfrom medimg_cli.cli import main\ntry: main({argv!r})\nfinally: print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Usage: medimg" in result.stdout, result.stdout[-500:] + result.stderr[-500:]
+    assert result.stdout.splitlines()[-1] == "False"
