@@ -29,10 +29,11 @@ def tile(image: torch.Tensor, mask: torch.Tensor | None = None) -> np.ndarray:
 
 
 def grid_image(rows: Sequence[Sequence[np.ndarray]], min_height: int = 256) -> Image.Image:
-    """Tiles laid out row by row (2-pixel gaps), scaled up by a whole factor to ``min_height``."""
+    """Tiles laid out row by row (2-pixel gaps), scaled up by the smallest whole factor (nearest
+    neighbour, so pixels stay pixels) that makes the picture at least ``min_height`` high."""
     lines = [np.concatenate([np.pad(t, ((0, 0), (0, 2), (0, 0))) for t in row], axis=1) for row in rows if row]
     width = max(line.shape[1] for line in lines)
     padded = [np.pad(line, ((0, 2), (0, width - line.shape[1]), (0, 0))) for line in lines]
     grid = Image.fromarray(np.concatenate(padded, axis=0))
-    scale = max(1, min_height // grid.height)
+    scale = max(1, -(-min_height // grid.height))
     return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)

@@ -1,10 +1,12 @@
 """Experiment tracking beside ``metrics.csv``: TensorBoard by default, MLflow on request.
 
 - TensorBoard (``tracking.tensorboard``, on by default): ``<run>/tensorboard/`` holds every
-  numeric column of ``metrics.csv`` as a scalar per epoch, the test metrics at the last epoch,
-  and every ``tracking.image_every`` epochs a picture of ``tracking.images`` validation images:
-  the true mask (red) above the predicted one, or the images with ``label -> prediction`` as
-  text when the model only classifies. A resumed run purges events after its last saved epoch.
+  numeric column of ``metrics.csv`` as a scalar per epoch, grouped ``train/``, ``val/`` and
+  ``time/`` (``tag``), the test metrics (``test/``) at the last epoch with the main settings in
+  the HParams tab, and every ``tracking.image_every`` epochs a picture (at least 256 px high) of
+  ``tracking.images`` validation images: the true mask (red) above the predicted one, or the
+  images with ``label -> prediction`` as text when the model only classifies. A resumed run
+  purges events after its last saved epoch.
 - MLflow (``tracking.mlflow=true``): the resolved config as parameters (dotted keys), the same
   metrics per epoch and the test metrics, in the store ``tracking.mlflow_uri`` (default: the
   SQLite file ``mlruns/mlflow.db`` in the working directory, MLflow 3's local store; its file
@@ -29,9 +31,32 @@ import torch
 from medimg_cli.data import DataInfo
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_json
-from medimg_cli.pictures import tile
+from medimg_cli.pictures import grid_image, tile
 
 MLFLOW_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
+SAMPLE_HEIGHT = 256  # sample pictures are scaled up (whole factors, nearest) to at least this many pixels
+# the settings shown in TensorBoard's HParams tab beside each run's test metrics
+HPARAMS = ("model.name", "data.name", "data.task", "augment.name", "loss.name", "optim.name", "optim.lr",
+           "optim.weight_decay", "scheduler.name", "trainer.batch_size", "trainer.epochs", "seed")  # fmt: skip
+
+
+def tag(column: str) -> str:
+    """The TensorBoard tag of a ``metrics.csv`` column, grouped by where it was measured:
+    ``val_auc`` -> ``val/auc``, ``train_loss`` -> ``train/loss``, ``epoch_seconds`` -> ``time/epoch_seconds``."""
+    group, _, name = column.partition("_")
+    return f"{group}/{name}" if group in ("train", "val", "test") and name else f"time/{column}"
+
+
+def hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``HPARAMS`` of the resolved config, as numbers, booleans or text (what TensorBoard takes)."""
+    found = {}
+    for key in HPARAMS:
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is not None:
+            found[key] = value if isinstance(value, (int, float, bool, str)) else str(value)
+    return found
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -62,6 +87,7 @@ class Tracker:
 
     def __init__(self, settings: Mapping | None, run_dir: Path, config: Mapping, first_epoch: int) -> None:
         settings = dict(settings or {})
+        self.config = config
         self.images = int(settings.get("images", 4))
         self.image_every = int(settings.get("image_every", 1))
         self.writer = None
@@ -78,7 +104,7 @@ class Tracker:
         values, epoch = _numbers(row), int(row["epoch"])
         if self.writer is not None:
             for key, value in values.items():
-                self.writer.add_scalar(key, value, epoch)
+                self.writer.add_scalar(tag(key), value, epoch)
             if samples is not None:
                 self.writer.add_image("val_samples", samples["picture"], epoch, dataformats="HWC")
                 if samples["text"]:
@@ -95,7 +121,10 @@ class Tracker:
         values = {f"test_{k}": v for k, v in _numbers(test).items()}
         if self.writer is not None:
             for key, value in values.items():
-                self.writer.add_scalar(key, value, epoch)
+                self.writer.add_scalar(tag(key), value, epoch)
+            # the HParams tab: this run's settings beside its test metrics (in the run's own folder)
+            metrics = {f"hparams/{key}": value for key, value in values.items()}
+            self.writer.add_hparams(hparams(self.config), metrics, run_name=".", global_step=epoch)
             self.writer.close()
         if self.mlflow is not None:
             self.mlflow.metrics(values, epoch)
@@ -127,8 +156,7 @@ def sample_predictions(outputs: dict[str, torch.Tensor], info: DataInfo, batch: 
             f"image {i}: {names[label]} -> {names[guess]}"
             for i, (label, guess) in enumerate(zip(batch["label"].tolist(), predicted, strict=True))
         )
-    lines = [np.concatenate([np.pad(t, ((1, 1), (1, 1), (0, 0))) for t in row], axis=1) for row in rows]
-    return {"picture": np.concatenate(lines, axis=0), "text": text}
+    return {"picture": np.asarray(grid_image(rows, SAMPLE_HEIGHT)), "text": text}
 
 
 class _MlflowRun:

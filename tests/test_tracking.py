@@ -23,14 +23,16 @@ def test_tensorboard_holds_every_metric_per_epoch_and_sample_pictures(tiny_cfg, 
     summary = train(tiny_cfg("trainer.epochs=3", "tracking.images=3"), tmp_path)
     rows = read_metrics_csv(tmp_path / "metrics.csv")
     events = _events(tmp_path)
-    for column in ("train_loss", "val_loss", "val_accuracy", "val_dice", "epoch_seconds"):
-        logged = events.Scalars(column)
+    for column, tag in (("train_loss", "train/loss"), ("val_loss", "val/loss"), ("val_accuracy", "val/accuracy"),
+                        ("val_dice", "val/dice"), ("epoch_seconds", "time/epoch_seconds")):  # fmt: skip
+        logged = events.Scalars(tag)
         assert [e.step for e in logged] == [1, 2, 3], column
         assert [e.value for e in logged] == pytest.approx([r[column] for r in rows], rel=1e-6), column
-    assert events.Scalars("test_dice")[0].value == pytest.approx(summary["test"]["dice"], rel=1e-6)
+    assert events.Scalars("test/dice")[0].value == pytest.approx(summary["test"]["dice"], rel=1e-6)
     pictures = events.Images("val_samples")
     assert [p.step for p in pictures] == [1, 2, 3]
-    assert (pictures[0].width, pictures[0].height) == (3 * 34, 2 * 34)  # 3 images; true and predicted masks
+    # 3 images of 32 px with 2 px gaps, true and predicted masks: scaled x4 to at least 256 px
+    assert (pictures[0].width, pictures[0].height) == (4 * 3 * 34, 4 * 2 * 34)
     assert "image 0: " in events.Tensors("val_samples/text_summary")[0].tensor_proto.string_val[0].decode()
 
 
@@ -52,9 +54,23 @@ def test_mlflow_records_params_and_metrics_and_a_resume_continues_its_run(tmp_pa
     assert [m.value for m in history] == pytest.approx([r["val_loss"] for r in rows])
     assert logged.data.metrics["test_accuracy"] == pytest.approx(summary["test"]["accuracy"])
     assert logged.info.status == "FINISHED"
-    assert [e.step for e in _events(run).Scalars("val_loss")] == [1, 2, 3]  # the resume purged nothing twice
+    assert [e.step for e in _events(run).Scalars("val/loss")] == [1, 2, 3]  # the resume purged nothing twice
 
 
 def test_tracking_can_be_switched_off(tiny_cfg, tmp_path):
     train(tiny_cfg("tracking.tensorboard=false"), tmp_path)
     assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "mlflow.json").exists()
+
+
+def test_tensorboard_hparams_tab_holds_the_settings_and_test_metrics(tiny_cfg, tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    summary = train(tiny_cfg("optim.lr=0.003", "data.task=classification"), tmp_path)
+    events = _events(tmp_path)
+    content = events.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    settings = session.session_start_info.hparams
+    assert settings["optim.lr"].number_value == pytest.approx(0.003) and settings["model.name"].string_value == "cnn"
+    assert settings["data.task"].string_value == "classification" and settings["seed"].number_value == 0
+    logged = events.Scalars("hparams/test_accuracy")
+    assert logged[0].value == pytest.approx(summary["test"]["accuracy"], rel=1e-6)
