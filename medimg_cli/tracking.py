@@ -7,6 +7,10 @@
   ``tracking.images`` validation images: the true mask (red) above the predicted one, or the
   images with ``label -> prediction`` as text when the model only classifies. A resumed run
   purges events after its last saved epoch.
+- Weights & Biases (``tracking.wandb=true``, ``pip install 'medimg[wandb]'``): the resolved
+  config, the same metrics and pictures and the test metrics in the run summary, project
+  ``tracking.wandb_project``; ``WANDB_MODE=offline`` needs no network. The W&B run id is kept in
+  ``<run>/wandb.json`` so that a resumed run continues the same W&B run.
 - MLflow (``tracking.mlflow=true``): the resolved config as parameters (dotted keys), the same
   metrics per epoch and the test metrics, in the store ``tracking.mlflow_uri`` (default: the
   SQLite file ``mlruns/mlflow.db`` in the working directory, MLflow 3's local store; its file
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,14 +95,15 @@ class Tracker:
         self.config = config
         self.images = int(settings.get("images", 4))
         self.image_every = int(settings.get("image_every", 1))
-        self.writer = None
-        self.mlflow = None
+        self.writer = self.mlflow = self.wandb = None
         if settings.get("tensorboard", True):
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch)
         if settings.get("mlflow", False):
             self.mlflow = _MlflowRun(settings, run_dir, config)
+        if settings.get("wandb", False):
+            self.wandb = _WandbRun(settings, run_dir, config)
 
     def epoch(self, row: Mapping[str, Any], samples: Mapping[str, Any] | None = None) -> None:
         """Log one ``metrics.csv`` row; ``samples`` from ``sample_predictions`` when due."""
@@ -112,9 +118,12 @@ class Tracker:
             self.writer.flush()
         if self.mlflow is not None:
             self.mlflow.metrics(values, epoch)
+        if self.wandb is not None:
+            self.wandb.log(values, epoch, samples)
 
     def wants_samples(self, epoch: int) -> bool:
-        return self.writer is not None and self.images > 0 and epoch % self.image_every == 0
+        wanted = self.writer is not None or self.wandb is not None
+        return wanted and self.images > 0 and epoch % self.image_every == 0
 
     def finish(self, test: Mapping[str, Any], epoch: int) -> None:
         """Log the test metrics (as ``test_<name>``) and close."""
@@ -129,6 +138,8 @@ class Tracker:
         if self.mlflow is not None:
             self.mlflow.metrics(values, epoch)
             self.mlflow.close()
+        if self.wandb is not None:
+            self.wandb.finish(values)
 
 
 @torch.no_grad()
@@ -199,3 +210,34 @@ class _MlflowRun:
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
+
+
+class _WandbRun:
+    """One Weights & Biases run, created or continued (its id is kept in ``<run>/wandb.json``):
+    the resolved config, metrics per epoch (step = epoch, tags as TensorBoard's), the sample
+    pictures and the test metrics in the run summary. ``WANDB_MODE=offline`` writes it under
+    ``<run>/wandb/`` without a network, for ``wandb sync`` later."""
+
+    def __init__(self, settings: Mapping, run_dir: Path, config: Mapping) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("tracking.wandb=true needs Weights & Biases: pip install 'medimg[wandb]'") from None
+        self.wandb, record = wandb, run_dir / "wandb.json"
+        run_id = json.loads(record.read_text())["run_id"] if record.is_file() else secrets.token_hex(6)
+        project = settings.get("wandb_project") or "medimg"
+        self.run = wandb.init(
+            project=project, id=run_id, resume="allow", name=run_dir.name, dir=str(run_dir), config=dict(config),
+            settings=wandb.Settings(silent=True),
+        )  # fmt: skip
+        write_json(record, {"project": project, "run_id": run_id})
+
+    def log(self, values: Mapping[str, float], step: int, samples: Mapping[str, Any] | None = None) -> None:
+        found: dict[str, Any] = {tag(key): value for key, value in values.items()}
+        if samples is not None:
+            found["val/samples"] = self.wandb.Image(samples["picture"], caption=samples["text"] or None)
+        self.run.log(found, step=step)
+
+    def finish(self, test: Mapping[str, float]) -> None:
+        self.run.summary.update({tag(key): value for key, value in test.items()})
+        self.run.finish()

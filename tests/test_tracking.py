@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+from pathlib import Path
 
 import pytest
 from conftest import compose_config
@@ -74,3 +76,61 @@ def test_tensorboard_hparams_tab_holds_the_settings_and_test_metrics(tiny_cfg, t
     assert settings["data.task"].string_value == "classification" and settings["seed"].number_value == 0
     logged = events.Scalars("hparams/test_accuracy")
     assert logged[0].value == pytest.approx(summary["test"]["accuracy"], rel=1e-6)
+
+
+def wandb_records(path: Path):
+    """The records of a W&B run file (``run-<id>.wandb``: a LevelDB log of protobuf ``Record``s
+    in 32 KiB blocks after a 7-byte header), read here because wandb no longer ships a reader."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, header = path.read_bytes(), 32768, 7
+    assert data[:4] == b":W&B"
+    position, chunks = header, []
+    while position + header <= len(data):
+        left = block - position % block
+        _, length, kind = struct.unpack("<IHB", data[position : position + header]) if left >= header else (0, 0, 0)
+        if kind == 0:  # the zero padding at the end of a block
+            position += left
+            continue
+        chunks.append(data[position + header : position + header + length])
+        position += header + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(chunks))
+            chunks = []
+            yield record
+
+
+def test_wandb_offline_holds_config_metrics_pictures_and_test_metrics_and_a_resume_continues(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    base = ["data.num_samples=64", "data.image_size=32", "trainer.batch_size=16", "device=cpu", "tracking.wandb=true"]
+    run = tmp_path / "run"
+    train(compose_config([*base, "trainer.epochs=2"]), run)
+    first = json.loads((run / "wandb.json").read_text())["run_id"]
+    resumed = [*base, "trainer.epochs=3", "trainer.resume=true"]
+    summary = train(compose_config(resumed), run, overrides=resumed[-2:])
+    assert json.loads((run / "wandb.json").read_text())["run_id"] == first
+    files = sorted(run.glob(f"wandb/offline-run-*-{first}/run-{first}.wandb"))
+    assert len(files) == 2  # one per session, the same W&B run
+    records = [r for f in files for r in wandb_records(f)]
+
+    def key(item) -> str:  # W&B keeps keys in nested_key: ["val/loss"], ["val/samples", "height"]
+        return item.key or "/".join(item.nested_key)
+
+    history = [
+        (r.history.step.num, i) for r in records if r.WhichOneof("record_type") == "history" for i in r.history.item
+    ]
+    losses = {step: json.loads(i.value_json) for step, i in history if key(i) == "val/loss"}
+    assert losses == pytest.approx({int(r["epoch"]): r["val_loss"] for r in read_metrics_csv(run / "metrics.csv")})
+    picture = {i.nested_key[1]: json.loads(i.value_json) for _, i in history if i.nested_key[:1] == ["val/samples"]}
+    assert picture["_type"] == "image-file" and picture["height"] >= 256
+    updates = [i for r in records if r.WhichOneof("record_type") == "summary" for i in r.summary.update]
+    summaries = {key(i): json.loads(i.value_json) for i in updates}
+    assert summaries["test/accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    config = {
+        i.key: json.loads(i.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "run"
+        for i in r.run.config.update
+    }
+    assert config["optim"]["lr"] == 0.001 and config["model"]["name"] == "cnn"
