@@ -3,6 +3,8 @@ ignore, a module nobody imports, and the keys a resume may change versus those a
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,8 @@ from medimg_cli.augment.geometric import GeometricTransform, _eye
 from medimg_cli.benchmark.grid import _without_ignored
 from medimg_cli.data import DataInfo
 from medimg_cli.data.cache import NOT_DECODING_KEYS, cache_key
+from medimg_cli.errors import ConfigError
+from medimg_cli.models.transfer import group_parameters
 from medimg_cli.resume import NEUTRAL_KEYS, RESUMABLE_KEYS, neutral, resumable
 
 CONF = Path(medimg_cli.__file__).parent / "conf"
@@ -81,6 +85,71 @@ def test_a_new_model_or_source_module_is_found_without_being_listed(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["Tiny", "toy", "source", "called"], result.stderr[-2000:]
+
+
+PLUGIN = """
+import math
+import torch
+from torch import nn
+from medimg_cli.data import DataInfo, Splits
+
+
+class TinyMLP(nn.Module):  # no layer_groups(): one group
+    TASKS = ("classification",)
+
+    def __init__(self, spatial_dims, in_channels, num_classes, num_seg_classes, task, image_size, hidden=16):
+        super().__init__()
+        width = in_channels * math.prod(image_size)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, image):
+        return {"class_logits": self.body(image)}
+
+
+def stripes(cfg):  # class 1: a bright row
+    labels = torch.arange(90) % 2
+    images = torch.rand(90, 1, 8, 8, generator=torch.Generator().manual_seed(cfg["seed"])) * 0.5
+    images[labels == 1, 0, 3] += 1.0
+    parts = {"train": slice(0, 60), "val": slice(60, 75), "test": slice(75, 90)}
+    splits = {name: {"image": images[part], "label": labels[part]} for name, part in parts.items()}
+    return Splits(**splits, info=DataInfo("classification", 2, 1, 2, 0, ("plain", "striped")), fingerprint="stripes")
+"""
+
+
+def test_an_installed_package_s_model_and_source_train_and_evaluate(tmp_path):
+    (tmp_path / "medimg_plugin_demo").mkdir()
+    (tmp_path / "medimg_plugin_demo" / "__init__.py").write_text(PLUGIN)
+    info = tmp_path / "medimg_plugin_demo-0.1.dist-info"  # what pip install writes: the entry points
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: medimg-plugin-demo\nVersion: 0.1\n")
+    points = "[medimg.models]\ntiny_mlp = medimg_plugin_demo:TinyMLP\n\n"
+    (info / "entry_points.txt").write_text(points + "[medimg.sources]\nstripes = medimg_plugin_demo:stripes\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = tmp_path / "run"
+    train = ["model=plugin", "model.name=tiny_mlp", "+model.hidden=8", "data=plugin", "data.source=stripes"]
+    train += ["data.name=stripes", "trainer.epochs=3", "device=cpu", f"hydra.run.dir={run}"]
+    for argv in (["train", *train], ["eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", "eval.bootstrap=50"]):
+        result = subprocess.run([sys.executable, "-m", "medimg_cli", *argv], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["model"] == "tiny_mlp" and summary["layers"][0]["group"] == "model"
+    document = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert document["metrics"]["accuracy"]["value"] == pytest.approx(summary["test"]["accuracy"], abs=1e-6)
+
+
+def test_a_parameter_in_no_layer_group_is_named_with_the_fix():
+    class Forgetful(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+
+        def layer_groups(self):
+            return {"encoder": ["encoder"]}
+
+    with pytest.raises(ConfigError, match=r"Forgetful.layer_groups\(\) puts parameter head.weight in no layer group"):
+        group_parameters(Forgetful())
+    del Forgetful.layer_groups  # without layer_groups() the model is one group
+    assert list(group_parameters(Forgetful())) == ["model"]
 
 
 def test_keys_a_benchmark_ignores_are_resumable_and_come_from_one_place():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from medimg_cli.errors import ConfigError, unknown_choice
+from medimg_cli.plugins import load_plugins
 from medimg_cli.registry import Registry
 
 SUPERVISED = ("classification", "segmentation", "multitask")  # what a source reads
@@ -135,9 +136,12 @@ def build_data(cfg: Mapping) -> Splits:
         raise unknown_choice("data.task", cfg.get("task"), TASKS)
     source = cfg.get("source")
     modules = source_modules()
-    if source not in modules:
-        raise unknown_choice("data.source", source, modules)
-    importlib.import_module(f"{__name__}.{modules[source]}")
+    if source in modules:
+        importlib.import_module(f"{__name__}.{modules[source]}")
+    else:  # a source an installed package declares (entry point group medimg.sources)
+        load_plugins("medimg.sources", SOURCES)
+        if source not in SOURCES:
+            raise unknown_choice("data.source", source, [*modules, *SOURCES.names()])
     if cfg["task"] == "anomaly":
         from medimg_cli.data.anomaly import anomaly_splits, source_task  # it imports this module
 

@@ -6,7 +6,9 @@ it), plus the keys of its YAML file except ``name``, ``pretrained`` and ``freeze
 ``medimg_cli.models.transfer`` applies after building). It returns a dict of logits:
 ``class_logits`` ``(B, num_classes)`` when the task classifies and ``seg_logits``
 ``(B, num_seg_classes, *spatial)`` when it segments; ``layer_groups()`` names its parameter
-groups (encoder first, then ``head`` / ``decoder``), and ``TASKS`` lists the tasks it can do.
+groups (encoder first, then ``head`` / ``decoder``; optional: without it the model is one group
+``model``), and ``TASKS`` lists the tasks it can do. Installed packages add models through the
+entry point group ``medimg.models`` (``medimg_cli/plugins.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from medimg_cli.data import DataInfo
 from medimg_cli.errors import ConfigError, check_arguments
+from medimg_cli.plugins import load_plugins
 from medimg_cli.registry import Registry
 
 MODELS: Registry[type[nn.Module]] = Registry("model")
@@ -30,9 +33,11 @@ TRANSFER_KEYS = ("pretrained", "pretrained_min_match", "freeze")  # applied to t
 
 
 def _load_all() -> None:
-    """Import every module of this package, so each family registers itself (no list to forget)."""
+    """Import every module of this package, so each family registers itself (no list to forget),
+    and the models installed packages declare (entry point group ``medimg.models``)."""
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
+    load_plugins("medimg.models", MODELS)
 
 
 def model_args(cfg: Mapping, info: DataInfo) -> dict[str, Any]:

@@ -36,14 +36,28 @@ FREEZE_CHOICES = ("none", "backbone", "backbone_but_last")
 
 def group_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """Group name -> its ``(name, parameter)`` pairs, in the order of ``model.layer_groups()``."""
-    groups = model.layer_groups()
+    groups = layer_groups(model)
     out: dict[str, list[tuple[str, nn.Parameter]]] = {group: [] for group in groups}
     for name, parameter in model.named_parameters():
-        owners = [g for g, prefixes in groups.items() if any(name == p or name.startswith(p + ".") for p in prefixes)]
+        owners = [g for g, prefixes in groups.items() if any(_owns(p, name) for p in prefixes)]
         if len(owners) != 1:
-            raise RuntimeError(f"parameter {name} is in {len(owners)} layer groups of {type(model).__name__}")
+            where = "no layer group" if not owners else f"{len(owners)} layer groups ({', '.join(owners)})"
+            raise ConfigError(
+                f"{type(model).__name__}.layer_groups() puts parameter {name} in {where}; each must be in exactly "
+                "one: list its module's name (a prefix of the parameter's) in one group, or drop layer_groups()"
+            )
         out[owners[0]].append((name, parameter))
     return out
+
+
+def layer_groups(model: nn.Module) -> dict[str, list[str]]:
+    """The model's ``layer_groups()``, or one group ``model`` holding everything when it has none."""
+    return model.layer_groups() if hasattr(model, "layer_groups") else {"model": [""]}
+
+
+def _owns(prefix: str, name: str) -> bool:
+    """Whether the module path ``prefix`` ("" for the whole model) holds the parameter ``name``."""
+    return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
 
 def adapt_in_channels(weight: torch.Tensor, shape: Sequence[int]) -> torch.Tensor | None:
@@ -162,7 +176,7 @@ def freeze(model: nn.Module, spec: Any) -> list[str]:
     deepest encoder group trainable too. Frozen modules are kept in eval mode by a forward
     pre-hook, so ``model.train()`` does not update their batch-norm statistics.
     """
-    groups = list(model.layer_groups())
+    groups = list(layer_groups(model))
     encoder = [g for g in groups if g not in HEAD_GROUPS]
     if spec is None or spec == "none":
         return []
@@ -181,7 +195,7 @@ def freeze(model: nn.Module, spec: Any) -> list[str]:
     for group in chosen:
         for _, parameter in parameters[group]:
             parameter.requires_grad_(False)
-        for prefix in model.layer_groups()[group]:
+        for prefix in layer_groups(model)[group]:
             module = _submodule(model, prefix)
             if module is not None:
                 module.register_forward_pre_hook(_keep_eval)
