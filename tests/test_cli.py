@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -224,7 +225,7 @@ def test_help_into_a_closed_pipe_is_not_a_traceback():
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_a_terminal_shows_the_last_epochs_metrics_while_the_next_one_trains(tmp_path):
-    run, session = tmp_path / "run", f"medimg-test-{tmp_path.name}"
+    run, session = tmp_path / "run", f"medimg-test-{os.getpid()}-{time.monotonic_ns()}"
     train = f"{sys.executable} -m medimg_cli train data.num_samples=400 trainer.epochs=30 trainer.table_every=100"
     command = f"{train} device=cpu hydra.run.dir={run}; sleep 60"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "40", command], check=True)
