@@ -20,6 +20,8 @@ from medimg_cli.checkpoint import load_checkpoint
 from medimg_cli.models import model_names
 from medimg_cli.results import read_metrics_csv
 
+MODEL_OPTIONS = sorted([*model_names(), "plugin"])  # conf/model/*.yaml
+
 
 def assert_complete(run: Path, epochs: int) -> None:
     for name in (*RUN_FILES, ".hydra/config.yaml"):
@@ -43,8 +45,8 @@ def test_unknown_command_exits_2_with_a_suggestion():
 def test_train_help_shows_groups_and_options():
     result = run_cli("train", "--help")
     assert result.returncode == 0
-    # the help lists each group's YAML options; they must be exactly the registered names
-    assert f"model: {', '.join(model_names())}" in result.stdout
+    # the help lists each group's YAML options: the registered names, and plugin (an installed package's)
+    assert f"model: {', '.join(MODEL_OPTIONS)}" in result.stdout
     recipes = sorted(path.stem for path in (Path(medimg_cli.__file__).parent / "conf" / "augment").glob("*.yaml"))
     assert f"augment: {', '.join(recipes)}" in result.stdout
 
@@ -52,7 +54,7 @@ def test_train_help_shows_groups_and_options():
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("model=nope", f"unknown model 'nope'. Valid: {', '.join(model_names())}."),
+        ("model=nope", f"unknown model 'nope'. Valid: {', '.join(MODEL_OPTIONS)}."),
         ("optim.lr=abc", "optim.lr='abc' must be a number, e.g. optim.lr=0.001"),
         ("optim.lrr=0.1", "Could not override 'optim.lrr'"),
         ("data.task=detection", "unknown data.task 'detection'. Valid: anomaly, classification, multitask"),
