@@ -133,7 +133,7 @@ def evaluate(
             warm += timed_forward(model, batch, speed, batches.device)[1]
         outputs, elapsed = timed_forward(model, batch, speed, batches.device)
         seconds += elapsed
-        size = loss_fn.counted(batch).item()  # anomaly detection: the normal images only
+        size = loss_fn.counted(batch)  # anomaly detection: the normal images only
         if size:
             total += loss_fn(outputs, batch).item() * size
         count += size

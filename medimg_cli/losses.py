@@ -115,7 +115,8 @@ class TaskLoss(nn.Module):
         (and ``roi`` ``(B, 1, *spatial)`` when only some pixels count)."""
         loss = torch.zeros((), device=batch["image"].device)
         if self.info.detects:
-            return (outputs["sample_loss"].float() * self.normal(batch)).sum() / self.counted(batch).clamp(min=1)
+            normal = (batch["label"] == 0).float()
+            return (outputs["sample_loss"].float() * normal).sum() / normal.sum().clamp(min=1)
         if self.info.classifies:
             loss = loss + self.weights["classification_weight"] * self._classification(outputs, batch)
         if self.info.segments:
@@ -123,16 +124,10 @@ class TaskLoss(nn.Module):
             loss = loss + self.weights["segmentation_weight"] * seg
         return loss
 
-    def normal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(B,)`` 1.0 for the samples the loss counts: all, or for anomaly detection the normal ones."""
-        image = batch["image"]
-        if not self.info.detects:
-            return torch.ones(image.shape[0], device=image.device)
-        return (batch["label"] == 0).float()
-
-    def counted(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """How many samples of ``batch`` the loss averages over (a 0-d tensor), to weight batches by."""
-        return self.normal(batch).sum()
+    def counted(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many samples of ``batch`` the loss averages over (all, or for anomaly detection the
+        normal ones), to weight batches by."""
+        return int((batch["label"] == 0).sum()) if self.info.detects else batch["image"].shape[0]
 
     def _classification(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = outputs["class_logits"].float()

@@ -316,10 +316,18 @@ class TaskMetrics:
         if self.info.segments:
             found["dice"], found["iou"] = torch.cat(self.dice), torch.cat(self.iou)
         result = quality_metrics(found, self.info.multilabel, self.info.average, self.info.positive_class)
-        if self.pixels:
-            maps, masks = (torch.cat(part).flatten().numpy() for part in zip(*self.pixels, strict=True))
-            result["pixel_auc"] = pixel_auc(maps, masks)
+        pixels = self.pixel_values()
+        if pixels is not None:
+            result["pixel_auc"] = pixel_auc(*pixels)
         return result
+
+    def pixel_values(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Anomaly detection with masks: every pixel's score (float64) and whether it lies in an
+        abnormal region, ``(P,)`` each over the split; else ``None``."""
+        if not self.pixels:
+            return None
+        maps, masks = (torch.cat(part).flatten() for part in zip(*self.pixels, strict=True))
+        return maps.double().numpy(), masks.numpy()
 
 
 def quality_metrics(

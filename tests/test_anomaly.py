@@ -20,7 +20,7 @@ from medimg_cli.commands.train import train
 from medimg_cli.data import build_data
 from medimg_cli.data.batches import TensorBatches
 from medimg_cli.errors import ConfigError
-from medimg_cli.evaluation.anomalous import anomaly_maps, decided_metrics, pixel_metrics
+from medimg_cli.evaluation.anomalous import anomaly_maps, decided_metrics, pixel_metrics, split_cases
 from medimg_cli.loop import evaluate
 from medimg_cli.losses import TaskLoss
 from medimg_cli.metrics import pixel_auc, quality_metrics
@@ -108,16 +108,23 @@ def test_threshold_comes_from_val_and_decides_the_test_metrics():
 def test_pixel_dice_thresholds_where_dice_is_best_on_val():
     class Identity(torch.nn.Module):  # the anomaly map is the image
         def forward(self, image):
-            return {"anomaly_map": image}
+            score = image.flatten(1).mean(1)
+            return {"anomaly_map": image, "anomaly_score": score, "sample_loss": score}
 
     rng = np.random.default_rng(1)
 
     def split(n):
         masks = rng.random((n, 1, 8, 8)) < 0.2
-        return {"image": torch.from_numpy(rng.normal(masks * 1.0, 0.7)).float(), "mask": torch.from_numpy(masks)}
+        image = torch.from_numpy(rng.normal(masks * 1.0, 0.7)).float()
+        return {"image": image, "mask": torch.from_numpy(masks), "label": torch.arange(n) % 2}
 
     test, val = split(6), split(6)
-    found = pixel_metrics(Identity(), test, val, Speed(torch.device("cpu")), 4)
+    loss, cpu = TaskLoss(phantom().info), Speed(torch.device("cpu"))
+
+    def pixels(split):  # one pass of the model over the split, as medimg eval makes it
+        return split_cases(Identity(), TensorBatches(split, 4, torch.device("cpu")), loss, cpu).pixel_values()
+
+    found = pixel_metrics(pixels(test), pixels(val))
     scores, truth = val["image"].flatten().double().numpy(), val["mask"].flatten().numpy()
 
     def dice(called, truth):

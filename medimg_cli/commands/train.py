@@ -177,7 +177,7 @@ def test_best(run: Run) -> dict[str, float]:
     write_atomic(run.run_dir / "test_predictions.csv", cases_csv(found))
     run.processing = processing_time(run)
     if run.data.info.detects:  # F1, sensitivity, specificity at the val split's threshold
-        val, _ = split_cases(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation())
+        val = split_cases(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation()).cases()
         test |= decided_metrics(val, found)
     if run.data.info.multilabel:
         names = run.data.info.class_names

@@ -59,22 +59,19 @@ def decided_metrics(val: Mapping[str, Any], test: Mapping[str, Any]) -> dict[str
     return {"threshold": threshold} | {name: float(found[name][0]) for name in DECIDED}
 
 
-def split_cases(
-    model: torch.nn.Module, batches: Any, loss: TaskLoss, speed: Speed
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """``label`` and ``score`` ``(N,)`` of one split's images (``batches`` of it) on the CPU, and
-    the training loop's metrics of the split (pixel AUC among them where masks exist)."""
+def split_cases(model: torch.nn.Module, batches: Any, loss: TaskLoss, speed: Speed) -> TaskMetrics:
+    """One pass over a split (``batches`` of it): ``.cases()`` gives ``label`` and ``score``
+    ``(N,)``, ``.pixel_values()`` the pixels' scores and truth where masks exist."""
     cases = TaskMetrics(loss.info)
-    found = evaluate(model, batches, loss, speed, cases)
-    return cases.cases(), found
+    evaluate(model, batches, loss, speed, cases)
+    return cases
 
 
-def pixel_metrics(model: torch.nn.Module, tensors: Mapping, val: Mapping, speed: Speed, size: int) -> dict:
-    """Pixel AUC and average precision of the anomaly maps against the masks, and the Dice of the
-    maps thresholded where Dice is best on the ``val`` split's pixels, each pooled over the split's
-    pixels (a single number: the pixels of one image are not independent cases)."""
-    scores, truth = _pixels(model, tensors, speed, size)
-    val_scores, val_truth = _pixels(model, val, speed, size)
+def pixel_metrics(test: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Pixel AUC and average precision of the ``(scores, truth)`` pixels of the evaluated split,
+    and their Dice thresholded where Dice is best on the ``val`` split's pixels, each pooled over
+    the split's pixels (a single number: the pixels of one image are not independent cases)."""
+    (scores, truth), (val_scores, val_truth) = test, val
     tps, fps, thresholds = threshold_counts(val_scores, val_truth)
     threshold = float(thresholds[np.argmax(2 * tps / (tps + fps + val_truth.sum()))])
     called = scores >= threshold
@@ -84,13 +81,6 @@ def pixel_metrics(model: torch.nn.Module, tensors: Mapping, val: Mapping, speed:
         "pixel_dice": float(2 * (called & truth).sum() / max(called.sum() + truth.sum(), 1)),
         "pixel_threshold": threshold,
     }
-
-
-def _pixels(model: torch.nn.Module, tensors: Mapping, speed: Speed, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every pixel's anomaly score and whether it is in the abnormal region, ``(P,)`` each."""
-    images = tensors["image"]
-    maps = torch.cat([anomaly_maps(model, images[i : i + size], speed) for i in range(0, len(images), size)])
-    return maps.flatten().double().numpy(), tensors["mask"].flatten().numpy() > 0
 
 
 def anomaly_maps(model: torch.nn.Module, images: torch.Tensor, speed: Speed) -> torch.Tensor:
@@ -132,15 +122,19 @@ def anomaly_outputs(
     """Image metrics with CIs at the decision threshold, pixel metrics where masks exist, the
     figures; fills ``result.columns``. Returns the per-case values for the subgroups and the rule."""
     loss, tensors = TaskLoss(data.info), data.split(split)
-    cases, _ = split_cases(model, TensorBatches(dict(tensors), batch_size, speed.device), loss, speed)
+    evaluated, val = (
+        split_cases(model, TensorBatches(dict(data.split(name)), batch_size, speed.device), loss, speed)
+        for name in (split, "val")
+    )
+    cases = evaluated.cases()
     scores, labels = cases["score"].double().numpy(), cases["label"].numpy()
-    threshold = _threshold(settings.threshold, model, data, loss, speed, batch_size)
+    threshold = _threshold(settings.threshold, val.cases())
     rule, probs = (ABNORMAL, threshold), as_probs(scores)
     add_classification(result, probs, labels, CLASS_NAMES, indices, rule)
     how = "given" if isinstance(settings.threshold, (int, float)) else "youden on the val split"
     result.document["decision"] = {"positive_class": "abnormal", "threshold": threshold, "rule": how}
     if "mask" in tensors:
-        found = pixel_metrics(model, tensors, data.split("val"), speed, batch_size)
+        found = pixel_metrics(evaluated.pixel_values(), val.pixel_values())
         result.document["decision"]["pixel_threshold"] = found.pop("pixel_threshold")
         for name, value in found.items():
             result.add(name, "all", value, (math.nan, math.nan, 0), len(labels))
@@ -151,11 +145,11 @@ def anomaly_outputs(
     return {"probs": probs, "label": labels}, rule
 
 
-def _threshold(asked: Any, model: torch.nn.Module, data: Splits, loss: TaskLoss, speed: Speed, size: int) -> float:
-    """``eval.threshold`` for anomaly scores: a number as given, else (null, youden) Youden's on the val split."""
+def _threshold(asked: Any, val: Mapping[str, torch.Tensor]) -> float:
+    """``eval.threshold`` for anomaly scores: a number as given, else (null, youden) Youden's on
+    the ``val`` split's cases."""
     if isinstance(asked, bool) or not (asked is None or asked == "youden" or isinstance(asked, (int, float))):
         raise ConfigError(f"eval.threshold={asked!r}: anomaly scores take null, youden or a score threshold")
     if isinstance(asked, (int, float)):
         return float(asked)
-    val, _ = split_cases(model, TensorBatches(dict(data.split("val")), size, speed.device), loss, speed)
     return youden_threshold(val["score"].double().numpy(), val["label"].numpy() == ABNORMAL)
