@@ -20,17 +20,24 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from rich.console import Console
+from rich.markup import escape
 
 from medimg_cli.errors import ConfigError, TrainingStopped, describe_os_error, unknown_choice
 from medimg_cli.trust import trusted_argv
 
 _stderr = Console(stderr=True, highlight=False)
+# Hydra plugins that add options to a hydra/ group, and how to get them
+PLUGINS = {
+    "hydra/sweeper": " (optuna: pip install 'medimg[optuna]' && pip install --no-deps hydra-optuna-sweeper)",
+    "hydra/launcher": " (slurm, local: pip install 'medimg[cluster]')",
+}
 
 
 def print_error(command: str | None, message: str) -> None:
     """Print ``medimg [<command>]: error: <message>`` on stderr."""
     prog = f"medimg {command}" if command else "medimg"
-    _stderr.print(f"[bold red]{prog}: error:[/] {message}", markup=True, soft_wrap=True)
+    # escaped: messages hold brackets ('medimg[wandb]', [0, 1]) that rich would read as markup
+    _stderr.print(f"[bold red]{prog}: error:[/] {escape(message)}", markup=True, soft_wrap=True)
 
 
 def dispatch(command: str, subcommands: dict[str, str], argv: list[str]) -> str | int:
@@ -60,7 +67,7 @@ def describe(error: Exception) -> str:
         return f"{error.full_key} has no value; pass {error.full_key}=<value>"
     if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
         group, _, value = error.missing_cfg_file.rpartition("/")
-        return str(unknown_choice(group or "config", value, error.options))
+        return str(unknown_choice(group or "config", value, error.options)) + PLUGINS.get(group, "")
     cause = error.__cause__ or error.__context__
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if isinstance(cause, OmegaConfBaseException):
@@ -113,6 +120,9 @@ def run_hydra(command: str, task: Callable[[DictConfig], Any], argv: list[str]) 
             raise
         print_error(command, describe(error))
         return 2
+    except ValueError:  # Optuna's sweeper asking for the best of trials that all failed (each said why)
+        if not failed_jobs or user_wants_traceback:
+            raise
     finally:
         sys.argv = saved_argv
         if saved_env is None:

@@ -88,22 +88,31 @@ class Tracker:
         run_dir: the run folder.
         config: the resolved config (MLflow parameters).
         first_epoch: the epoch training starts at (> 1 when resuming).
+        sweep_name: in a sweep, the job's overrides (``model=unet,seed=1``): the run's name in
+            every tracker, and its TensorBoard folder ``<run>/tensorboard/<sweep_name>`` so that
+            ``tensorboard --logdir <sweep>`` lists the runs by what they changed. Outside a sweep
+            the run folder's name, and ``<run>/tensorboard``.
     """
 
-    def __init__(self, settings: Mapping | None, run_dir: Path, config: Mapping, first_epoch: int) -> None:
+    def __init__(
+        self, settings: Mapping | None, run_dir: Path, config: Mapping, first_epoch: int, sweep_name: str | None = None
+    ) -> None:
         settings = dict(settings or {})
         self.config = config
         self.images = int(settings.get("images", 4))
         self.image_every = int(settings.get("image_every", 1))
         self.writer = self.mlflow = self.wandb = None
+        # a path in an override (data.path=/x/y.csv) must not become nested folders
+        name = sweep_name.replace("/", "|")[:200] if sweep_name else None
         if settings.get("tensorboard", True):
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch)
+            folder = run_dir / "tensorboard" / name if name else run_dir / "tensorboard"
+            self.writer = SummaryWriter(str(folder), purge_step=first_epoch)
         if settings.get("mlflow", False):
-            self.mlflow = _MlflowRun(settings, run_dir, config)
+            self.mlflow = _MlflowRun(settings, run_dir, config, name or run_dir.name)
         if settings.get("wandb", False):
-            self.wandb = _WandbRun(settings, run_dir, config)
+            self.wandb = _WandbRun(settings, run_dir, config, name or run_dir.name)
 
     def epoch(self, row: Mapping[str, Any], samples: Mapping[str, Any] | None = None) -> None:
         """Log one ``metrics.csv`` row; ``samples`` from ``sample_predictions`` when due."""
@@ -173,7 +182,7 @@ def sample_predictions(outputs: dict[str, torch.Tensor], info: DataInfo, batch: 
 class _MlflowRun:
     """One MLflow run through the client API (no global state), created or continued."""
 
-    def __init__(self, settings: Mapping, run_dir: Path, config: Mapping) -> None:
+    def __init__(self, settings: Mapping, run_dir: Path, config: Mapping, name: str) -> None:
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
@@ -193,7 +202,7 @@ class _MlflowRun:
             experiment_id = self.client.create_experiment(name, artifact_location=artifacts and artifacts.as_uri())
         else:
             experiment_id = experiment.experiment_id
-        self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
+        self.run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
         from mlflow.entities import Param
 
         params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
@@ -218,7 +227,7 @@ class _WandbRun:
     pictures and the test metrics in the run summary. ``WANDB_MODE=offline`` writes it under
     ``<run>/wandb/`` without a network, for ``wandb sync`` later."""
 
-    def __init__(self, settings: Mapping, run_dir: Path, config: Mapping) -> None:
+    def __init__(self, settings: Mapping, run_dir: Path, config: Mapping, name: str) -> None:
         try:
             import wandb
         except ImportError:
@@ -227,7 +236,7 @@ class _WandbRun:
         run_id = json.loads(record.read_text())["run_id"] if record.is_file() else secrets.token_hex(6)
         project = settings.get("wandb_project") or "medimg"
         self.run = wandb.init(
-            project=project, id=run_id, resume="allow", name=run_dir.name, dir=str(run_dir), config=dict(config),
+            project=project, id=run_id, resume="allow", name=name, dir=str(run_dir), config=dict(config),
             settings=wandb.Settings(silent=True),
         )  # fmt: skip
         write_json(record, {"project": project, "run_id": run_id})

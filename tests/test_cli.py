@@ -59,6 +59,7 @@ def test_train_help_shows_groups_and_options():
         ("optim.lrr=0.1", "Could not override 'optim.lrr'"),
         ("data.task=detection", "unknown data.task 'detection'. Valid: anomaly, classification, multitask"),
         ("device=tpu", "device='tpu' is not a device"),
+        ("hydra/sweeper=optunx", "Did you mean 'optuna'? (optuna: pip install 'medimg[optuna]'"),  # brackets kept
     ],
 )
 def test_user_mistakes_give_one_short_message_and_exit_2(override, expected, tmp_path):
@@ -108,9 +109,21 @@ def test_train_eval_report_round_trip(tmp_path):
 def test_multirun_sweep_writes_one_complete_folder_per_job(tmp_path):
     result = run_cli("train", "-m", "model=cnn,unet", *TINY, f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
+    losses = []
     for job, model in ((0, "cnn"), (1, "unet")):
         assert_complete(tmp_path / str(job), 2)
-        assert json.loads((tmp_path / str(job) / "summary.json").read_text())["model"] == model
+        summary = json.loads((tmp_path / str(job) / "summary.json").read_text())
+        assert summary["model"] == model
+        losses.append(summary["best"]["val_loss"])
+        # TensorBoard lists each job by its overrides
+        name = ",".join(sorted([*TINY, f"model={model}"]))
+        assert list((tmp_path / str(job) / "tensorboard" / name).glob("events.*")), name
+    # the closing table: one row per job, the lower validation loss starred, and the report line
+    rows = {m[0]: m for m in re.findall(r"│\s+(\d)(\*?) │\s+(\w+) │\s+\d+ │\s+([\d.]+) │", result.stdout)}
+    assert sorted(rows) == ["0", "1"] and [rows[j][2] for j in "01"] == ["cnn", "unet"]
+    assert [float(rows[j][3]) for j in "01"] == pytest.approx(losses, abs=1e-4)
+    assert [rows[j][1] for j in "01"] == ["*" if loss == min(losses) else "" for loss in losses]
+    assert f"medimg report {tmp_path}" in result.stdout
 
 
 @pytest.mark.slow

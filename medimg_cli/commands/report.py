@@ -62,6 +62,7 @@ def _many(folder: Path, columns: str | None, every: int | None, out: Path) -> in
     """Write the report of the finished runs below ``folder`` (a benchmark's settings when it is one)."""
     from medimg_cli.benchmark.experiment import override_note
     from medimg_cli.reporting import find_jobs, write_report  # numpy, scipy, matplotlib
+    from medimg_cli.sweeps import optuna_note
 
     jobs, unfinished, order = find_jobs(folder)
     record = folder / "benchmark.json"
@@ -74,6 +75,7 @@ def _many(folder: Path, columns: str | None, every: int | None, out: Path) -> in
     title = f"{saved['name']}: {saved['description']}" if saved else f"{len(jobs)} runs in {folder}"
     notes = [f"{len(unfinished)} unfinished run(s) left out"] if unfinished else []
     notes += override_note(saved.get("overrides", []))
+    notes += optuna_note(folder)
     write_report(jobs, out, settings, title, order, notes)
     return 0
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -39,6 +40,7 @@ from medimg_cli.loop import evaluate, train_epoch
 from medimg_cli.metrics import COLUMNS, METRICS, TaskMetrics, positive_class
 from medimg_cli.results import append_metrics_row, cases_csv
 from medimg_cli.runinfo import device_name, git_commit, peak_memory, versions
+from medimg_cli.sweeps import check_direction, objective, optuna_direction
 from medimg_cli.tables import make_console, markdown_table, rich_table, run_headers, run_title
 from medimg_cli.tracking import Tracker, sample_predictions
 from medimg_cli.training import Run, setup
@@ -53,7 +55,7 @@ def main(argv: list[str]) -> int:
         devices = requested_devices(argv)
         if devices > 1 and world()[1] == 1:  # trainer.devices=N: become N processes under torchrun
             return launch(argv, devices)
-        argv = join(argv)
+        argv = optuna_direction(join(argv))
     except ConfigError as error:
         print_error("train", str(error))
         return 2
@@ -63,12 +65,19 @@ def main(argv: list[str]) -> int:
         leave()
 
 
-def _hydra_task(cfg: DictConfig) -> dict[str, Any]:
+def _hydra_task(cfg: DictConfig) -> float | None:
+    """One Hydra job: the run, then its monitored validation value (what a sweeper optimises)."""
     hydra_cfg = HydraConfig.get()
-    return train(cfg, Path(hydra_cfg.runtime.output_dir), overrides=list(hydra_cfg.overrides.task))
+    sweep_name = hydra_cfg.job.override_dirname if hydra_cfg.mode == RunMode.MULTIRUN else None
+    if "optuna" in str(hydra_cfg.sweeper.get("_target_")):
+        check_direction(cfg.trainer.monitor, hydra_cfg.sweeper)
+    summary = train(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task), sweep_name)
+    return objective(summary)
 
 
-def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, sweep_name: str | None = None
+) -> dict[str, Any]:
     """Train as ``cfg`` says, writing into ``run_dir``; returns the summary (``{"rank": r}`` on
     the other processes of a DDP run).
 
@@ -76,15 +85,16 @@ def train(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
         cfg: the composed ``train`` config.
         run_dir: the run folder (Hydra's output directory).
         overrides: the command-line overrides, checked against ``RESUMABLE_KEYS`` on resume.
+        sweep_name: in a sweep, the job's overrides, which name its run in the trackers.
     """
     run = setup(cfg, run_dir, overrides)
     try:
-        return _train(run)
+        return _train(run, sweep_name)
     finally:
         release(run.lock)
 
 
-def _train(run: Run) -> dict[str, Any]:
+def _train(run: Run, sweep_name: str | None = None) -> dict[str, Any]:
     """Epochs until ``trainer.epochs`` or the budget, then the test of ``best.pt`` and the summary."""
     start = time.perf_counter()
     first, epochs = run.state.epoch + 1, run.cfg.trainer.epochs
@@ -93,6 +103,7 @@ def _train(run: Run) -> dict[str, Any]:
         run.run_dir,
         run.checkpoint_base["config"],
         first,
+        sweep_name,
     )
     progress = _progress(run.main)
     with _exit_on_ctrl_c(run), progress:
