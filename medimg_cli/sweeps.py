@@ -121,6 +121,14 @@ class SweepSummary(Callback):
         console.print(f"full report (tables, statistics, plots): medimg report {root}", highlight=False)
 
 
+def _short(value: str) -> str:
+    """An override value for the table: Optuna's floats to 4 significant digits (config.yaml keeps them whole)."""
+    try:
+        return value if float(value).is_integer() else f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
 def sweep_table(jobs: list[Any]):
     """A rich table, one row per run (``reporting.Job``): its job folder, the overrides that vary,
     the best epoch, the monitored validation value there and the test metrics; ``*`` marks the run
@@ -137,7 +145,7 @@ def sweep_table(jobs: list[Any]):
     headers += [f"test {named.get(m.key, m.header)}" for m in tests]
     body = []
     for job, value in zip(jobs, values, strict=True):
-        cells = [job.folder.name + ("*" if value == best else ""), *(job.axes[k] for k in axes)]
+        cells = [job.folder.name + ("*" if value == best else ""), *(_short(job.axes[k]) for k in axes)]
         cells += [str(job.summary["best_epoch"]), metric.show(value)]
         body.append(cells + [m.show(job.summary["test"].get(m.key)) for m in tests])
     caption = f"* best {monitor} ({'highest' if metric.higher else 'lowest'}); test = each run's best.pt"

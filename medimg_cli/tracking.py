@@ -3,10 +3,10 @@
 - TensorBoard (``tracking.tensorboard``, on by default): ``<run>/tensorboard/`` holds every
   numeric column of ``metrics.csv`` as a scalar per epoch, grouped ``train/``, ``val/`` and
   ``time/`` (``tag``), the test metrics (``test/``) at the last epoch with the main settings in
-  the HParams tab, and every ``tracking.image_every`` epochs a picture (at least 256 px high) of
-  ``tracking.images`` validation images: the true mask (red) above the predicted one, or the
-  images with ``label -> prediction`` as text when the model only classifies. A resumed run
-  purges events after its last saved epoch.
+  the HParams tab, and every ``tracking.image_every`` epochs a labelled picture (at least 512 px
+  high, ``pictures.grid_figure``) of ``tracking.images`` validation images: the true mask above
+  the predicted one, or the images titled ``label -> prediction`` when the model only classifies.
+  A resumed run purges events after its last saved epoch.
 - Weights & Biases (``tracking.wandb=true``, ``pip install 'medimg[wandb]'``): the resolved
   config, the same metrics and pictures and the test metrics in the run summary, project
   ``tracking.wandb_project``; ``WANDB_MODE=offline`` needs no network. The W&B run id is kept in
@@ -30,16 +30,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from medimg_cli.data import DataInfo
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_json
-from medimg_cli.pictures import grid_image, tile
+from medimg_cli.pictures import Tile, figure_array, grid_figure
 
 MLFLOW_PARAMS_PER_CALL = 100  # MLflow's limit for one log_batch
-SAMPLE_HEIGHT = 256  # sample pictures are scaled up (whole factors, nearest) to at least this many pixels
 # the settings shown in TensorBoard's HParams tab beside each run's test metrics
 HPARAMS = ("model.name", "data.name", "data.task", "augment.name", "loss.name", "optim.name", "optim.lr",
            "optim.weight_decay", "scheduler.name", "trainer.batch_size", "trainer.epochs", "seed")  # fmt: skip
@@ -153,30 +151,35 @@ class Tracker:
 
 @torch.no_grad()
 def sample_predictions(outputs: dict[str, torch.Tensor], info: DataInfo, batch: dict) -> dict[str, Any]:
-    """A picture ``(H, W, 3)`` uint8 of ``batch["image"]`` ``(N, C, *spatial)`` with the true masks
-    (top row) and the predicted ones from ``outputs`` (bottom row), or for anomaly detection the
-    images with their abnormal regions and the anomaly maps below; ``label -> prediction`` text
-    when classifying."""
+    """A labelled picture ``(H, W, 3)`` uint8 (``pictures.grid_figure``, at least 512 px high) of
+    ``batch["image"]`` ``(N, C, *spatial)``: the true masks above the predicted ones, or for anomaly
+    detection the images with their abnormal regions above the anomaly maps (one scale for the
+    row); each column titled ``label -> prediction`` when classifying, which ``text`` repeats."""
     images = batch["image"]
-    rows = []
-    if info.segments:
-        predicted = outputs["seg_logits"].argmax(1)
-        rows.append([tile(image, mask[0]) for image, mask in zip(images, batch["mask"], strict=True)])
-        rows.append([tile(image, mask) for image, mask in zip(images, predicted, strict=True)])
-    else:
-        truth = batch["mask"][:, 0] if info.detects and "mask" in batch else [None] * len(images)
-        rows.append([tile(image, mask) for image, mask in zip(images, truth, strict=True)])
-    if info.detects:  # the anomaly maps, each min-max scaled
-        rows.append([tile(anomaly) for anomaly in outputs["anomaly_map"]])
-    text = ""
+    titles = [f"image {i}" for i in range(len(images))]
     if info.classifies and not info.multilabel:
         names = info.class_names
         predicted = outputs["class_logits"].argmax(1).tolist()
-        text = "  \n".join(
-            f"image {i}: {names[label]} -> {names[guess]}"
-            for i, (label, guess) in enumerate(zip(batch["label"].tolist(), predicted, strict=True))
-        )
-    return {"picture": np.asarray(grid_image(rows, SAMPLE_HEIGHT)), "text": text}
+        truth = batch["label"].tolist()
+        titles = [f"{names[label]} -> {names[guess]}" for label, guess in zip(truth, predicted, strict=True)]
+    rows, labels = [], []
+    if info.segments:
+        predicted_masks = outputs["seg_logits"].argmax(1)
+        true_masks = batch["mask"][:, 0]
+        rows.append([Tile(image, mask, title) for image, mask, title in zip(images, true_masks, titles, strict=True)])
+        rows.append([Tile(image, mask) for image, mask in zip(images, predicted_masks, strict=True)])
+        labels += ["true mask", "predicted mask"]
+    else:
+        truth = batch["mask"][:, 0] if info.detects and "mask" in batch else [None] * len(images)
+        rows.append([Tile(image, mask, title) for image, mask, title in zip(images, truth, titles, strict=True)])
+        labels.append("abnormal region" if info.detects and "mask" in batch else "image")
+    cmaps = ["gray"] * len(rows)
+    if info.detects:
+        rows.append([Tile(anomaly) for anomaly in outputs["anomaly_map"]])
+        labels.append("anomaly map")
+        cmaps.append("inferno")
+    text = "  \n".join(f"image {i}: {title}" for i, title in enumerate(titles)) if info.classifies else ""
+    return {"picture": figure_array(grid_figure(rows, labels, cmaps)), "text": text}
 
 
 class _MlflowRun:

@@ -33,8 +33,8 @@ def test_tensorboard_holds_every_metric_per_epoch_and_sample_pictures(tiny_cfg, 
     assert events.Scalars("test/dice")[0].value == pytest.approx(summary["test"]["dice"], rel=1e-6)
     pictures = events.Images("val_samples")
     assert [p.step for p in pictures] == [1, 2, 3]
-    # 3 images of 32 px with 2 px gaps, true and predicted masks: scaled x4 to at least 256 px
-    assert (pictures[0].width, pictures[0].height) == (4 * 3 * 34, 4 * 2 * 34)
+    # two labelled rows (true and predicted masks) of 3 images, at least 512 px high
+    assert pictures[0].height >= 512 and pictures[0].width > pictures[0].height
     assert "image 0: " in events.Tensors("val_samples/text_summary")[0].tensor_proto.string_val[0].decode()
 
 

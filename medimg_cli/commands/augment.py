@@ -31,7 +31,8 @@ from medimg_cli.data import SPLITS, Splits, build_data
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import csv_text, write_atomic
 from medimg_cli.hydra_app import dispatch, run_hydra
-from medimg_cli.pictures import grid_image, tile
+from medimg_cli.pictures import Tile, class_title, grid_figure
+from medimg_cli.reporting.plots import save_figure
 from medimg_cli.tables import make_console
 
 HELP = "preview an augmentation recipe (PNG grid + Table 1-style CSV) or export augmented files"
@@ -98,14 +99,18 @@ def preview(cfg: DictConfig, out: Path) -> dict[str, Any]:
     data, augmenter, copies, device = _setup(cfg)
     split = data.train
     indices = list(range(min(cfg.images, len(split["image"]))))
-    tiles = {i: [tile(split["image"][i], split["mask"][i, 0] if "mask" in split else None)] for i in indices}
+    masks = split["mask"][:, 0] if "mask" in split else [None] * len(split["image"])
+    tiles = {i: [Tile(split["image"][i], masks[i], "original")] for i in indices}
     rows = []
     for index, copy, sample, applied in augmented(augmenter, split, indices, copies, device):
-        tiles[index].append(tile(sample["image"], sample["mask"][0] if "mask" in sample else None))
+        mask = sample["mask"][0] if "mask" in sample else None
+        tiles[index].append(Tile(sample["image"], mask, f"augmentation {copy}"))
         rows.append((_name(index), _name(index, copy), applied))
     rows.sort()
     out.mkdir(parents=True, exist_ok=True)
-    grid_image([tiles[i] for i in indices]).save(out / "preview.png")
+    names = data.info.class_names
+    labels = [f"{_name(i)}\n{class_title(names, split['label'][i])}" if "label" in split else _name(i) for i in indices]
+    save_figure(grid_figure([tiles[i] for i in indices], labels), out / "preview.png", palette=True)
     write_atomic(out / "augmentations.csv", _table(rows))
     make_console().print(f"recipe {augmenter.name}: {len(rows)} augmented images of {len(indices)}; folder: {out}")
     return {"images": len(indices), "augmented": len(rows)}

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
 from medimg_cli.config import check_numbers, resolve_device
 from medimg_cli.data import SPLITS, Splits, build_data
@@ -28,7 +27,8 @@ from medimg_cli.data.plan import PLANNED, memory_budget
 from medimg_cli.errors import ConfigError
 from medimg_cli.fileio import write_atomic, write_json
 from medimg_cli.hydra_app import dispatch, run_hydra
-from medimg_cli.pictures import grid_image, tile
+from medimg_cli.pictures import Tile, class_title, grid_figure
+from medimg_cli.reporting.plots import plt, save_figure
 from medimg_cli.tables import make_console
 
 HELP = "inspect a dataset (counts, shapes, intensities, masks, leakage audit) or plan its segmentation"
@@ -109,7 +109,7 @@ def inspect(cfg: DictConfig, out: Path) -> dict[str, Any]:
     write_json(out / "report.json", report)
     write_atomic(out / "report.md", markdown_report(report))
     if cfg.examples:
-        example_grid(data, cfg.examples).save(out / "examples.png")
+        save_figure(example_grid(data, cfg.examples), out / "examples.png", palette=True)
     console = make_console()
     console.print(markdown_report(report))
     console.print(f"report folder: {out}")
@@ -200,11 +200,15 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def example_grid(data: Splits, per_split: int) -> Image.Image:
-    """A PNG grid: one row per split, ``per_split`` images (3D: middle slice), masks in red."""
+def example_grid(data: Splits, per_split: int) -> plt.Figure:
+    """One row per split, its first ``per_split`` images (3D: middle slice) with their masks in
+    colour and their classes as titles (``pictures.grid_figure``)."""
     rows = []
     for name in SPLITS:
         split = data.split(name)
         count = min(per_split, len(split["image"]))
-        rows.append([tile(split["image"][i], split["mask"][i, 0] if "mask" in split else None) for i in range(count)])
-    return grid_image(rows)
+        masks = split["mask"][:count, 0] if "mask" in split else [None] * count
+        labels = split["label"][:count] if "label" in split else [None] * count
+        names = data.info.class_names
+        rows.append([Tile(split["image"][i], masks[i], class_title(names, labels[i])) for i in range(count)])
+    return grid_figure(rows, list(SPLITS))

@@ -223,7 +223,7 @@ def finish(run: Run, test: dict[str, float], seconds: float) -> dict[str, Any]:
 
 
 def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str, Any]:
-    """The contents of ``summary.json`` (see README, The run folder)."""
+    """The contents of ``summary.json`` (see docs/usage.md, The run folder)."""
     cfg, state = run.cfg, run.state
     return {
         "model": cfg.model.name,

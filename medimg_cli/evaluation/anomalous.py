@@ -105,7 +105,10 @@ def write_figures(
     scaled = (maps / torch.quantile(maps.flatten()[:1_000_000], 0.99).clamp(min=1e-12)).clamp(max=1)
     titles = [f"score {scores[i]:.3g}" for i in chosen]
     masks = tensors["mask"][chosen] if "mask" in tensors else None
-    figures.overlay_figure(out / "anomaly_maps.png", tensors["image"][chosen], [scaled], titles, ["anomaly map"], masks)
+    figures.overlay_figure(
+        out / "anomaly_maps.png", tensors["image"][chosen], [scaled], titles, ["anomaly map"], masks,
+        "1: the 99th percentile of all maps",
+    )  # fmt: skip
 
 
 def anomaly_outputs(

@@ -111,8 +111,10 @@ def overlay_figure(
     titles: Sequence[str],
     row_names: Sequence[str],
     masks: torch.Tensor | None = None,
+    scale: str = "0-1: each map's min to max",
 ) -> None:
-    """A grid with one column per case: the image (mask outlined), then each map over it.
+    """A grid with one column per case: the image (mask outlined), then each map over it, with a
+    colour bar per map row.
 
     Args:
         images: ``(N, C, *spatial)``.
@@ -120,14 +122,16 @@ def overlay_figure(
         titles: one per case (label, prediction, confidence).
         row_names: one per map row.
         masks: ``(N, 1, *spatial)`` lesion masks to outline, if known.
+        scale: what the colour bars' 0 and 1 mean.
     """
     cases = len(images)
     dims = images.dim() - 2
     rows = [("image", None), *zip(row_names, maps, strict=True)]
     slices = 1 if dims == 2 else 3
     figure, axes = plt.subplots(
-        len(rows) * slices, cases, figsize=(1.6 * cases, 1.6 * len(rows) * slices), dpi=90, squeeze=False
-    )
+        len(rows) * slices, cases, figsize=(1.6 * cases + 1.2, 1.6 * len(rows) * slices), dpi=90, squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
     for case in range(cases):
         image = images[case].float().mean(0).cpu().numpy()
         centre = np.unravel_index(int(maps[0][case].argmax()), image.shape)  # through the first map's peak
@@ -145,7 +149,12 @@ def overlay_figure(
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if case == 0:
-                    ax.set_ylabel(name if slices == 1 else f"{name}, axis {s} slice", fontsize=7)
+                    ax.set_ylabel(name if slices == 1 else f"{name}\naxis {s} slice", fontsize=6)
             if r == 0:
                 axes[0, case].set_title(titles[case], fontsize=7)
+    for r, (name, _) in enumerate(rows[1:], start=1):
+        colours = plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(0, 1))
+        bar = figure.colorbar(colours, ax=axes[r * slices : (r + 1) * slices].ravel().tolist(), shrink=0.9, aspect=12)
+        bar.set_label(f"{name} ({scale})", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     save_figure(figure, path, palette=True)

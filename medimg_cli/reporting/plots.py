@@ -1,4 +1,4 @@
-"""PNG plots of a report: a metric against the epoch, one line per group, shaded ± sd."""
+"""Plots of a report (PNG, PDF and SVG): a metric against the epoch, one line per group, shaded ± sd."""
 
 from __future__ import annotations
 
@@ -44,18 +44,22 @@ def metric_plot(path: Path, metric: Metric, groups: Mapping[str, Sequence[Any]],
 
 
 def save_figure(figure: plt.Figure, path: Path, palette: bool = False) -> None:
-    """Lay out ``figure``, write it to ``path`` as PNG atomically and close it.
+    """Lay out ``figure``, write it to ``path`` as PNG, and beside it as PDF and SVG (for papers),
+    atomically, and close it.
 
     Args:
-        palette: store 256 adaptive colours instead of RGBA (image grids shrink about fourfold).
+        path: the PNG file; the PDF and SVG take its name with their suffixes.
+        palette: store the PNG in 256 adaptive colours instead of RGBA (image grids shrink about fourfold).
     """
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    if palette:
-        picture = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB").quantize(256)
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG", optimize=True)
+    if figure.get_layout_engine() is None:  # figures with colour bars come laid out (constrained)
+        figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, buffer.getvalue())
+    for suffix in ("pdf", "svg", "png"):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=suffix)
+        if suffix == "png" and palette:
+            picture = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB").quantize(256)
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG", optimize=True)
+        write_atomic(path.with_suffix(f".{suffix}"), buffer.getvalue())
+    plt.close(figure)
