@@ -86,6 +86,7 @@ class Splits:
     # per split and sample, after a data.spacing resampling: the (1 or 2, *file grid) uint8 mask (and
     # ROI) and the file's spacing, which medimg eval scores predictions against; else None
     originals: dict[str, list[tuple[torch.Tensor, list[float]] | None]] | None = None
+    synthetic: dict | None = None  # what data.synthetic mixed into the training split (data/synthetic.py)
 
     def split(self, name: str) -> dict[str, torch.Tensor]:
         if name not in SPLITS:
@@ -153,6 +154,10 @@ def build_data(cfg: Mapping) -> Splits:
             f"data.source={source}: {splits.info.num_classes} class ({', '.join(splits.info.class_names) or 'none'}) "
             "cannot train a classifier (it would score 100%); add images of another class or use data.task=segmentation"
         )
+    if cfg.get("synthetic"):
+        from medimg_cli.data.synthetic import add_synthetic  # it imports this module
+
+        splits = add_synthetic(splits, cfg)
     positive = _positive_class(cfg.get("positive_class"), splits.info)
     splits.info = dataclasses.replace(
         splits.info,
