@@ -5,12 +5,13 @@
     medimg augment export augment=paper augment.copies=4
 
 ``preview`` writes ``preview.png`` (one row per training image: the original, then
-``augment.copies`` augmented versions, masks in red) and ``augmentations.csv``, one row per
-augmented image with its original and the transformations with their drawn parameters (the
-layout of Gomathi and Roopa Chandrika's Table 1). ``export`` writes the whole dataset as files: the training
-split plus ``augment.copies`` augmented versions of each training image, the validation and
-test splits unchanged, and ``manifest.csv``, which ``medimg train data=manifest`` reads back
-(2D images as ``.npy``, volumes as ``.nii.gz``; copies keep their original's patient id).
+``augment.copies`` augmented versions, masks in colour, one intensity scale per row) and
+``augmentations.csv``, one row per augmented image with its original and the transformations
+with their drawn parameters (the layout of Gomathi and Roopa Chandrika's Table 1). ``export``
+writes the whole dataset as files: the training split plus ``augment.copies`` augmented
+versions of each training image, the validation and test splits unchanged, and
+``manifest.csv``, which ``medimg train data=manifest`` reads back (2D images as ``.npy``,
+volumes as ``.nii.gz``; copies keep their original's patient id).
 """
 
 from __future__ import annotations
