@@ -150,3 +150,14 @@ def test_generators_train_on_breastmnist(tmp_path, name):
         "normal, benign": 399,
     }
     assert all(np.isfinite(v) for v in summary["last"].values())
+
+
+def test_synth_refuses_what_it_cannot_do_in_one_line(tmp_path):
+    for args, expected in (
+        (["train", "data.task=segmentation"], "needs one class label per image; data.task=segmentation"),
+        (["train", "synth.epochs=0"], "synth.epochs=0 must be a whole number >= 1"),
+        (["sample", f"checkpoint={tmp_path / 'none.pt'}"], "does not exist"),
+    ):
+        result = run_cli("synth", *args, f"hydra.run.dir={tmp_path / 'run'}")
+        assert result.returncode == 2 and expected in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

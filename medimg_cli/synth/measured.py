@@ -56,8 +56,10 @@ def measure(cfg: DictConfig, out: Path) -> dict[str, Any]:
     pairs.append([Tile(real["image"][index[i]]) for i in closest])
     save_figure(grid_figure(pairs, ["synthetic", "nearest real"]), out / "closest_pairs.png", palette=True)
     nearest = {"min": float(distance.min()), "median": float(distance.median())}  # in the data's intensity units
-    result = {"manifest": str(path), "classifier": str(cfg.classifier), "images": len(images), "k": cfg.k,
-              **scores, "per_class": per_class, "nearest_distance": nearest}  # fmt: skip
+    space = f"pooled features before the classification head of {trained.payload['model']['name']} (not Inception)"
+    result = {"manifest": str(path), "classifier": str(cfg.classifier), "feature_space": space,
+              "images": len(images), "k": cfg.k, **scores, "per_class": per_class,
+              "nearest_distance": nearest}  # fmt: skip
     write_json(out / "quality.json", result)
     return result
 

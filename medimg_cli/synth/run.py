@@ -9,6 +9,7 @@ class, one row each, from the same noise every time. ``resume=true`` continues f
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,6 +27,8 @@ from medimg_cli.pictures import Tile, grid_figure
 from medimg_cli.reporting.plots import save_figure
 from medimg_cli.runinfo import device_name, versions
 from medimg_cli.synth import build_generator, from_unit, generator_args, to_unit
+
+log = logging.getLogger(__name__)
 
 
 def real_data(cfg: DictConfig) -> Splits:
@@ -63,6 +66,9 @@ def train_generator(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     start = time.perf_counter()
     for epoch in range(first, cfg.synth.epochs + 1):
         history.append(_epoch(model, unit, labels, cfg, epoch, device))
+        left = (cfg.synth.epochs - epoch) * (time.perf_counter() - start) / (epoch - first + 1)
+        shown = "  ".join(f"{k} {history[-1][k]:.4f}" for k in model.losses)
+        log.info("epoch %d/%d  %s  ETA %dm%02ds", epoch, cfg.synth.epochs, shown, left // 60, left % 60)
         write_atomic(run_dir / "metrics.csv", csv_text(list(history[0]), [list(r.values()) for r in history]))
         save_checkpoint(run_dir / "checkpoints" / "last.pt", {
             **base, "epoch": epoch, "state_dict": model.state_dict(), "history": history, "rng": rng_state(),
