@@ -161,3 +161,14 @@ def test_synth_refuses_what_it_cannot_do_in_one_line(tmp_path):
         result = run_cli("synth", *args, f"hydra.run.dir={tmp_path / 'run'}")
         assert result.returncode == 2 and expected in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_synth_config_names_its_generator_and_only_its_arguments():
+    from medimg_cli.synth import GENERATORS, generator_args
+
+    folder = Path(__file__).resolve().parents[1] / "medimg_cli" / "conf" / "synth"
+    names = sorted(path.stem for path in folder.glob("*.yaml"))
+    assert names == sorted(GENERATORS)
+    for name in names:
+        cfg = OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml"))
+        assert cfg["name"] == name and generator_args(cfg)  # a key the generator does not take raises
