@@ -5,8 +5,9 @@ before medimg sees the config, so ``+hydra.callbacks.x._target_=shutil.copyfile`
 line, or in a YAML file of a ``--config-dir`` folder, would run that function. medimg itself never
 instantiates a ``_target_`` from a config, so it refuses both before Hydra starts, unless the user
 passes ``--allow-callbacks`` (which also reaches the runs a benchmark starts, through
-``MEDIMG_ALLOW_CALLBACKS``). The launchers medimg ships (``hydra/launcher=slurm``) come from the
-package and are not scanned; a config folder passed on the command line is user input.
+``MEDIMG_ALLOW_CALLBACKS``). The launchers medimg ships (``hydra/launcher=slurm``) and its one
+callback (the sweep summary of ``conf/train.yaml``, a medimg class) come from the package and are
+not scanned; a config folder passed on the command line is user input.
 """
 
 from __future__ import annotations

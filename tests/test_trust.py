@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import run_cli
 
 from medimg_cli.trust import _code_keys_in
@@ -52,6 +53,9 @@ def test_searchpath_folders_are_scanned_too(tmp_path):
     assert result.returncode == 2 and "evil.yaml" in result.stderr
 
 
-def test_the_shipped_configs_hold_no_code_keys():
-    """The launchers name Hydra's plugins through ``defaults``, never a ``_target_``."""
-    assert list(_code_keys_in(CONF)) == []
+def test_the_shipped_configs_run_only_medimg_code():
+    """The launchers name Hydra's plugins through ``defaults``, never a ``_target_``; the one code
+    key shipped is train.yaml's sweep-summary callback, a class of medimg itself."""
+    assert list(_code_keys_in(CONF)) == [(CONF / "train.yaml", "hydra.callbacks")]
+    callbacks = yaml.safe_load((CONF / "train.yaml").read_text())["hydra"]["callbacks"]
+    assert callbacks == {"sweep_summary": {"_target_": "medimg_cli.sweeps.SweepSummary"}}
