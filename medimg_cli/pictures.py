@@ -83,13 +83,13 @@ def grid_figure(
             e.g. ``inferno`` for anomaly maps).
     """
     columns = max(len(row) for row in rows)
-    native = max(plane(t)[0].shape[0] for row in rows for t in row)
+    planes_of = [[plane(t) for t in row] for row in rows]  # each tile's 2D picture, made once
+    native = max(picture.shape[0] for planes in planes_of for picture, _ in planes)
     side = max(native, math.ceil(MIN_HEIGHT / len(rows)), 96) / DPI  # inches per tile
     figure, axes = plt.subplots(
         len(rows), columns, figsize=(columns * side + 1.0, len(rows) * (side + 0.3) + 0.2), dpi=DPI, squeeze=False
     )
-    for r, row in enumerate(rows):
-        planes = [plane(t) for t in row]
+    for r, (row, planes) in enumerate(zip(rows, planes_of, strict=True)):
         low, high = row_range([p for p, _ in planes])
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([])

@@ -62,10 +62,10 @@ def train_generator(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     history, first = _resume(cfg, run_dir, model, base)
-    unit = to_unit(images, scale)
+    unit, labels = to_unit(images, scale).to(device), labels.to(device)  # on the device once, not per batch
     start = time.perf_counter()
     for epoch in range(first, cfg.synth.epochs + 1):
-        history.append(_epoch(model, unit, labels, cfg, epoch, device))
+        history.append(_epoch(model, unit, labels, cfg, epoch))
         left = (cfg.synth.epochs - epoch) * (time.perf_counter() - start) / (epoch - first + 1)
         shown = "  ".join(f"{k} {history[-1][k]:.4f}" for k in model.losses)
         log.info("epoch %d/%d  %s  ETA %dm%02ds", epoch, cfg.synth.epochs, shown, left // 60, left % 60)
@@ -104,13 +104,14 @@ def _resume(cfg: DictConfig, run_dir: Path, model: torch.nn.Module, base: dict) 
     return payload["history"], payload["epoch"] + 1
 
 
-def _epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: DictConfig, epoch: int, device) -> dict:
+def _epoch(model, images: torch.Tensor, labels: torch.Tensor, cfg: DictConfig, epoch: int) -> dict:
     """One pass over the training images; the epoch's mean losses (weighted by batch size) and time."""
     start, totals, seen = time.perf_counter(), Counter(), 0
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    order = order.to(images.device)
     model.train()
     for batch in order.split(cfg.synth.batch_size):
-        losses = model.train_step(images[batch].to(device), labels[batch].to(device))
+        losses = model.train_step(images[batch], labels[batch])
         totals.update({k: v * len(batch) for k, v in losses.items()})
         seen += len(batch)
     return {"epoch": epoch, **{k: totals[k] / seen for k in model.losses}, "epoch_seconds": time.perf_counter() - start}
