@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 NEUTRAL_KEYS = ("trainer.resume", "trainer.table_every", "trainer.loader", "trainer.workers", "tracking")
 # A resumed run may also train longer (more epochs, a larger time budget) or move to another
 # device; anything else would make it a different experiment. They stay part of a benchmark run's identity.
-RESUMABLE_KEYS = (*NEUTRAL_KEYS, "trainer.epochs", "trainer.max_minutes", "device")
+RESUMABLE_KEYS = (*NEUTRAL_KEYS, "trainer.epochs", "trainer.max_minutes", "device", "federated.rounds")
 
 
 def resumable(key: str) -> bool:

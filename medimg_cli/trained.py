@@ -19,6 +19,7 @@ from medimg_cli.config import resolve_device
 from medimg_cli.data import Splits, build_data
 from medimg_cli.data.patches import patch_size
 from medimg_cli.errors import ConfigError
+from medimg_cli.federated.sites import federated_view
 from medimg_cli.metrics import with_average
 from medimg_cli.speed import Speed
 from medimg_cli.training import whole_images
@@ -58,6 +59,8 @@ def load_trained(
         raise ConfigError(f"data.{unknown[0]} is not a key of this run's data config; its keys: {keys}")
     data_cfg = OmegaConf.merge(config["data"], dict(data_changes or {}))
     data = build_data(OmegaConf.to_container(data_cfg, resolve=True))
+    if config.get("federated") is not None:  # a federated run's sites (medimg eval's subgroup table per site)
+        data = federated_view(data, data_cfg, config["federated"], config["trainer"]["batch_size"])
     data.info = with_average(data.info, (config.get("metrics") or {}).get("average"))
     if data.fingerprint != payload["data_fingerprint"] and not data_changes:
         log.warning("the rebuilt data differ from the data this model was trained on (fingerprint)")

@@ -29,6 +29,7 @@ from medimg_cli.data.patches import PatchBatches, patch_size
 from medimg_cli.data.plan import NETWORK_KEYS, memory_budget, network_plan, resolve_config, resolve_network, wants_plan
 from medimg_cli.distributed import device_for_rank, is_distributed, world
 from medimg_cli.errors import ConfigError
+from medimg_cli.federated.sites import federated_view
 from medimg_cli.fileio import hold_folder, release, remove_stale_temporaries, write_atomic, write_json
 from medimg_cli.losses import TaskLoss
 from medimg_cli.metrics import monitor_columns, monitor_mode, with_average
@@ -112,7 +113,7 @@ def setup(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
             raise ConfigError(
                 f"{run_dir} already holds a run; continue it with trainer.resume=true or pick another hydra.run.dir"
             )
-        run = _build_run(cfg, run_dir, resume)
+        run = build_run(cfg, run_dir, resume)
     except BaseException:
         release(lock)
         raise
@@ -120,7 +121,7 @@ def setup(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     return run
 
 
-def _build_run(cfg: DictConfig, run_dir: Path, resume: Resume | None) -> Run:
+def build_run(cfg: DictConfig, run_dir: Path, resume: Resume | None) -> Run:
     """The rest of ``setup``, in a run folder this process holds."""
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     device = device_for_rank(resolve_device(cfg.device))
@@ -192,6 +193,9 @@ def planned_data(cfg: DictConfig, device: Any) -> Splits:
     if wants_plan(data_cfg):
         data_cfg["memory_gb"] = memory_budget(cfg.trainer.get("memory_gb"), device)
     data = build_data(data_cfg)
+    if cfg.get("federated") is not None:  # sites named, or one site's images alone
+        fed = OmegaConf.to_container(cfg.federated, resolve=True)
+        data = federated_view(data, data_cfg, fed, cfg.trainer.batch_size)
     data.info = with_average(data.info, OmegaConf.select(cfg, "metrics.average", default=None))
     if data.plan is not None:
         resolve_config(cfg, data.plan)

@@ -47,9 +47,12 @@ def tiny_cfg():
     return lambda *overrides: compose_config([*TINY, *overrides])
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m medimg_cli ARGS`` in a subprocess (what the ``medimg`` script runs)."""
-    env = {**os.environ, "COLUMNS": "200"}
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python -m medimg_cli ARGS`` in a subprocess (what the ``medimg`` script runs), with
+    ``env`` (default: this process's) and a wide terminal."""
+    env = {**(os.environ if env is None else env), "COLUMNS": "200"}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, "-m", "medimg_cli", *args],

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import signal
 import threading
 import time
@@ -29,16 +28,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from medimg_cli.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from medimg_cli.distributed import barrier, join, launch, leave, reduce_across, requested_devices, sum_across, world
-from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
+from medimg_cli.checkpoint import load_checkpoint
+from medimg_cli.distributed import barrier, join, launch, leave, requested_devices, sum_across, world
+from medimg_cli.epoch import epoch_row, train_one_epoch, validate, write_epoch
+from medimg_cli.errors import ConfigError
 from medimg_cli.evaluation.anomalous import decided_metrics, split_cases
 from medimg_cli.evaluation.multilabel import per_label_summary
 from medimg_cli.fileio import release, write_atomic, write_json
 from medimg_cli.hydra_app import print_error, run_hydra
-from medimg_cli.loop import evaluate, train_epoch
-from medimg_cli.metrics import COLUMNS, METRICS, TaskMetrics, positive_class
-from medimg_cli.results import append_metrics_row, cases_csv
+from medimg_cli.loop import evaluate
+from medimg_cli.metrics import TaskMetrics, positive_class
+from medimg_cli.results import cases_csv
 from medimg_cli.runinfo import device_name, git_commit, peak_memory, versions
 from medimg_cli.sweeps import check_direction, objective, optuna_direction
 from medimg_cli.tables import make_console, markdown_table, rich_table, run_headers, run_title
@@ -47,7 +47,6 @@ from medimg_cli.training import Run, setup
 
 HELP = "train a model; Hydra overrides pick data, model, augment, optim, trainer"
 log = logging.getLogger(__name__)
-ACROSS_PROCESSES = {m.key: m.across for m in METRICS if m.across != "rank0"}  # what DDP processes combine
 
 
 def main(argv: list[str]) -> int:
@@ -143,36 +142,13 @@ def run_epoch(
         the ``metrics.csv`` row (``metrics.COLUMNS``), or ``None`` on processes other than rank 0.
     """
     epoch_start = time.perf_counter()
-    skip = _nonfinite_policy(run.cfg.trainer) == "skip_batch"
     warm = not run.warmup_seconds  # the session's first epoch: time its warm-up apart
-    stats = train_epoch(
-        run.train_model, run.train_batches, epoch, run.loss, run.optimizer, run.augment, run.speed, run.scaler,
-        on_batch, skip, warm,
-    )  # fmt: skip
-    run.warmup_seconds.setdefault("train", stats["warmup_seconds"])
-    _check_finite(run, epoch, stats, skip)
-    if run.schedule is not None:
-        run.schedule.step()
-    if run.processes > 1:  # the loss of the global batch, the throughput of all processes
-        stats = reduce_across(stats, "train_samples", ACROSS_PROCESSES)
+    stats = train_one_epoch(run, epoch, on_batch)
     if not run.main:
         return None
-    val = evaluate(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation(), keep=keep, warmup=warm)
-    run.warmup_seconds.setdefault("evaluation", val.get("warmup_seconds", 0.0))
-    if not math.isfinite(val["loss"]):
-        raise TrainingStopped(
-            f"epoch {epoch}: the validation loss is {val['loss']} (NaN or infinite pixels in the validation images, "
-            f"or outputs that overflow); {_kept(run)}"
-        )
-    measured = {m.column: val[m.key] for m in METRICS if m.evaluated and m.key in val}
-    measured |= {"epoch": epoch, "epoch_seconds": time.perf_counter() - epoch_start}
-    measured |= {key: stats[key] for key in ("train_loss", "train_images_per_second")}
-    row = {column: measured[column] for column in COLUMNS if column in measured}
-    if run.state.record(row, run.cfg.trainer.monitor, run.monitor_mode):
-        save_checkpoint(run.run_dir / "checkpoints" / "best.pt", _payload(run, epoch))
-    save_checkpoint(run.run_dir / "checkpoints" / "last.pt", _payload(run, epoch, start, resumable=True))
-    # after the checkpoint, so that every row in metrics.csv can be resumed from
-    append_metrics_row(run.run_dir / "metrics.csv", row)
+    val = validate(run, epoch, keep, warm)
+    row = epoch_row(epoch, time.perf_counter() - epoch_start, stats, val)
+    write_epoch(run, row, start)
     return row
 
 
@@ -283,59 +259,6 @@ def _budget_spent(run: Run, start: float, epoch: int) -> bool:
     run.ended_by = "trainer.max_minutes"
     log.info("trainer.max_minutes=%s reached after epoch %d of %d", limit, epoch, run.cfg.trainer.epochs)
     return True
-
-
-def _payload(run: Run, epoch: int, start: float | None = None, resumable: bool = False) -> dict[str, Any]:
-    """A checkpoint of ``run`` after ``epoch``; ``resumable`` adds what ``last.pt`` needs to continue."""
-    state = run.state
-    payload = {
-        **run.checkpoint_base,
-        "state_dict": run.model.state_dict(),
-        "epoch": epoch,
-        "history": list(state.history),
-        "best": state.best(),
-    }
-    if resumable:
-        optimizer = run.optimizer.state_dict() if run.optimizer is not None else None
-        payload |= {"optimizer": optimizer, "scaler": run.scaler.state_dict(), "rng": rng_state()}
-        if run.schedule is not None:
-            payload["scheduler"] = run.schedule.state_dict()
-        payload["wall_seconds"] = state.prior_seconds + time.perf_counter() - start
-    return payload
-
-
-NONFINITE = ("stop", "skip_batch")
-
-
-def _nonfinite_policy(trainer: Any) -> str:
-    policy = trainer.get("on_nonfinite", "stop")
-    if policy not in NONFINITE:
-        raise unknown_choice("trainer.on_nonfinite", policy, NONFINITE)
-    return policy
-
-
-def _check_finite(run: Run, epoch: int, stats: dict[str, Any], skipped: bool) -> None:
-    """Stop the run on a non-finite training loss (``trainer.on_nonfinite=stop``), before this
-    epoch is checkpointed or written; with ``skip_batch``, say how many batches were skipped."""
-    steps, first = stats["nonfinite_steps"], stats["first_nonfinite_step"]
-    if not steps:
-        return
-    if skipped:
-        run.skipped_batches += steps
-        log.warning("epoch %d: skipped %d batch(es) with a non-finite loss (first: step %d)", epoch, steps, first)
-        return
-    raise TrainingStopped(
-        f"epoch {epoch}, step {first}: the training loss is not finite (NaN or inf) in {steps} step(s); likely a "
-        f"learning rate too high (optim.lr={run.cfg.optim.get('lr')}) or NaN/inf pixels in the data. "
-        f"{_kept(run)}; trainer.on_nonfinite=skip_batch skips such batches instead"
-    )
-
-
-def _kept(run: Run) -> str:
-    """What a stopped run keeps: the last epoch checkpointed, if any."""
-    if run.state.epoch == 0:
-        return "no epoch ended with finite losses, so no checkpoint was written"
-    return f"{run.run_dir / 'checkpoints' / 'last.pt'} keeps epoch {run.state.epoch}"
 
 
 def _samples(run: Run, kept: list, count: int) -> dict[str, Any]:

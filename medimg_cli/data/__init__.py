@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import importlib
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,8 @@ from medimg_cli.registry import Registry
 SUPERVISED = ("classification", "segmentation", "multitask")  # what a source reads
 TASKS = (*SUPERVISED, "anomaly")  # data.task: anomaly reads a source as classification (data/anomaly.py)
 SPLITS = ("train", "val", "test")
+# Splits' records that hold one entry per sample of each split (besides the tensors and ``meta``)
+PER_SAMPLE = ("ids", "names", "pixel_spacing", "sizes", "affines", "originals")
 MAX_SUBGROUP_VALUES = 20  # metadata columns with more distinct values (ids, dates...) are not subgroups
 
 
@@ -92,6 +94,17 @@ class Splits:
         if name not in SPLITS:
             raise unknown_choice("split", name, SPLITS)
         return getattr(self, name)
+
+    def keep(self, name: str, chosen: Sequence[int]) -> None:
+        """Keep only the samples at positions ``chosen`` of split ``name``, in every per-sample record."""
+        index = torch.as_tensor(list(chosen), dtype=torch.long)
+        setattr(self, name, {key: value[index] for key, value in self.split(name).items()})
+        for field_name in PER_SAMPLE:
+            per_split = getattr(self, field_name)
+            if per_split is not None and per_split.get(name) is not None:
+                setattr(self, field_name, {**per_split, name: [per_split[name][i] for i in chosen]})
+        if self.meta and name in self.meta:
+            self.meta = {**self.meta, name: {c: [v[i] for i in chosen] for c, v in self.meta[name].items()}}
 
     def subgroup_columns(self) -> list[str]:
         """Metadata columns with few distinct values over the whole dataset (site, scanner, sex;

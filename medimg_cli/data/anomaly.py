@@ -68,7 +68,7 @@ def anomaly_splits(splits: Splits, normal_classes: Any) -> Splits:
         split["label"] = torch.where(torch.isin(split["label"], normal), NORMAL, ABNORMAL).long()
         if "mask" in split:  # any lesion class is the abnormal region
             split["mask"] = (split["mask"] > 0).to(torch.uint8)
-    _keep_train(splits, splits.train["label"] == NORMAL)
+    splits.keep("train", (splits.train["label"] == NORMAL).nonzero().flatten().tolist())
     if not len(splits.train["label"]):
         raise ConfigError(f"data.normal_classes={normal_classes}: the train split has no image of these classes")
     splits.info = DataInfo(
@@ -82,16 +82,3 @@ def anomaly_splits(splits: Splits, normal_classes: Any) -> Splits:
         average="binary",
     )
     return splits
-
-
-def _keep_train(splits: Splits, keep: torch.Tensor) -> None:
-    """Drop the train split's samples where ``keep`` ``(N,)`` is false, in every per-sample record."""
-    chosen = keep.nonzero().flatten().tolist()
-    splits.train = {key: value[keep] for key, value in splits.train.items()}
-    for field in ("ids", "names", "pixel_spacing", "sizes", "affines", "originals"):
-        per_split = getattr(splits, field)
-        if per_split is not None and per_split.get("train") is not None:
-            setattr(splits, field, {**per_split, "train": [per_split["train"][i] for i in chosen]})
-    if splits.meta and "train" in splits.meta:
-        columns = splits.meta["train"]
-        splits.meta = {**splits.meta, "train": {c: [v[i] for i in chosen] for c, v in columns.items()}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from medimg_cli.data import SOURCES, DataInfo, Splits, fingerprint, keys_for_task
@@ -33,6 +34,7 @@ def phantom_splits(cfg: Mapping) -> Splits:
         mask_classes=cfg["mask_classes"],
         normalize=cfg.get("normalize", "minmax"),
     )
+    sites = _scanner_sites(arrays, cfg.get("sites", 0), cfg["seed"])
     class_names = CLASS_NAMES
     if cfg["binary"]:  # malignant vs the rest: the binary question of most screening papers
         arrays["label"] = (arrays["label"] == CLASS_NAMES.index("malignant")).astype(arrays["label"].dtype)
@@ -48,4 +50,25 @@ def phantom_splits(cfg: Mapping) -> Splits:
     keys = keys_for_task(cfg["task"])
     index = split_indices(cfg["num_samples"], tuple(cfg["split"]), cfg["seed"])
     splits = {name: {key: torch.from_numpy(arrays[key][idx]) for key in keys} for name, idx in index.items()}
-    return Splits(**splits, info=info, fingerprint=fingerprint(arrays))
+    meta = {name: {"site": [sites[i] for i in idx]} for name, idx in index.items()} if sites else None
+    return Splits(**splits, info=info, fingerprint=fingerprint(arrays), meta=meta)
+
+
+def _scanner_sites(arrays: dict[str, np.ndarray], sites: int, seed: int) -> list[str] | None:
+    """With ``data.sites=K`` > 0: give each phantom a site (``site_1`` ... ``site_K``, uniformly at
+    random) whose scanner scales, shifts and adds noise to its intensities, in place: site k of K has
+    gain 0.7 to 1.3, offset -0.1 to 0.1 and noise sd 0 to 0.1 (spread evenly), the shift between
+    hospitals that federated learning meets. ``meta["site"]`` names them (``data.site_column=site``)."""
+    if not sites:
+        return None
+    if not isinstance(sites, int) or sites < 1:
+        raise ConfigError(f"data.sites={sites} must be a whole number of sites (0: one scanner)")
+    rng = np.random.default_rng([seed, 1])  # a stream of its own: the phantoms stay those of data.seed
+    site = rng.integers(0, sites, size=len(arrays["label"]))
+    spread = np.linspace(0, 1, sites) if sites > 1 else np.zeros(1)
+    gain, offset, noise = 0.7 + 0.6 * spread, -0.1 + 0.2 * spread, 0.1 * spread
+    shape = (-1,) + (1,) * (arrays["image"].ndim - 1)
+    image = arrays["image"] * gain[site].reshape(shape) + offset[site].reshape(shape)
+    image += noise[site].reshape(shape) * rng.standard_normal(image.shape)
+    arrays["image"] = image.astype(np.float32)
+    return [f"site_{k + 1}" for k in site]

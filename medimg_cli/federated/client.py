@@ -1,0 +1,183 @@
+"""The Flower ``ClientApp``: a site trains the global model on its own images and validates it.
+
+Each site is an ordinary medimg ``Run`` (``training.setup``'s pieces) of the federated config with
+``federated.site=<its name>`` and ``seed + site index``, kept in ``<run>/sites/<site>/``: the same
+model, augmentation, loss, optimizer and schedule as ``medimg train``, and the same training step
+(``epoch.train_one_epoch``). A round: load the global weights, train ``federated.local_epochs``
+epochs (numbered on from the site's earlier rounds, so batch order and schedule continue), reply
+with the weights and the number of training images. FedProx adds
+``proximal_mu / 2 * ||w - w_global||^2`` to the loss, as Li et al. 2020 define it.
+
+The site's optimizer, schedule and random state carry over between rounds, as they would between
+the epochs of one run: they are saved at the site (``state_<round>.pt``, never sent), so FedAvg
+with one site and one local epoch per round is exactly ordinary training, and an interrupted run
+resumes. Only weights and counts leave a site.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from medimg_cli.checkpoint import rng_state, save_checkpoint, set_rng_state
+from medimg_cli.epoch import train_one_epoch
+from medimg_cli.fileio import load_tensors
+from medimg_cli.loop import evaluate
+from medimg_cli.metrics import METRICS
+from medimg_cli.training import Run, build_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Site:
+    """A site's run in this worker process, its index and the random state it was built with."""
+
+    run: Run
+    index: int
+    start: dict[str, Any]
+
+
+_SITES: dict[tuple[str, int], Site] = {}  # the sites this worker process has built, by (run folder, index)
+
+
+def client_app(cfg: dict[str, Any], run_dir: str, sites: list[str]) -> ClientApp:
+    """The ``ClientApp`` of a federated run; node ``partition-id`` k is site ``sites[k]``.
+
+    Args:
+        cfg: the federated run's resolved config (plain containers: it travels to Flower's workers).
+        run_dir: the run folder; site k keeps its state in ``<run_dir>/sites/<sites[k]>/``.
+    """
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return _noted(local_training, cfg, run_dir, sites, context, msg)
+
+    @app.evaluate()
+    def check(msg: Message, context: Context) -> Message:
+        return _noted(local_validation, cfg, run_dir, sites, context, msg)
+
+    return app
+
+
+def _noted(step: Any, cfg: dict[str, Any], run_dir: str, sites: list[str], context: Context, msg: Message) -> Message:
+    """``step`` at the site of ``context``; an error is written to ``sites/<site>/error.txt`` (the
+    server names it) before Flower reports the failed reply."""
+    try:
+        return step(_site_run(cfg, run_dir, sites, context), msg)
+    except Exception as error:
+        folder = Path(run_dir) / "sites" / sites[int(context.node_config["partition-id"])]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "error.txt").write_text(f"{type(error).__name__}: {error}\n")
+        raise
+
+
+def site_config(cfg: DictConfig | dict, index: int, name: str) -> DictConfig:
+    """Site ``name``'s run config: its images alone, seed ``seed + index``, and a schedule as long
+    as all its local epochs (``rounds x local_epochs``)."""
+    site = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
+    fed = site.federated
+    site.federated.site, site.seed = name, site.seed + index
+    site.trainer.epochs = fed.rounds * fed.local_epochs
+    site.trainer.resume = False
+    return site
+
+
+def _site_run(cfg: dict[str, Any], run_dir: str, sites: list[str], context: Context) -> Site:
+    """Site ``partition-id``, built once per worker process."""
+    index = int(context.node_config["partition-id"])
+    key = (run_dir, index)
+    if key not in _SITES:
+        name = sites[index]
+        run = build_run(site_config(cfg, index, name), Path(run_dir) / "sites" / name, None)
+        _SITES[key] = Site(run, index, rng_state())
+    return _SITES[key]
+
+
+def local_training(site: Site, msg: Message) -> Message:
+    """Round ``server-round`` at a site: global weights in, ``local-epochs`` epochs, weights out."""
+    run = site.run
+    config = msg.content["config"]
+    round_, epochs = int(config["server-round"]), int(config["local-epochs"])
+    run.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    _restore(run, round_ - 1, site.start)
+    mu = float(config.get("proximal-mu", 0.0))
+    loss = Proximal(run.loss, run.model, mu) if mu > 0 else None
+    for epoch in range((round_ - 1) * epochs + 1, round_ * epochs + 1):
+        stats = train_one_epoch(run, epoch, loss=loss)
+    _save(run, round_)
+    # FedAvg weighs each site by its training images (McMahan et al. 2017's n_k)
+    metrics = {
+        "num-examples": len(run.data.train["image"]),
+        "train_loss": stats["train_loss"],
+        "site-index": site.index,
+    }
+    metrics["train_images_per_second"] = stats["train_images_per_second"]
+    content = RecordDict({"arrays": ArrayRecord(run.model.state_dict()), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)
+
+
+def local_validation(site: Site, msg: Message) -> Message:
+    """The global model on the site's validation images: ``val_<metric>`` per metric, the count
+    and the site's index (the server's per-site table)."""
+    run = site.run
+    run.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    found = evaluate(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation())
+    metrics = {m.column: float(found[m.key]) for m in METRICS if m.evaluated and found.get(m.key) is not None}
+    metrics |= {"num-examples": len(run.data.val["image"]), "site-index": site.index}
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+class Proximal(nn.Module):
+    """FedProx's local objective: ``loss + mu / 2 * ||w - w_global||^2`` over the trainable weights,
+    ``w_global`` being the weights the round started from."""
+
+    def __init__(self, loss: nn.Module, model: nn.Module, mu: float) -> None:
+        super().__init__()
+        self.loss, self.model, self.mu = loss, model, mu
+        self.anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        trainable = (p for p in self.model.parameters() if p.requires_grad)
+        distance = sum((p - a).pow(2).sum() for p, a in zip(trainable, self.anchor, strict=True))
+        return self.loss(outputs, batch) + self.mu / 2 * distance
+
+
+def _state_path(run: Run, round_: int) -> Path:
+    return run.run_dir / f"state_{round_}.pt"
+
+
+def _restore(run: Run, previous: int, start: dict[str, Any]) -> None:
+    """The optimizer, schedule, scaler and random state the site ended round ``previous`` with
+    (round 0: as built)."""
+    path = _state_path(run, previous)
+    if previous == 0 or not path.is_file():
+        if previous:
+            log.warning("%s has no state of round %d: its optimizer starts afresh", run.run_dir, previous)
+        set_rng_state(start)
+        return
+    state = load_tensors(path, f"site state {path}", run.device)
+    if run.optimizer is not None:
+        run.optimizer.load_state_dict(state["optimizer"])
+    if run.schedule is not None:
+        run.schedule.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+
+
+def _save(run: Run, round_: int) -> None:
+    """Keep this round's state at the site (and the one before, which a resumed round restarts from)."""
+    optimizer = run.optimizer.state_dict() if run.optimizer is not None else None
+    schedule = run.schedule.state_dict() if run.schedule is not None else None
+    state = {"optimizer": optimizer, "scheduler": schedule, "scaler": run.scaler.state_dict(), "rng": rng_state()}
+    save_checkpoint(_state_path(run, round_), state)
+    _state_path(run, round_ - 2).unlink(missing_ok=True)
