@@ -10,12 +10,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import check_test_metrics, compose_config, run_cli
 from omegaconf import OmegaConf
 
 from medimg_cli.data import DataInfo, Splits, build_data
 from medimg_cli.errors import ConfigError
 from medimg_cli.federated.sites import _dirichlet, assign_sites, federated_view, site_names, site_splits
-from conftest import check_test_metrics, compose_config, run_cli
 
 flwr = pytest.importorskip("flwr", reason="Flower is an extra: pip install 'medimg[federated]'")
 
