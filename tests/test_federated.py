@@ -208,3 +208,35 @@ def test_three_sites_write_the_round_tables_the_baselines_and_a_global_model_eva
     groups = list(csv.DictReader((run_dir / "eval" / "test" / "subgroups.csv").open()))
     per_site = {r["group"]: int(r["n"]) for r in groups if r["column"] == "site"}
     assert per_site == {site: c["test"] for site, c in counts.items()}
+
+
+def test_a_deployed_site_trains_on_its_own_data_and_keeps_its_state(tmp_path, monkeypatch):
+    """The ``ClientApp`` that Flower's deployment engine runs at a site, called as a SuperNode
+    would: the site reads its own data config and keeps its round state in its own folder."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for key in ("_run_id", "_task_id", "_node_id"):  # what Flower's runtime sets in a SuperNode's process
+        monkeypatch.setattr(TaskIdentity, key, 1)
+
+    from medimg_cli.federated.deploy import client
+    from medimg_cli.models import create_model, model_args
+
+    shared = compose_config([*SMALL, "data.task=classification", "federated.clients=2"], name="federated")
+    (tmp_path / "federated.yaml").write_text(OmegaConf.to_yaml(shared))
+    own = OmegaConf.merge(shared.data, {"seed": 7, "num_samples": 40})
+    (tmp_path / "site.yaml").write_text(OmegaConf.to_yaml(own))
+    node = {"site-index": 1, "data": str(tmp_path / "site.yaml"), "folder": str(tmp_path / "site")}
+    context = Context(1, 5, node, RecordDict(), {"medimg-config": str(tmp_path / "federated.yaml")})
+    data = build_data(OmegaConf.to_container(own))
+    torch.manual_seed(0)
+    model = create_model("cnn", **model_args(OmegaConf.to_container(shared.model), data.info))
+    config = ConfigRecord({"server-round": 1, "local-epochs": 1})
+    message = Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config}), 5, "train")
+    reply = client(message, context)
+    metrics = next(iter(reply.content.metric_records.values()))
+    assert metrics["num-examples"] == len(data.train["image"]) and metrics["site-index"] == 1
+    trained = next(iter(reply.content.array_records.values())).to_torch_state_dict()
+    assert any(not torch.equal(value, trained[key]) for key, value in model.state_dict().items())
+    assert (tmp_path / "site" / "state_1.pt").is_file()
+    assert OmegaConf.load(tmp_path / "site" / "config.yaml").seed == shared.seed + 1

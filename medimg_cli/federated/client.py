@@ -17,6 +17,7 @@ resumes. Only weights and counts leave a site.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,39 +47,59 @@ class Site:
     start: dict[str, Any]
 
 
-_SITES: dict[tuple[str, int], Site] = {}  # the sites this worker process has built, by (run folder, index)
+_SITES: dict[tuple, Site] = {}  # the sites this worker process has built
 
 
-def client_app(cfg: dict[str, Any], run_dir: str, sites: list[str]) -> ClientApp:
-    """The ``ClientApp`` of a federated run; node ``partition-id`` k is site ``sites[k]``.
-
-    Args:
-        cfg: the federated run's resolved config (plain containers: it travels to Flower's workers).
-        run_dir: the run folder; site k keeps its state in ``<run_dir>/sites/<sites[k]>/``.
-    """
+def client_app(site_of: Callable[[Context], Site], folder_of: Callable[[Context], Path]) -> ClientApp:
+    """The ``ClientApp``: ``site_of(context)`` is the site a node trains and validates (built once
+    per worker process); an error is written to ``folder_of(context)/error.txt`` (the server names
+    it) before Flower reports the failed reply."""
     app = ClientApp()
+
+    def noted(step: Callable[[Site, Message], Message], msg: Message, context: Context) -> Message:
+        try:
+            return step(site_of(context), msg)
+        except Exception as error:
+            folder = folder_of(context)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "error.txt").write_text(f"{type(error).__name__}: {error}\n")
+            raise
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return _noted(local_training, cfg, run_dir, sites, context, msg)
+        return noted(local_training, msg, context)
 
     @app.evaluate()
     def check(msg: Message, context: Context) -> Message:
-        return _noted(local_validation, cfg, run_dir, sites, context, msg)
+        return noted(local_validation, msg, context)
 
     return app
 
 
-def _noted(step: Any, cfg: dict[str, Any], run_dir: str, sites: list[str], context: Context, msg: Message) -> Message:
-    """``step`` at the site of ``context``; an error is written to ``sites/<site>/error.txt`` (the
-    server names it) before Flower reports the failed reply."""
-    try:
-        return step(_site_run(cfg, run_dir, sites, context), msg)
-    except Exception as error:
-        folder = Path(run_dir) / "sites" / sites[int(context.node_config["partition-id"])]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "error.txt").write_text(f"{type(error).__name__}: {error}\n")
-        raise
+def simulated_client(cfg: dict[str, Any], run_dir: str, sites: list[str]) -> ClientApp:
+    """The ``ClientApp`` of a simulation: node ``partition-id`` k is site ``sites[k]`` of the pooled
+    data, kept in ``<run_dir>/sites/<sites[k]>/``.
+
+    Args:
+        cfg: the federated run's resolved config (plain containers: it travels to Flower's workers).
+    """
+
+    def folder_of(context: Context) -> Path:
+        return Path(run_dir) / "sites" / sites[int(context.node_config["partition-id"])]
+
+    def site_of(context: Context) -> Site:
+        index = int(context.node_config["partition-id"])
+        return built_site((run_dir, index), lambda: (site_config(cfg, index, sites[index]), folder_of(context)), index)
+
+    return client_app(site_of, folder_of)
+
+
+def built_site(key: tuple, recipe: Callable[[], tuple[DictConfig, Path]], index: int) -> Site:
+    """The site ``key`` of this worker process, built from ``recipe()`` (its config and folder) once."""
+    if key not in _SITES:
+        cfg, folder = recipe()
+        _SITES[key] = Site(build_run(cfg, folder, None), index, rng_state())  # the state right after building
+    return _SITES[key]
 
 
 def site_config(cfg: DictConfig | dict, index: int, name: str) -> DictConfig:
@@ -90,17 +111,6 @@ def site_config(cfg: DictConfig | dict, index: int, name: str) -> DictConfig:
     site.trainer.epochs = fed.rounds * fed.local_epochs
     site.trainer.resume = False
     return site
-
-
-def _site_run(cfg: dict[str, Any], run_dir: str, sites: list[str], context: Context) -> Site:
-    """Site ``partition-id``, built once per worker process."""
-    index = int(context.node_config["partition-id"])
-    key = (run_dir, index)
-    if key not in _SITES:
-        name = sites[index]
-        run = build_run(site_config(cfg, index, name), Path(run_dir) / "sites" / name, None)
-        _SITES[key] = Site(run, index, rng_state())
-    return _SITES[key]
 
 
 def local_training(site: Site, msg: Message) -> Message:

@@ -58,7 +58,8 @@ def site_tables(
     ``shown``: the rounds the global table shows (``tables.select_rows``)."""
     title = f"per site: the global model's {monitored(monitor).title} on each site's val split, then test"
     headers, body = site_cells(history, sites, monitor, tests, shown)
-    tables, markdown = [grid_rich(headers, body, title, sections=(len(body) - 2,))], grid_markdown(headers, body, title)
+    sections = (len(body) - 2,) if tests else ()  # a rule above the test row
+    tables, markdown = [grid_rich(headers, body, title, sections=sections)], grid_markdown(headers, body, title)
     if results:
         title = "the federated model against centralised training (pooled data) and each site alone, on test"
         headers, body = comparison_cells(results, sites)

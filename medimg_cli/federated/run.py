@@ -19,9 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from medimg_cli.checkpoint import load_checkpoint
 from medimg_cli.commands.train import build_summary, epoch_status, test_best
-from medimg_cli.federated.client import client_app
+from medimg_cli.errors import ConfigError
+from medimg_cli.federated.client import simulated_client
 from medimg_cli.federated.report import ROUND_HEADERS, monitored, site_tables
-from medimg_cli.federated.server import Rounds, build_strategy, offset_rounds, restore_strategy, server_app
+from medimg_cli.federated.server import (
+    Rounds,
+    build_strategy,
+    offset_rounds,
+    restore_strategy,
+    run_rounds,
+    server_app,
+)
 from medimg_cli.federated.sites import COLUMN, site_names
 from medimg_cli.fileio import release, write_atomic, write_json
 from medimg_cli.loop import evaluate
@@ -31,19 +39,31 @@ from medimg_cli.training import Run, setup
 log = logging.getLogger(__name__)
 
 
-def federate(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run ``cfg``'s federated training into ``run_dir``; returns the summary (``summary.json``)."""
+def federate(
+    cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None, deployed: tuple[Any, list[str]] | None = None
+) -> dict[str, Any]:
+    """Run ``cfg``'s federated training into ``run_dir``; returns the summary (``summary.json``).
+
+    Args:
+        overrides: the command line's, checked on resume.
+        deployed: ``(grid, site names)`` under Flower's deployment engine (``federated/deploy.py``):
+            the rounds run on that grid, and the server's data are its own held-out images, not
+            the sites' (no per-site tests, no baselines). ``None``: a simulation of the sites.
+    """
     run = setup(cfg, run_dir, overrides)
     try:
         start = time.perf_counter()
         fed = run.cfg.federated
         run.cfg.trainer.epochs = fed.rounds  # a resumed run's saved value predates federated.rounds=<more>
-        sites = site_names(run.data)
-        _describe_sites(run, sites)
+        if deployed and fed.baselines:
+            raise ConfigError("federated.baselines=true needs every site's images in one place: simulation only")
+        sites = deployed[1] if deployed else site_names(run.data)
+        if not deployed:
+            _describe_sites(run, sites)
         if run.state.epoch < fed.rounds:
-            _simulate(run, sites, start)
+            _rounds(run, sites, start, deployed[0] if deployed else None)
         test = test_best(run)
-        tests = site_tests(run, sites)
+        tests = {} if deployed else site_tests(run, sites)
         results = {f"federated ({fed.strategy})": {"pooled": test, **tests}}
         if fed.baselines:
             results |= baselines(run, sites)
@@ -52,10 +72,9 @@ def federate(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None)
         release(run.lock)
 
 
-def _simulate(run: Run, sites: list[str], start: float) -> None:
-    """The rounds left, in Flower's simulation engine (Ray): one node per site."""
-    from flwr.simulation import run_simulation  # Ray starts only here
-
+def _rounds(run: Run, sites: list[str], start: float, grid: Any) -> None:
+    """The rounds left: on ``grid`` (deployment), or in Flower's simulation engine (Ray) with one
+    node per site."""
     fed, done = run.cfg.federated, run.state.epoch
     saved = load_checkpoint(run.run_dir / "checkpoints" / "last.pt") if done else {}
     rounds = Rounds(run, sites, start, _reporter(run, sites), saved.get("site_history", []))
@@ -63,21 +82,27 @@ def _simulate(run: Run, sites: list[str], start: float) -> None:
     restore_strategy(strategy, saved.get("strategy", {}))
     if done:
         offset_rounds(strategy, done)
-    failed: list[BaseException] = []
     train_config = {"local-epochs": int(fed.local_epochs)}
-    server = server_app(rounds, strategy, fed.rounds - done, train_config, failed)
-    client = client_app(OmegaConf.to_container(run.cfg, resolve=True), str(run.run_dir), sites)
+    if grid is not None:
+        run_rounds(rounds, strategy, fed.rounds - done, train_config, grid)
+    else:
+        _simulate(run, sites, server_app(rounds, strategy, fed.rounds - done, train_config, failed := []))
+        if failed:
+            raise failed[0]
+    if run.state.epoch < fed.rounds:
+        raise RuntimeError(f"Flower's strategy stopped after round {run.state.epoch} of {fed.rounds} (its log above)")
+
+
+def _simulate(run: Run, sites: list[str], server: Any) -> None:
+    """Flower's simulation engine (Ray starts here): the ``server`` app and one node per site."""
+    from flwr.simulation import run_simulation
+
+    client = simulated_client(OmegaConf.to_container(run.cfg, resolve=True), str(run.run_dir), sites)
     simulation = run.cfg.simulation
     resources = {"num_cpus": simulation.cpus_per_site, "num_gpus": float(simulation.gpus_per_site)}
     backend = {"client_resources": resources, "init_args": {"logging_level": "ERROR", "configure_logging": False}}
     with _quiet_flower():
         run_simulation(server, client, num_supernodes=len(sites), backend_config=backend)
-    if failed:
-        raise failed[0]
-    if run.state.epoch < fed.rounds:
-        raise RuntimeError(
-            f"Flower's simulation ended after round {run.state.epoch} of {fed.rounds}; see its log above"
-        )
 
 
 def site_tests(run: Run, sites: list[str]) -> dict[str, dict[str, float]]:
@@ -124,7 +149,8 @@ def _finish(run: Run, sites: list[str], test: dict, tests: dict, results: dict, 
         "rounds": fed.rounds,
         "local_epochs": fed.local_epochs,
         "fraction": fed.fraction,
-        "sites": {site: _counts(run, site) for site in sites},
+        # images per site and split; deployed, the server does not know them (sites.csv has each site's count)
+        "sites": {site: _counts(run, site) for site in sites} if tests else list(sites),
         "site_test": tests,
         **({"comparison": results} if results else {}),
     }

@@ -149,24 +149,29 @@ class Rounds:
 def server_app(
     rounds: Rounds, strategy: Strategy, num_rounds: int, train_config: dict[str, Any], failed: list
 ) -> ServerApp:
-    """The ``ServerApp``: ``num_rounds`` rounds of ``strategy`` from the global run's weights; an
-    error in it lands in ``failed`` (Flower's simulation logs errors of its server thread only)."""
+    """The ``ServerApp`` of a simulation: ``run_rounds``; an error in it lands in ``failed``
+    (Flower's simulation only logs the errors of its server thread)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            strategy.start(
-                grid=grid,
-                initial_arrays=ArrayRecord(rounds.run.model.state_dict()),
-                num_rounds=num_rounds,
-                train_config=ConfigRecord(train_config),
-                evaluate_fn=rounds.on_round,
-            )
+            run_rounds(rounds, strategy, num_rounds, train_config, grid)
         except BaseException as error:  # noqa: BLE001 - handed to the command, which reports it
             failed.append(error)
 
     return app
+
+
+def run_rounds(rounds: Rounds, strategy: Strategy, num_rounds: int, train_config: dict[str, Any], grid: Grid) -> None:
+    """``num_rounds`` rounds of ``strategy`` on ``grid`` from the global run's weights."""
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(rounds.run.model.state_dict()),
+        num_rounds=num_rounds,
+        train_config=ConfigRecord(train_config),
+        evaluate_fn=rounds.on_round,
+    )
 
 
 def _metrics(records: list[RecordDict]) -> list[MetricRecord]:
