@@ -56,7 +56,8 @@ def site_tables(
 ) -> tuple[list, str]:
     """The per-site and comparison tables as rich tables (for the terminal) and as Markdown;
     ``shown``: the rounds the global table shows (``tables.select_rows``)."""
-    title = f"per site: the global model's {monitored(monitor).title} on each site's val split, then test"
+    title = f"per site: the global model's {monitored(monitor).title} on each site's val split"
+    title += ", then test" if tests else ""
     headers, body = site_cells(history, sites, monitor, tests, shown)
     sections = (len(body) - 2,) if tests else ()  # a rule above the test row
     tables, markdown = [grid_rich(headers, body, title, sections=sections)], grid_markdown(headers, body, title)
