@@ -109,8 +109,11 @@ def site_tests(run: Run, sites: list[str]) -> dict[str, dict[str, float]]:
     """The loaded model's test metrics on each site's test images."""
     found = {}
     for site in sites:
-        chosen = torch.tensor([i for i, value in enumerate(run.data.meta["test"][COLUMN]) if value == site])
-        split = {key: value[chosen] for key, value in run.data.test.items()}
+        chosen = [i for i, value in enumerate(run.data.meta["test"][COLUMN]) if value == site]
+        if not chosen:  # a partition may leave a small site without test images
+            found[site] = {}
+            continue
+        split = {key: value[torch.tensor(chosen)] for key, value in run.data.test.items()}
         batches = run.batches(split, run.cfg.trainer.eval_batch_size)
         found[site] = evaluate(run.eval_model, batches, run.loss, run.speed.for_evaluation())
     return found

@@ -123,6 +123,10 @@ class Rounds:
         epoch, run = self.offset + server_round, self.run
         if not self.trained:
             raise TrainingStopped(f"round {epoch}: no site returned trained weights; {_failures(run, self.sites)}")
+        missing = [site for site in self.sites if site not in self.trained]
+        if missing and self.strategy.fraction_train == 1:  # every site was asked
+            log.warning("round %d: %s sent no weights (%s); the round averaged the others", epoch,
+                        ", ".join(missing), _failures(run, missing))  # fmt: skip
         run.model.load_state_dict(arrays.to_torch_state_dict())
         counts = {site: m["num-examples"] for site, m in self.trained.items()}
         stats = {
