@@ -237,6 +237,9 @@ def test_a_deployed_site_trains_on_its_own_data_and_keeps_its_state(tmp_path, mo
     metrics = next(iter(reply.content.metric_records.values()))
     assert metrics["num-examples"] == len(data.train["image"]) and metrics["site-index"] == 1
     trained = next(iter(reply.content.array_records.values())).to_torch_state_dict()
-    assert any(not torch.equal(value, trained[key]) for key, value in model.state_dict().items())
+    moved = max((trained[key] - value).abs().max().item() for key, value in model.named_parameters())
+    # it trained, from the weights it was sent: a few Adam steps of lr 0.001 move none far (its own
+    # initialisation, seed 1, differs from them by tenths)
+    assert 0 < moved < 0.02
     assert (tmp_path / "site" / "state_1.pt").is_file()
     assert OmegaConf.load(tmp_path / "site" / "config.yaml").seed == shared.seed + 1
