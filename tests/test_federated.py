@@ -243,3 +243,26 @@ def test_a_deployed_site_trains_on_its_own_data_and_keeps_its_state(tmp_path, mo
     assert 0 < moved < 0.02
     assert (tmp_path / "site" / "state_1.pt").is_file()
     assert OmegaConf.load(tmp_path / "site" / "config.yaml").seed == shared.seed + 1
+
+
+def test_fedadam_steps_the_weights_but_averages_the_batch_norm_statistics():
+    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+    from medimg_cli.federated.server import average_buffers
+
+    class Reply:  # what aggregate_train reads of a site's reply
+        def __init__(self, var: float, images: int) -> None:
+            arrays = {"w": torch.zeros(2), "bn.running_var": torch.full((2,), var)}
+            metrics = MetricRecord({"num-examples": images})
+            self.content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics})
+
+        def has_content(self) -> bool:
+            return True
+
+    strategy = type("S", (), {"weighted_by_key": "num-examples"})()
+    stepped = {"w": torch.full((2,), 0.5), "bn.running_var": torch.full((2,), -0.2)}  # an optimiser's step
+    strategy.aggregate_train = lambda server_round, replies: (ArrayRecord(stepped), None)
+    average_buffers(strategy, {"bn.running_var"})
+    arrays, _ = strategy.aggregate_train(1, [Reply(1.0, 10), Reply(2.0, 30)])
+    assert np.allclose(arrays["bn.running_var"].numpy(), 1.75)  # (1 x 10 + 2 x 30) / 40
+    assert np.allclose(arrays["w"].numpy(), 0.5)

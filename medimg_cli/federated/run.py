@@ -24,6 +24,7 @@ from medimg_cli.federated.client import simulated_client
 from medimg_cli.federated.report import ROUND_HEADERS, monitored, site_tables
 from medimg_cli.federated.server import (
     Rounds,
+    average_buffers,
     build_strategy,
     offset_rounds,
     restore_strategy,
@@ -80,6 +81,8 @@ def _rounds(run: Run, sites: list[str], start: float, grid: Any) -> None:
     rounds = Rounds(run, sites, start, _reporter(run, sites), saved.get("site_history", []))
     strategy = rounds.strategy = build_strategy(fed, len(sites), rounds)
     restore_strategy(strategy, saved.get("strategy", {}))
+    if fed.strategy in ("fedadam", "fedyogi"):
+        average_buffers(strategy, {name for name, _ in run.model.named_buffers()})
     if done:
         offset_rounds(strategy, done)
     train_config = {"local-epochs": int(fed.local_epochs)}

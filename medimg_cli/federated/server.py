@@ -23,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi, Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
 
 from medimg_cli.epoch import epoch_row, validate, write_epoch
 from medimg_cli.errors import ConfigError, TrainingStopped, unknown_choice
@@ -74,6 +74,25 @@ def strategy_state(strategy: Strategy) -> dict[str, Any]:
 def restore_strategy(strategy: Strategy, state: Mapping[str, Any]) -> None:
     for key, value in state.items():
         setattr(strategy, key, {k: v.cpu().numpy() for k, v in value.items()})
+
+
+def average_buffers(strategy: Strategy, buffers: set[str]) -> None:
+    """Give the model's ``buffers`` (batch-norm running statistics, counters) the sites' weighted
+    mean after each aggregation: FedAdam and FedYogi step every array with their server optimiser,
+    which can drive a running variance negative; statistics are averaged, not optimised."""
+    aggregate = strategy.aggregate_train
+
+    def aggregate_train(server_round: int, replies: Any) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        arrays, metrics = aggregate(server_round, replies)
+        contents = [reply.content for reply in replies if reply.has_content()]
+        if arrays is not None and contents:
+            mean = aggregate_arrayrecords(contents, strategy.weighted_by_key)
+            for key in buffers & set(mean.keys()):
+                arrays[key] = mean[key]
+        return arrays, metrics
+
+    strategy.aggregate_train = aggregate_train
 
 
 def offset_rounds(strategy: Strategy, offset: int) -> None:
