@@ -266,3 +266,27 @@ def test_fedadam_steps_the_weights_but_averages_the_batch_norm_statistics():
     arrays, _ = strategy.aggregate_train(1, [Reply(1.0, 10), Reply(2.0, 30)])
     assert np.allclose(arrays["bn.running_var"].numpy(), 1.75)  # (1 x 10 + 2 x 30) / 40
     assert np.allclose(arrays["w"].numpy(), 0.5)
+
+
+def test_a_site_continues_from_its_last_finished_round(tmp_path):
+    """A site sampled in rounds 1 and 3 starts round 4 from its round-3 state, and a state of a
+    round the server never finished (5, before an interruption) is passed over."""
+    import random
+
+    from medimg_cli.federated.client import _restore, _save
+
+    class Run:  # the pieces of a site's run that its round state holds
+        run_dir, device, schedule = tmp_path, "cpu", None
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    start = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    for round_ in (1, 3, 5):
+        Run.optimizer.param_groups[0]["lr"] = float(round_)
+        _save(Run, round_)
+    assert sorted(p.name for p in tmp_path.glob("state_*.pt")) == ["state_3.pt", "state_5.pt"]
+    _restore(Run, 4, start)
+    assert Run.optimizer.param_groups[0]["lr"] == 3.0
+    torch.rand(3)
+    _restore(Run, 0, start)  # not trained yet: the random state as built
+    assert torch.equal(torch.get_rng_state(), start["torch"])

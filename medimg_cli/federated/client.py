@@ -16,7 +16,6 @@ resumes. Only weights and counts leave a site.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,6 @@ from medimg_cli.fileio import load_tensors
 from medimg_cli.loop import evaluate
 from medimg_cli.metrics import METRICS
 from medimg_cli.training import Run, build_run
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -162,19 +159,21 @@ class Proximal(nn.Module):
         return self.loss(outputs, batch) + self.mu / 2 * distance
 
 
-def _state_path(run: Run, round_: int) -> Path:
-    return run.run_dir / f"state_{round_}.pt"
+def _states(run: Run) -> dict[int, Path]:
+    """The site's saved round states, by round."""
+    return {int(path.stem.split("_")[1]): path for path in run.run_dir.glob("state_*.pt")}
 
 
 def _restore(run: Run, previous: int, start: dict[str, Any]) -> None:
-    """The optimizer, schedule, scaler and random state the site ended round ``previous`` with
-    (round 0: as built)."""
-    path = _state_path(run, previous)
-    if previous == 0 or not path.is_file():
-        if previous:
-            log.warning("%s has no state of round %d: its optimizer starts afresh", run.run_dir, previous)
+    """The optimizer, schedule, scaler and random state the site ended its last round up to
+    ``previous`` with (a site sampled only in some rounds continues from its last); as built when
+    it has not trained yet. A state of a later round (a round the server never finished before an
+    interruption) is passed over."""
+    rounds = [r for r in _states(run) if r <= previous]
+    if not rounds:
         set_rng_state(start)
         return
+    path = _states(run)[max(rounds)]
     state = load_tensors(path, f"site state {path}", run.device)
     if run.optimizer is not None:
         run.optimizer.load_state_dict(state["optimizer"])
@@ -185,9 +184,10 @@ def _restore(run: Run, previous: int, start: dict[str, Any]) -> None:
 
 
 def _save(run: Run, round_: int) -> None:
-    """Keep this round's state at the site (and the one before, which a resumed round restarts from)."""
+    """Keep this round's state at the site, and the one before (which a resumed round restarts from)."""
     optimizer = run.optimizer.state_dict() if run.optimizer is not None else None
     schedule = run.schedule.state_dict() if run.schedule is not None else None
     state = {"optimizer": optimizer, "scheduler": schedule, "scaler": run.scaler.state_dict(), "rng": rng_state()}
-    save_checkpoint(_state_path(run, round_), state)
-    _state_path(run, round_ - 2).unlink(missing_ok=True)
+    save_checkpoint(run.run_dir / f"state_{round_}.pt", state)
+    for old in sorted(r for r in _states(run) if r < round_)[:-1]:
+        _states(run)[old].unlink(missing_ok=True)
