@@ -183,11 +183,11 @@ def test_window_presets():
 
 
 def test_dicom_source_trains_with_patient_grouping_and_never_writes_patient_ids(tmp_path):
-    rows = ["SeriesInstanceUID,label"]
+    rows = ["SeriesInstanceUID,label,site"]
     for i in range(12):
         patient = f"PAT{i // 2:03d}"  # two series per patient
         uid = write_series(tmp_path / "study" / patient / f"s{i}", 4, patient, value=300.0 * (i % 2))
-        rows.append(f"{uid},{'bright' if i % 2 else 'dark'}")
+        rows.append(f"{uid},{'bright' if i % 2 else 'dark'},{'north' if i < 6 else 'south'}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     cfg = compose_config(
         [
@@ -206,6 +206,9 @@ def test_dicom_source_trains_with_patient_grouping_and_never_writes_patient_ids(
     )
     splits = build_data(dict(cfg.data))
     assert splits.info.spatial_dims == 3 and splits.train["image"].shape[1:] == (1, 16, 16, 4)
+    # the labels CSV's other columns are metadata (data.site_column=site for medimg federated)
+    assert splits.subgroup_columns() == ["site"]
+    assert sorted(v for split in splits.meta.values() for v in split["site"]) == ["north"] * 6 + ["south"] * 6
     train(cfg, tmp_path / "run")
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file() and path.suffix in (".json", ".csv", ".md", ".yaml", ".log"):

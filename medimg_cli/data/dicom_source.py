@@ -78,6 +78,8 @@ def dicom_splits(cfg: Mapping) -> Splits:
             mask=mask_of(s),
             patient=s.patient_id,
             kind="dicom",
+            # the CSV's other columns (site, scanner...) are metadata: subgroups, federated sites
+            meta=tuple((k, v) for k, v in row_of(s).items() if k not in (cfg["label_key"], "label", "mask")),
         )
         for s in series
     ]
