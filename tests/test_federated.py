@@ -290,3 +290,10 @@ def test_a_site_continues_from_its_last_finished_round(tmp_path):
     torch.rand(3)
     _restore(Run, 0, start)  # not trained yet: the random state as built
     assert torch.equal(torch.get_rng_state(), start["torch"])
+
+
+def test_ddp_is_refused_for_federated_runs(tmp_path):
+    from medimg_cli.federated.run import federate
+
+    with pytest.raises(ConfigError, match="trainer.devices=2: each site trains in one process"):
+        federate(compose_config(["trainer.devices=2"], name="federated"), tmp_path / "run")

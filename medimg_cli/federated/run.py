@@ -51,6 +51,9 @@ def federate(
             the rounds run on that grid, and the server's data are its own held-out images, not
             the sites' (no per-site tests, no baselines). ``None``: a simulation of the sites.
     """
+    if cfg.trainer.get("devices", 1) != 1:
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices}: each site trains in one process; "
+                          "simulation.gpus_per_site shares GPUs among the sites")  # fmt: skip
     run = setup(cfg, run_dir, overrides)
     try:
         start = time.perf_counter()
@@ -100,8 +103,14 @@ def _simulate(run: Run, sites: list[str], server: Any) -> None:
     """Flower's simulation engine (Ray starts here): the ``server`` app and one node per site."""
     from flwr.simulation import run_simulation
 
-    client = simulated_client(OmegaConf.to_container(run.cfg, resolve=True), str(run.run_dir), sites)
-    simulation = run.cfg.simulation
+    cfg, simulation = OmegaConf.to_container(run.cfg, resolve=True), run.cfg.simulation
+    if run.device.type == "cuda" and not simulation.gpus_per_site:
+        # Ray hides the GPUs from sites that hold no share of one
+        if str(cfg["device"]).startswith("cuda"):
+            raise ConfigError(f"device={cfg['device']}: give the sites GPU shares, e.g. simulation.gpus_per_site=0.5")
+        log.warning("the sites train on the CPU (simulation.gpus_per_site=0); 0.5 puts two sites on each GPU")
+        cfg["device"] = "cpu"
+    client = simulated_client(cfg, str(run.run_dir), sites)
     resources = {"num_cpus": simulation.cpus_per_site, "num_gpus": float(simulation.gpus_per_site)}
     backend = {"client_resources": resources, "init_args": {"logging_level": "ERROR", "configure_logging": False}}
     with _quiet_flower():
