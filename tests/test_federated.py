@@ -161,6 +161,8 @@ def test_fedavg_with_one_site_is_ordinary_training_and_resumes_exactly(tmp_path)
     fed = tmp_path / "fed"
     done = run_cli("federated", *common, "federated.clients=1", "federated.rounds=2", f"hydra.run.dir={fed}")
     assert done.returncode == 0, done.stderr
+    sites_csv = fed / "sites.csv"  # as if killed after round 2's checkpoint, before its sites.csv row
+    sites_csv.write_text("".join(sites_csv.read_text().splitlines(keepends=True)[:2]))
     more = run_cli("federated", *common, "federated.clients=1", "federated.rounds=3", "trainer.resume=true",
                    f"hydra.run.dir={fed}")  # fmt: skip
     assert more.returncode == 0, more.stderr
@@ -174,6 +176,7 @@ def test_fedavg_with_one_site_is_ordinary_training_and_resumes_exactly(tmp_path)
         torch.testing.assert_close(ours["state_dict"][key].to(value.dtype), value, rtol=1e-6, atol=1e-7)
     rows = [list(csv.DictReader((d / "metrics.csv").open())) for d in (fed, plain)]
     assert len(rows[0]) == len(rows[1]) == 3
+    assert [r["round"] for r in csv.DictReader(sites_csv.open())] == ["1", "2", "3"]  # rewritten from last.pt
     for a, b in zip(*rows, strict=True):
         for column in ("train_loss", "val_loss", "val_accuracy", "val_auc"):
             assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-6), column

@@ -23,6 +23,7 @@ from medimg_cli.errors import ConfigError
 from medimg_cli.federated.client import simulated_client
 from medimg_cli.federated.report import ROUND_HEADERS, monitored, site_tables
 from medimg_cli.federated.server import (
+    SITE_COLUMNS,
     Rounds,
     average_buffers,
     build_strategy,
@@ -32,7 +33,7 @@ from medimg_cli.federated.server import (
     server_app,
 )
 from medimg_cli.federated.sites import COLUMN, site_names
-from medimg_cli.fileio import release, write_atomic, write_json
+from medimg_cli.fileio import csv_text, release, write_atomic, write_json
 from medimg_cli.loop import evaluate
 from medimg_cli.tables import make_console, markdown_table, rich_table, run_headers, run_title, select_rows
 from medimg_cli.training import Run, setup
@@ -81,7 +82,11 @@ def _rounds(run: Run, sites: list[str], start: float, grid: Any) -> None:
     node per site."""
     fed, done = run.cfg.federated, run.state.epoch
     saved = load_checkpoint(run.run_dir / "checkpoints" / "last.pt") if done else {}
-    rounds = Rounds(run, sites, start, _reporter(run, sites), saved.get("site_history", []))
+    history = saved.get("site_history", [])
+    if done:  # sites.csv as last.pt has it (an interruption may have come between the two)
+        rows = ([row.get(c) for c in SITE_COLUMNS] for row in history)
+        write_atomic(run.run_dir / "sites.csv", csv_text(SITE_COLUMNS, rows))
+    rounds = Rounds(run, sites, start, _reporter(run, sites), history)
     strategy = rounds.strategy = build_strategy(fed, len(sites), rounds)
     restore_strategy(strategy, saved.get("strategy", {}))
     if fed.strategy in ("fedadam", "fedyogi"):
