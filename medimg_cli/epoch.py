@@ -46,8 +46,8 @@ def train_one_epoch(
     skip = _nonfinite_policy(run.cfg.trainer) == "skip_batch"
     warm = not run.warmup_seconds  # the session's first epoch: time its warm-up apart
     stats = train_epoch(
-        run.train_model, run.train_batches, epoch, loss or run.loss, run.optimizer, run.augment, run.speed,
-        run.scaler, on_batch, skip, warm,
+        run.train_model, run.train_batches, epoch, run.loss if loss is None else loss, run.optimizer, run.augment,
+        run.speed, run.scaler, on_batch, skip, warm,
     )  # fmt: skip
     run.warmup_seconds.setdefault("train", stats["warmup_seconds"])
     _check_finite(run, epoch, stats, skip)
@@ -74,10 +74,14 @@ def validate(run: Run, epoch: int, keep: tuple[list, int] | None = None, warm: b
 def epoch_row(epoch: int, seconds: float, stats: dict[str, Any], val: dict[str, Any]) -> dict[str, Any]:
     """The ``metrics.csv`` row (``metrics.COLUMNS``) of an epoch that took ``seconds``, from the
     training numbers ``stats`` and the validation numbers ``val``."""
-    measured = {m.column: val[m.key] for m in METRICS if m.evaluated and m.key in val}
-    measured |= {"epoch": epoch, "epoch_seconds": seconds}
+    measured = val_columns(val) | {"epoch": epoch, "epoch_seconds": seconds}
     measured |= {key: stats[key] for key in ("train_loss", "train_images_per_second") if key in stats}
     return {column: measured[column] for column in COLUMNS if column in measured}
+
+
+def val_columns(val: dict[str, Any]) -> dict[str, Any]:
+    """``loop.evaluate``'s numbers under their ``metrics.csv`` columns (``val_loss``, ``val_auc``...)."""
+    return {m.column: val[m.key] for m in METRICS if m.evaluated and m.key in val}
 
 
 def write_epoch(run: Run, row: dict[str, Any], start: float, extra: dict[str, Any] | None = None) -> bool:

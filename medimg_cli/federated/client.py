@@ -28,10 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from medimg_cli.checkpoint import rng_state, save_checkpoint, set_rng_state
-from medimg_cli.epoch import train_one_epoch
+from medimg_cli.epoch import train_one_epoch, val_columns
 from medimg_cli.fileio import load_tensors
 from medimg_cli.loop import evaluate
-from medimg_cli.metrics import METRICS
 from medimg_cli.training import Run, build_run
 
 
@@ -139,7 +138,7 @@ def local_validation(site: Site, msg: Message) -> Message:
     run = site.run
     run.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     found = evaluate(run.eval_model, run.val_batches, run.loss, run.speed.for_evaluation())
-    metrics = {m.column: float(found[m.key]) for m in METRICS if m.evaluated and found.get(m.key) is not None}
+    metrics = {column: float(value) for column, value in val_columns(found).items() if value is not None}
     metrics |= {"num-examples": len(run.data.val["image"]), "site-index": site.index}
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

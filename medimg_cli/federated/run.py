@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from medimg_cli.checkpoint import load_checkpoint
@@ -32,7 +31,7 @@ from medimg_cli.federated.server import (
     run_rounds,
     server_app,
 )
-from medimg_cli.federated.sites import COLUMN, site_names
+from medimg_cli.federated.sites import COLUMN, site_names, site_splits
 from medimg_cli.fileio import csv_text, release, write_atomic, write_json
 from medimg_cli.loop import evaluate
 from medimg_cli.tables import make_console, markdown_table, rich_table, run_headers, run_title, select_rows
@@ -97,7 +96,8 @@ def _rounds(run: Run, sites: list[str], start: float, grid: Any) -> None:
     if grid is not None:
         run_rounds(rounds, strategy, fed.rounds - done, train_config, grid)
     else:
-        _simulate(run, sites, server_app(rounds, strategy, fed.rounds - done, train_config, failed := []))
+        failed: list[BaseException] = []  # what the server thread raised
+        _simulate(run, sites, server_app(rounds, strategy, fed.rounds - done, train_config, failed))
         if failed:
             raise failed[0]
     if run.state.epoch < fed.rounds:
@@ -126,11 +126,10 @@ def site_tests(run: Run, sites: list[str]) -> dict[str, dict[str, float]]:
     """The loaded model's test metrics on each site's test images."""
     found = {}
     for site in sites:
-        chosen = [i for i, value in enumerate(run.data.meta["test"][COLUMN]) if value == site]
-        if not chosen:  # a partition may leave a small site without test images
+        split = site_splits(run.data, site).test
+        if not len(split["image"]):  # a partition may leave a small site without test images
             found[site] = {}
             continue
-        split = {key: value[torch.tensor(chosen)] for key, value in run.data.test.items()}
         batches = run.batches(split, run.cfg.trainer.eval_batch_size)
         found[site] = evaluate(run.eval_model, batches, run.loss, run.speed.for_evaluation())
     return found

@@ -57,7 +57,7 @@ def build_strategy(fed: Mapping[str, Any], clients: int, rounds: Rounds) -> Stra
     if name == "fedprox":
         kwargs["proximal_mu"] = float(fed.get("proximal_mu", 0.0))
     if name in ("fedadam", "fedyogi"):
-        kwargs |= {key: float(fed[value]) for key, value in (("eta", "server_lr"), ("tau", "tau"))}
+        kwargs |= {"eta": float(fed["server_lr"]), "tau": float(fed["tau"])}
         kwargs |= {"beta_1": float(fed["betas"][0]), "beta_2": float(fed["betas"][1])}
     return STRATEGIES[name](**kwargs)
 
@@ -122,13 +122,15 @@ class Rounds:
         self.offset = run.state.epoch
         self.strategy: Strategy | None = None
         self.trained: dict[str, dict[str, float]] = {}
+        self.mean: MetricRecord | None = None
         self.checked: dict[str, dict[str, float]] = {}
         self.clock = time.perf_counter()
 
     def on_train(self, records: list[RecordDict], key: str) -> MetricRecord:
         """``train_metrics_aggr_fn``: keep each site's numbers, return Flower's weighted mean."""
         self.trained = {self.sites[int(m["site-index"])]: dict(m) for m in _metrics(records)}
-        return aggregate_metricrecords(records, key)
+        self.mean = aggregate_metricrecords(records, key)  # train_loss weighted by training images
+        return self.mean
 
     def on_validation(self, records: list[RecordDict], key: str) -> MetricRecord:
         """``evaluate_metrics_aggr_fn``: keep each site's validation of the global model."""
@@ -147,9 +149,8 @@ class Rounds:
             log.warning("round %d: %s sent no weights (%s); the round averaged the others", epoch,
                         ", ".join(missing), _failures(run, missing))  # fmt: skip
         run.model.load_state_dict(arrays.to_torch_state_dict())
-        counts = {site: m["num-examples"] for site, m in self.trained.items()}
         stats = {
-            "train_loss": sum(m["train_loss"] * counts[s] for s, m in self.trained.items()) / sum(counts.values()),
+            "train_loss": self.mean["train_loss"],
             "train_images_per_second": sum(m["train_images_per_second"] for m in self.trained.values()),
         }
         row = epoch_row(epoch, time.perf_counter() - self.clock, stats, validate(run, epoch))
