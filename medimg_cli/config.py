@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from medimg_cli.errors import ConfigError, check_arguments
 from medimg_cli.registry import Registry
@@ -147,3 +147,33 @@ def build_scheduler(
             raise ConfigError(f"scheduler.milestones={milestones} must be epoch numbers >= 1, e.g. [50,75]")
         args["milestones"] = milestones
     return cls(optimizer, **args)
+
+
+# group -> option that a task needs when the composed one cannot do it (the defaults are for images)
+TASK_DEFAULTS = {"registration": {"model": "localnet", "loss": "registration"}}
+
+
+def with_task_defaults(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """``cfg`` with the ``TASK_DEFAULTS`` of ``data.task`` in place of config groups left at the
+    images' defaults (``medimg train data.task=registration`` trains ``localnet`` with the
+    ``registration`` loss). A group chosen on the command line stays, so a model that cannot do the
+    task is refused by name rather than replaced."""
+    import logging
+    from pathlib import Path
+
+    from medimg_cli.models import MODELS, model_names
+
+    chosen = {override.lstrip("+~").split("=")[0] for override in overrides}
+    fits = {
+        "model": lambda name: name in model_names() and cfg.data.task in getattr(MODELS.get(name), "TASKS", ()),
+        "loss": lambda name: name == "registration",
+    }
+    for group, option in TASK_DEFAULTS.get(cfg.data.get("task"), {}).items():
+        if group in chosen or fits[group](cfg[group].get("name")):
+            continue
+        replacement = OmegaConf.load(Path(__file__).parent / "conf" / group / f"{option}.yaml")
+        logging.getLogger(__name__).info("data.task=%s: %s=%s (choose another with %s=...)",
+                                         cfg.data.task, group, option, group)  # fmt: skip
+        with open_dict(cfg):
+            cfg[group] = replacement
+    return cfg

@@ -5,7 +5,9 @@ the ``loss.name`` loss from MONAI on softmax probabilities, background included 
 default): ``dice_ce`` (Dice + cross-entropy, nnU-Net's choice), ``dice_focal`` (Dice + focal,
 for small structures) or ``tversky`` (Tversky index; ``beta > alpha`` weighs false negatives
 more). Multitask sums the two, weighted by ``classification_weight`` and ``segmentation_weight``.
-Anomaly detection: the detector's own objective (``sample_loss``, e.g. reconstruction error),
+Registration: an image similarity of the warped moving image to the fixed one plus a smoothness
+penalty of the displacement field (``registration_losses.py``). Anomaly detection: the
+detector's own objective (``sample_loss``, e.g. reconstruction error),
 averaged over the normal images of the batch only: abnormal images never train it, not even
 through the validation loss that picks ``best.pt``.
 """
@@ -22,6 +24,7 @@ from torch import nn
 
 from medimg_cli.data import DataInfo
 from medimg_cli.errors import check_arguments
+from medimg_cli.registration_losses import REGISTRATION_LOSSES
 from medimg_cli.registry import Registry
 
 WEIGHT_KEYS = ("classification_weight", "segmentation_weight")  # the multitask weighting, every option
@@ -98,29 +101,34 @@ class TaskLoss(nn.Module):
 
     Args:
         info: the dataset description (task, multi-label).
-        cfg: the ``loss`` config (``DEFAULT`` when ``None``).
+        cfg: the ``loss`` config (``None``: ``DEFAULT``, for registration its ``registration`` loss).
     """
 
     def __init__(self, info: DataInfo, cfg: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        cfg = dict(cfg or DEFAULT)
+        cfg = dict(cfg or ({"name": "registration"} if info.registers else DEFAULT))
         self.info = info
         self.weights = {key: float(cfg.pop(key, 1.0)) for key in WEIGHT_KEYS}
-        build = SEGMENTATION_LOSSES.get(cfg.pop("name"))  # unknown names list the valid ones
+        registry = REGISTRATION_LOSSES if info.registers else SEGMENTATION_LOSSES
+        build = registry.get(cfg.pop("name"))  # unknown names list the valid ones
+        if info.registers:  # what the data decides
+            cfg |= {"spatial_dims": info.spatial_dims, "num_classes": info.num_seg_classes}
         check_arguments("loss", f"loss '{build.__name__}'", build, cfg)
-        self.segmentation = build(**cfg)
+        self.criterion = build(**cfg)  # the segmentation (or registration) loss
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scalar loss from logits and a batch with ``label`` ``(B,)`` and/or ``mask`` ``(B, 1, *spatial)``
         (and ``roi`` ``(B, 1, *spatial)`` when only some pixels count)."""
         loss = torch.zeros((), device=batch["image"].device)
+        if self.info.registers:
+            return self.criterion(outputs, batch)
         if self.info.detects:
             normal = (batch["label"] == 0).float()
             return (outputs["sample_loss"].float() * normal).sum() / normal.sum().clamp(min=1)
         if self.info.classifies:
             loss = loss + self.weights["classification_weight"] * self._classification(outputs, batch)
         if self.info.segments:
-            seg = self.segmentation(outputs["seg_logits"].float(), batch["mask"].long(), batch.get("roi"))
+            seg = self.criterion(outputs["seg_logits"].float(), batch["mask"].long(), batch.get("roi"))
             loss = loss + self.weights["segmentation_weight"] * seg
         return loss
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from monai.metrics import compute_dice, compute_iou, compute_roc_auc
 
 from medimg_cli.data import DataInfo
+from medimg_cli.deformation import registration_cases
 from medimg_cli.errors import ConfigError, unknown_choice
 from medimg_cli.evaluation.classification import average_precision, rank_auc
 
@@ -84,8 +85,14 @@ METRICS = (
     Metric("auc", "val_auc", "AUC %", "AUC %", "quality", 100, tasks=("classification", "anomaly")),
     Metric("ap", "val_ap", "AP %", "Average precision %", "quality", 100, tasks=("anomaly",)),
     Metric("pixel_auc", "val_pixel_auc", "pixel AUC %", "Pixel AUC %", "quality", 100, tasks=("pixel",)),
-    Metric("dice", "val_dice", "Dice %", "Dice %", "quality", 100, tasks=("segmentation",)),
-    Metric("iou", "val_iou", "IoU %", "IoU %", "quality", 100, tasks=("segmentation",)),
+    Metric("dice", "val_dice", "Dice %", "Dice %", "quality", 100, tasks=("segmentation", "registration")),
+    Metric("iou", "val_iou", "IoU %", "IoU %", "quality", 100, tasks=("segmentation", "registration")),
+    Metric("hd95", "val_hd95", "HD95 px", "HD95, pixels", "quality", style="{:.2f}", higher=False,
+           tasks=("registration",), unit="pixels"),
+    Metric("folding", "val_folding", "folding %", "Folding %", "quality", 100, style="{:.2f}", higher=False,
+           tasks=("registration",)),
+    Metric("jacobian_std", "val_jacobian_std", "Jac sd", "Jacobian determinant sd", "quality", style="{:.3f}",
+           higher=False, tasks=("registration",), unit="ratio"),
     Metric("epoch_seconds", "epoch_seconds", "epoch s", "Epoch time, s", "timing", style="{:.2f}", higher=False,
            evaluated=False, unit="s"),
     Metric("train_images_per_second", "train_images_per_second", "train img/s", "Training images/s", "timing",
@@ -110,6 +117,7 @@ def task_metrics(info: DataInfo) -> tuple[Metric, ...]:
         "segmentation": info.segments,
         "anomaly": info.detects,
         "pixel": info.detects and info.num_seg_classes > 0,
+        "registration": info.registers,
     }
     return tuple(m for m in of_kind("quality") if any(has[task] for task in m.tasks))
 
@@ -270,10 +278,13 @@ class TaskMetrics:
         # anomaly detection: image scores, and pixel maps with the masks of abnormal regions
         self.scores: list[torch.Tensor] = []
         self.pixels: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.registered: list[dict[str, torch.Tensor]] = []  # registration: per-case field and label metrics
 
     def update(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
         """Add one batch: logits from the model, ``label`` ``(B,)``, ``mask`` ``(B, 1, *spatial)`` and, when
         only some pixels count, ``roi`` ``(B, 1, *spatial)`` (1 inside)."""
+        if self.info.registers:
+            self.registered.append(registration_cases(outputs["ddf"], batch.get("mask"), self.info.num_seg_classes))
         if self.info.detects:
             self.scores.append(outputs["anomaly_score"].detach().float())
             self.labels.append(batch["label"])
@@ -304,7 +315,15 @@ class TaskMetrics:
         if self.info.segments:
             found["dice"] = torch.cat(self.dice).mean(dim=1).cpu()
             found["iou"] = torch.cat(self.iou).mean(dim=1).cpu()
+        for key, value in self._registered().items():
+            found[key] = value.mean(dim=1) if value.dim() == 2 else value
         return found
+
+    def _registered(self) -> dict[str, torch.Tensor]:
+        """Registration's per-case values over the batches (``deformation.registration_cases``)."""
+        if not self.registered:
+            return {}
+        return {key: torch.cat([part[key] for part in self.registered]) for key in self.registered[0]}
 
     def compute(self) -> dict[str, float]:
         """The accumulated metrics as plain floats (fractions in [0, 1])."""
@@ -315,6 +334,7 @@ class TaskMetrics:
             found["label"], found["probs"] = torch.cat(self.labels), torch.cat(self.probs)
         if self.info.segments:
             found["dice"], found["iou"] = torch.cat(self.dice), torch.cat(self.iou)
+        found |= self._registered()
         result = quality_metrics(found, self.info.multilabel, self.info.average, self.info.positive_class)
         pixels = self.pixel_values()
         if pixels is not None:
@@ -339,7 +359,8 @@ def quality_metrics(
         cases: ``probs`` ``(N, K)`` and ``label`` ``(N,)`` (``(N, L)`` probabilities and 0/1
             labels when ``multilabel``) for classification; ``score`` ``(N,)`` anomaly scores
             and ``label`` ``(N,)`` (1: abnormal) for anomaly detection; ``dice`` and ``iou`` ``(N, C)`` per
-            foreground class (or ``(N, 1)`` per-case means) for segmentation.
+            foreground class (or ``(N, 1)`` per-case means) for segmentation and registration,
+            which adds ``hd95`` ``(N, C)`` and ``folding``, ``jacobian_std`` ``(N,)``.
         average, positive: how F1 is averaged and, for ``binary``, the positive class (``f1_score``).
 
     Returns:
@@ -358,7 +379,7 @@ def quality_metrics(
         scores, abnormal = cases["score"].double().cpu().numpy()[None], cases["label"].cpu().numpy()[None] == 1
         result["auc"] = float(rank_auc(scores, abnormal)[0])
         result["ap"] = float(average_precision(scores, abnormal)[0])
-    for key in ("dice", "iou"):
+    for key in ("dice", "iou", "hd95", "folding", "jacobian_std"):
         if key in cases:
             result[key] = cases[key].mean(dim=0).mean().item()
     return result

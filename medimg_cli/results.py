@@ -15,7 +15,8 @@ import numpy as np
 from medimg_cli.fileio import append_csv_row, columns_csv, csv_text, read_csv, write_atomic
 from medimg_cli.metrics import COLUMNS
 
-CASE_METRICS = ("dice", "iou")  # per-case segmentation values of test_predictions.csv
+# per-case segmentation (and registration) values of test_predictions.csv
+CASE_METRICS = ("dice", "iou", "hd95", "folding", "jacobian_std")
 
 
 def append_metrics_row(path: Path, row: Mapping[str, Any]) -> None:
@@ -37,7 +38,8 @@ def cases_csv(cases: Mapping[str, Any]) -> str:
     """CSV text of ``TaskMetrics.cases()``: one row per case, in split order.
 
     Columns: ``case`` (the position in the split; no identifiers), ``label`` (``label_<k>`` per
-    label when multi-label), ``prediction`` and ``p_<k>`` (class probabilities), ``dice``, ``iou``.
+    label when multi-label), ``prediction`` and ``p_<k>`` (class probabilities), ``dice``, ``iou``
+    (and for registration ``hd95``, ``folding``, ``jacobian_std``).
     """
     columns: dict[str, list] = {}
     count = len(next(iter(cases.values())))

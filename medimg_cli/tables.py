@@ -26,10 +26,13 @@ def make_console() -> Console:
 
 def run_title(summary: Mapping[str, Any]) -> str:
     """The table title of a run, from the ``model``, ``data``, ``task`` and ``seed`` of its summary
-    (and its synthetic training images: ``+ 273 synthetic`` or ``synthetic only``)."""
+    (and its synthetic training images: ``+ 273 synthetic`` or ``synthetic only``; its fusion of
+    several modalities: ``cnn (late fusion of 2 modalities)``)."""
     mixed = summary.get("synthetic")
     extra = "" if not mixed else f" + {mixed['images']} synthetic" if mixed["mode"] == "add" else " on synthetic only"
-    return f"{summary['model']} on {summary['data']}{extra} ({summary['task']}), seed {summary['seed']}"
+    fused = summary.get("fusion")
+    model = summary["model"] + (f" ({fused['fusion']} fusion of {fused['modalities']} modalities)" if fused else "")
+    return f"{model} on {summary['data']}{extra} ({summary['task']}), seed {summary['seed']}"
 
 
 def run_headers(summary: Mapping[str, Any]) -> dict[str, str]:

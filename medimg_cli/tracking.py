@@ -155,6 +155,10 @@ def sample_predictions(outputs: dict[str, torch.Tensor], info: DataInfo, batch: 
     ``batch["image"]`` ``(N, C, *spatial)``: the true masks above the predicted ones, or for anomaly
     detection the images with their abnormal regions above the anomaly maps (one scale for the
     row); each column titled ``label -> prediction`` when classifying, which ``text`` repeats."""
+    if info.registers:
+        from medimg_cli.evaluation.registered import pair_rows  # it imports the evaluation modules
+
+        return {"picture": figure_array(grid_figure(*pair_rows(outputs, batch))), "text": ""}
     images = batch["image"]
     titles = [f"image {i}" for i in range(len(images))]
     if info.classifies and not info.multilabel:

@@ -22,7 +22,14 @@ from torch.nn import SyncBatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from medimg_cli.augment import Augmenter, build_augment
-from medimg_cli.config import build_optimizer, build_scheduler, check_numbers, resolve_device, seed_everything
+from medimg_cli.config import (
+    build_optimizer,
+    build_scheduler,
+    check_numbers,
+    resolve_device,
+    seed_everything,
+    with_task_defaults,
+)
 from medimg_cli.data import Splits, build_data
 from medimg_cli.data.batches import choose_loader, make_batches
 from medimg_cli.data.patches import PatchBatches, patch_size
@@ -105,6 +112,8 @@ def setup(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     resume = resume_checkpoint(cfg, run_dir, overrides or [])
     if resume is not None:
         run_dir, cfg = resume.run_dir, resume.cfg
+    else:
+        cfg = with_task_defaults(cfg, overrides or [])
     lock = hold_folder(run_dir) if not is_distributed() or world()[0] == 0 else None
     if lock is not None and remove_stale_temporaries(run_dir):
         log.info("removed the half-written files of a killed run in %s", run_dir)

@@ -66,7 +66,8 @@ def run_cli(
 
 def check_test_metrics(run_dir: Path, test: dict) -> None:
     """``test`` (summary.json's test metrics) recomputed from the run's ``test_predictions.csv``:
-    classification and anomaly metrics with scikit-learn, Dice and IoU as the mean of the per-case values."""
+    classification and anomaly metrics with scikit-learn, Dice, IoU (and registration's HD95, folding and
+    Jacobian sd) as the mean of the per-case values."""
     import json
     import math
 
@@ -94,7 +95,7 @@ def check_test_metrics(run_dir: Path, test: dict) -> None:
 
         assert test["auc"] == pytest.approx(roc_auc_score(cases["label"], cases["score"]), abs=1e-6)
         assert test["ap"] == pytest.approx(average_precision_score(cases["label"], cases["score"]), abs=1e-6)
-    for key in ("dice", "iou"):
+    for key in ("dice", "iou", "hd95", "folding", "jacobian_std"):  # segmentation and registration
         if key in cases:
             assert test[key] == pytest.approx(float(np.mean(cases[key])), abs=1e-6)
 

@@ -18,6 +18,7 @@ from medimg_cli.data import SOURCES, DataInfo, source_modules
 from medimg_cli.errors import ConfigError
 from medimg_cli.losses import SEGMENTATION_LOSSES
 from medimg_cli.models import create_model, model_names
+from medimg_cli.registration_losses import REGISTRATION_LOSSES
 
 CONF = Path(medimg_cli.__file__).parent / "conf"
 
@@ -28,7 +29,12 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize(
     ("group", "registry"),
-    [("model", model_names()), ("optim", OPTIMIZERS.names()), ("loss", SEGMENTATION_LOSSES.names()), ("data", None)],
+    [
+        ("model", model_names()),
+        ("optim", OPTIMIZERS.names()),
+        ("loss", sorted([*SEGMENTATION_LOSSES.names(), *REGISTRATION_LOSSES.names()])),
+        ("data", None),
+    ],
 )
 def test_yaml_stem_name_and_registry_key_agree(group, registry):
     if group == "data":

@@ -58,11 +58,13 @@ def batch(info: DataInfo, n: int = 4) -> dict[str, torch.Tensor]:
 
 def test_every_model_has_a_yaml_and_the_zoo_is_complete():
     expected = {"cnn", "unet", "attention_unet", "unetr", "swin_unetr", "transformer", "hybrid", "dynunet", *BACKBONES}
-    expected |= {*DETECTORS, "monai"}
+    expected |= {*DETECTORS, *REGISTRATION, "monai"}
     assert set(model_names()) == expected
 
 
-ZOO = [name for name in model_names() if name != "monai"]  # any MONAI network: tests/test_monai_nets.py
+REGISTRATION = ("localnet", "voxelmorph", "globalnet")  # pairs in, fields out: tests/test_registration.py
+# any MONAI network: tests/test_monai_nets.py
+ZOO = [name for name in model_names() if name != "monai" and name not in REGISTRATION]
 
 
 @pytest.mark.parametrize("dims", [2, 3])

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from medimg_cli.checkpoint import load_checkpoint
+from medimg_cli.deformation import identity_scores
 from medimg_cli.distributed import barrier, join, launch, leave, requested_devices, sum_across, world
 from medimg_cli.epoch import epoch_row, train_one_epoch, validate, write_epoch
 from medimg_cli.errors import ConfigError
@@ -219,6 +220,8 @@ def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str,
         "processing_seconds_per_image": run.processing,
         "warmup_seconds": run.warmup_seconds,
         **({"per_label": run.per_label} if run.per_label is not None else {}),
+        **({"identity": _identity(run)} if run.data.info.registers else {}),
+        **({"fusion": _fusion(run)} if run.data.info.modalities > 1 else {}),
         **({"synthetic": run.data.synthetic} if run.data.synthetic else {}),
         **run.size,
         **dict(zip(("peak_memory_mib", "peak_memory"), peak_memory(run.device), strict=True)),
@@ -232,6 +235,19 @@ def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str,
         "data_fingerprint": run.data.fingerprint,
         "run_dir": str(run.run_dir),
     }
+
+
+def _identity(run: Run) -> dict[str, float] | None:
+    """Registration: the test pairs' label Dice, IoU and HD95 before registration (``None`` without labels)."""
+    mask = run.data.test.get("mask")
+    return identity_scores(mask, run.data.info.num_seg_classes) if mask is not None else None
+
+
+def _fusion(run: Run) -> dict[str, Any]:
+    """How the run's several modalities met (``models.fusion``)."""
+    model = run.cfg.model
+    fusion = {"fusion": model.get("fusion", "early"), "modalities": run.data.info.modalities}
+    return fusion | {"modality_dropout": model.get("modality_dropout", 0.0)}
 
 
 def epoch_status(run: Run, row: dict[str, Any], epochs: int, epoch_seconds: float) -> str:

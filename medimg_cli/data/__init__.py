@@ -4,7 +4,9 @@ A source is a function ``(data_cfg) -> Splits`` registered under its config name
 (``conf/data/<source>.yaml`` has ``source: <source>``; ``name`` is the dataset, e.g. a
 MedMNIST flag such as ``breastmnist``). Samples are dictionaries of tensors:
 ``image`` ``(N, C, *spatial)`` float32, ``label`` ``(N,)`` int64, ``mask`` ``(N, 1, *spatial)``
-uint8; a split holds the keys its task needs.
+uint8; a split holds the keys its task needs. A registration pair is one sample: ``image``
+``(N, 2C, *spatial)`` holds the moving image's C channels, then the fixed image's, and ``mask``
+``(N, 2, *spatial)`` the moving then the fixed label map.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from medimg_cli.plugins import load_plugins
 from medimg_cli.registry import Registry
 
 SUPERVISED = ("classification", "segmentation", "multitask")  # what a source reads
-TASKS = (*SUPERVISED, "anomaly")  # data.task: anomaly reads a source as classification (data/anomaly.py)
+# data.task: anomaly reads a source as classification (data/anomaly.py); registration aligns pairs
+TASKS = (*SUPERVISED, "anomaly", "registration")
 SPLITS = ("train", "val", "test")
 # Splits' records that hold one entry per sample of each split (besides the tensors and ``meta``)
 PER_SAMPLE = ("ids", "names", "pixel_spacing", "sizes", "affines", "originals")
@@ -48,6 +51,8 @@ class DataInfo:
     # source may set its dataset's default), which binary F1, sensitivity and PPV are about
     positive_class: int | None = None
     average: str = "macro"  # how F1 is averaged: binary (the positive class), macro or weighted
+    modalities: int = 1  # the images' channels are this many modalities of in_channels / modalities each
+    modality_names: tuple[str, ...] = ()  # their names where the data give them (a manifest's columns)
 
     @property
     def classifies(self) -> bool:
@@ -61,6 +66,11 @@ class DataInfo:
     def detects(self) -> bool:
         """Anomaly detection: normal images only in training, a score and a map per image."""
         return self.task == "anomaly"
+
+    @property
+    def registers(self) -> bool:
+        """Registration: (moving, fixed) pairs in, a displacement field out (``in_channels`` counts both)."""
+        return self.task == "registration"
 
 
 @dataclass
@@ -131,9 +141,8 @@ def fingerprint(arrays: Mapping[str, np.ndarray]) -> str:
 
 def keys_for_task(task: str) -> tuple[str, ...]:
     """The sample keys a task trains on."""
-    return {"classification": ("image", "label"), "segmentation": ("image", "mask")}.get(
-        task, ("image", "label", "mask")
-    )
+    only = {"classification": ("image", "label"), "segmentation": ("image", "mask"), "registration": ("image", "mask")}
+    return only.get(task, ("image", "label", "mask"))
 
 
 def source_modules() -> dict[str, str]:

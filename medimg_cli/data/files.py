@@ -185,6 +185,9 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         num_classes=len(classes),
         num_seg_classes=max(num_seg, 2) if num_seg else 0,
         class_names=tuple(classes),
+        # one file per modality (a manifest's data.modalities, nnU-Net's _0000, _0001); a DICOM series' are slices
+        modalities=1 if records[0].kind == "dicom" else len(records[0].images),
+        modality_names=tuple(cfg.get("modalities") or ()) if isinstance(cfg.get("modalities"), Sequence) else (),
     )
     arrays = {key: value.numpy() for key, value in tensors.items()} | {"split": np.array(splits)}
     return Splits(

@@ -5,9 +5,10 @@ Columns (CSV header or JSON object keys): ``image`` (required), and optionally `
 id; it must not identify a patient), ``roi`` (a region-of-interest mask: a retinal field of
 view, a body mask; pixels outside it count in no loss or metric), ``patient_id``, ``split``
 (train/val/test) and any metadata such as ``site``, which travels with each sample
-(``Splits.meta``) for subgroup analyses. Paths are relative to the manifest's folder. With
-``patient_id`` and no ``split``, the automatic split keeps each patient's images together; a
-patient listed in two explicit splits is refused.
+(``Splits.meta``) for subgroup analyses. With ``data.modalities=[t1,t2,...]`` the image columns
+are those instead, one modality each (the channels of a sample, in that order). Paths are
+relative to the manifest's folder. With ``patient_id`` and no ``split``, the automatic split
+keeps each patient's images together; a patient listed in two explicit splits is refused.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import csv
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from medimg_cli.data import SOURCES, Splits
 from medimg_cli.data.files import Record, records_to_splits
@@ -78,30 +80,42 @@ def _warn_odd_rows(records: list[Record], path: Path) -> None:
         )
 
 
+def _image_columns(modalities: Any) -> list[str]:
+    """The image columns: ``image``, or the ``data.modalities`` list (one column per modality)."""
+    if modalities is None:
+        return ["image"]
+    if isinstance(modalities, str) or not isinstance(modalities, Sequence) or not modalities:
+        raise ConfigError(f"data.modalities={modalities}: a list of image columns, e.g. data.modalities=[t1,t2]")
+    return [str(c) for c in modalities]
+
+
 @SOURCES.register("manifest")
 def manifest_splits(cfg: Mapping) -> Splits:
     """Build splits from the manifest at ``cfg["path"]``."""
     path = Path(cfg["path"]).expanduser()
     rows = read_manifest(path)
-    if rows and "image" not in rows[0]:
-        raise ConfigError(f"{path}: no 'image' column (columns: {', '.join(rows[0])})")
+    columns = _image_columns(cfg.get("modalities"))
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if missing:
+        raise ConfigError(f"{path}: no {missing[0]!r} column (columns: {', '.join(rows[0])})")
     base = path.parent
     records = [
         Record(
-            name=row["image"],
-            images=(base / row["image"],),
+            name=row[columns[0]],
+            images=tuple(base / row[c] for c in columns),
             label=row.get("label") or None,
             mask=base / row["mask"] if row.get("mask") else None,
             roi=base / row["roi"] if row.get("roi") else None,
             case=row.get("case") or None,
             patient=row.get("patient_id") or None,
             split=row.get("split") or None,
-            meta=tuple((k, v) for k, v in row.items() if k not in KNOWN_COLUMNS),
+            meta=tuple((k, v) for k, v in row.items() if k not in (*KNOWN_COLUMNS, *columns)),
         )
         for row in rows
     ]
     for record in records:
-        for kind, file in (("image", record.images[0]), ("mask", record.mask), ("roi", record.roi)):
+        files = [*zip(columns, record.images, strict=True), ("mask", record.mask), ("roi", record.roi)]
+        for kind, file in files:
             if file is not None and not file.is_file():
                 raise ConfigError(f"{path}: {kind} {file} is missing")
     _check_cases([r.case for r in records], path)

@@ -28,7 +28,7 @@ NORMALIZATIONS = ("minmax", "none")
 _TEXTURE_CUTOFF = 0.12  # low-pass cutoff of the organ texture, in cycles per pixel
 
 
-def _smooth_noise(rng: np.random.Generator, n: int, shape: tuple[int, ...], cutoff: float) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, n: int, shape: tuple[int, ...], cutoff: float) -> np.ndarray:
     """White noise low-pass filtered in Fourier space, normalised per sample; shape ``(n, *shape)``."""
     axes = tuple(range(1, len(shape) + 1))
     noise = rng.standard_normal((n, *shape))
@@ -95,6 +95,7 @@ def generate_phantom(
     mask_classes: int = 2,
     noise: tuple[float, float] = (0.02, 0.06),
     normalize: str = "minmax",
+    organ_labels: bool = False,
 ) -> dict[str, np.ndarray]:
     """Generate ``n`` phantom images with masks and labels, deterministically from ``seed``.
 
@@ -110,6 +111,8 @@ def generate_phantom(
             min-max leaks the label into every pixel: a bright lesion raises the maximum, so
             the organ and background of lesion images come out darker (a linear model on the
             image mean and sd alone beats chance by 20 points). ``none`` has no such shortcut.
+        organ_labels: the mask labels the organ too: 0 background, 1 organ, lesions 2 (and 3 for
+            malignant ones with ``mask_classes=3``): the anatomy a registration aligns.
 
     Returns:
         ``image`` float32 ``(n, 1, *spatial)`` (in [0, 1] for ``minmax``); ``mask`` uint8 ``(n, 1, *spatial)``;
@@ -129,7 +132,7 @@ def generate_phantom(
         for d in range(spatial_dims)
     )
     organ = _sigmoid((1 - r2) * 12)
-    image = 0.1 + organ * (0.4 + 0.05 * _smooth_noise(rng, n, shape, _TEXTURE_CUTOFF))
+    image = 0.1 + organ * (0.4 + 0.05 * smooth_noise(rng, n, shape, _TEXTURE_CUTOFF))
     mask = np.zeros((n, *shape), dtype=np.uint8)
 
     def place(present: np.ndarray, malignant: bool) -> None:
@@ -143,6 +146,8 @@ def generate_phantom(
     image += _expand(rng.uniform(*noise, size=n), spatial_dims) * rng.standard_normal(image.shape)
     if normalize == "minmax":  # min-max normalisation to [0, 1], Gomathi and Roopa Chandrika, eq. 2
         image = _minmax(image)
+    if organ_labels:
+        mask = np.where(mask > 0, mask + 1, organ > 0.5).astype(np.uint8)
     return {
         "image": image[:, None].astype(np.float32),
         "mask": mask[:, None],
@@ -191,7 +196,7 @@ def _place_lesions(
         irregularity = rng.uniform(0.25, 0.7, size=n)
         field = _lesion(rng, grid, where, radius, irregularity, frequency=(3, 7))
         margin = rng.uniform(0.15, 0.35, size=n)  # blurred, infiltrating edge
-        texture = 1 + 0.5 * _smooth_noise(rng, n, shape, 0.25)
+        texture = 1 + 0.5 * smooth_noise(rng, n, shape, 0.25)
     else:
         irregularity = rng.uniform(0.0, 0.3, size=n)
         field = _lesion(rng, grid, where, radius, irregularity, frequency=(1, 3))
@@ -203,3 +208,24 @@ def _place_lesions(
     image[:] += weight * texture * _expand(contrast, spatial_dims)
     inside = (field > 0) & _expand(present, spatial_dims)
     mask[inside] = 2 if (malignant and mask_classes == 3) else 1
+
+
+def modality_views(clean: np.ndarray, modalities: int, seed: int, normalize: str = "minmax") -> np.ndarray:
+    """``modalities`` images of the same noise-free phantoms ``clean`` ``(n, *spatial)``, each
+    carrying part of the signal, ``(n, modalities, *spatial)`` float32.
+
+    Modality m of M trades resolution for noise: Gaussian blur of ``2 m / (M - 1)`` pixels and
+    noise sd ``0.15`` down to ``0.02``, so the first shows lesion margins (irregular or smooth)
+    under heavy noise and the last shows faint, low-contrast lesions clearly but blurred, as a
+    sharp noisy sequence and a smooth one of the same MRI study do.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng([seed, 3])  # a stream apart from the phantoms' own draws
+    blur, noise = np.linspace(0.0, 2.0, modalities), np.linspace(0.15, 0.02, modalities)
+    views = []
+    for sigma, sd in zip(blur, noise, strict=True):
+        view = gaussian_filter(clean, sigma=(0, *(sigma,) * (clean.ndim - 1))) if sigma else clean.copy()
+        view += sd * rng.standard_normal(clean.shape)
+        views.append(_minmax(view) if normalize == "minmax" else view)
+    return np.stack(views, axis=1).astype(np.float32)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from medimg_cli.data import SOURCES, DataInfo, Splits, fingerprint, keys_for_task
-from medimg_cli.data.phantom import CLASS_NAMES, NORMALIZATIONS, generate_phantom
+from medimg_cli.data.pairs import deformed_pairs
+from medimg_cli.data.phantom import CLASS_NAMES, NORMALIZATIONS, generate_phantom, modality_views
 from medimg_cli.data.splits import split_indices
 from medimg_cli.errors import ConfigError, unknown_choice
 
@@ -26,32 +27,49 @@ def phantom_splits(cfg: Mapping) -> Splits:
         raise unknown_choice("data.normalize", cfg["normalize"], NORMALIZATIONS)
     if cfg["mask_classes"] not in (2, 3):
         raise ConfigError(f"data.mask_classes={cfg['mask_classes']} must be 2 or 3")
+    registers, modalities = cfg["task"] == "registration", _modalities(cfg)
     arrays = generate_phantom(
         cfg["num_samples"],
         size=cfg["image_size"],
         spatial_dims=cfg["spatial_dims"],
         seed=cfg["seed"],
         mask_classes=cfg["mask_classes"],
-        normalize=cfg.get("normalize", "minmax"),
+        normalize=cfg.get("normalize", "minmax") if modalities == 1 else "none",
+        organ_labels=registers,
+        noise=(0.02, 0.06) if modalities == 1 else (0.0, 0.0),  # each modality adds its own
     )
+    if modalities > 1:
+        arrays["image"] = modality_views(arrays["image"][:, 0], modalities, cfg["seed"], cfg.get("normalize", "minmax"))
     sites = _scanner_sites(arrays, cfg.get("sites", 0), cfg["seed"])
     class_names = CLASS_NAMES
     if cfg["binary"]:  # malignant vs the rest: the binary question of most screening papers
         arrays["label"] = (arrays["label"] == CLASS_NAMES.index("malignant")).astype(arrays["label"].dtype)
         class_names = ("not_malignant", "malignant")
+    if registers:  # moving = each phantom under a known random deformation, fixed = the phantom
+        pairs = deformed_pairs(torch.from_numpy(arrays["image"]), torch.from_numpy(arrays["mask"]), cfg["seed"])
+        arrays |= {key: pairs[key].numpy() for key in ("image", "mask")}
     info = DataInfo(
         task=cfg["task"],
         spatial_dims=cfg["spatial_dims"],
-        in_channels=1,
+        in_channels=2 * modalities if registers else modalities,
         num_classes=len(class_names),
-        num_seg_classes=cfg["mask_classes"],
+        num_seg_classes=cfg["mask_classes"] + registers,  # registration labels the organ too
         class_names=class_names,
+        modalities=modalities,
     )
     keys = keys_for_task(cfg["task"])
     index = split_indices(cfg["num_samples"], tuple(cfg["split"]), cfg["seed"])
     splits = {name: {key: torch.from_numpy(arrays[key][idx]) for key in keys} for name, idx in index.items()}
     meta = {name: {"site": [sites[i] for i in idx]} for name, idx in index.items()} if sites else None
     return Splits(**splits, info=info, fingerprint=fingerprint(arrays), meta=meta)
+
+
+def _modalities(cfg: Mapping) -> int:
+    """``data.modalities``: how many synthetic modalities each phantom is seen in (``phantom.modality_views``)."""
+    count = cfg.get("modalities", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"data.modalities={count} must be a whole number of modalities (1: one image)")
+    return count
 
 
 def _scanner_sites(arrays: dict[str, np.ndarray], sites: int, seed: int) -> list[str] | None:

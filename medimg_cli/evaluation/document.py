@@ -33,8 +33,8 @@ class Settings:
     threshold: Any = None  # binary tasks: null (most probable class), youden, or a probability
 
 
-DISTANCES = ("hd95", "asd")  # in mm (pixels without a spacing): metrics.json's distance_unit
-SCORES = ("brier",)  # a squared error summed over classes, in [0, 2]
+DISTANCES = ("hd95", "asd", "identity_hd95")  # in mm (pixels without a spacing): metrics.json's distance_unit
+SCORES = ("brier", "jacobian_std")  # brier: a squared error summed over classes, in [0, 2]; a Jacobian sd
 
 
 def unit_of(metric: str, distance_unit: str = "mm") -> str:

@@ -34,7 +34,9 @@ from medimg_cli.evaluation.classification import (
 from medimg_cli.evaluation.document import Evaluation, Settings, unit_of
 from medimg_cli.evaluation.explained import explain_cases
 from medimg_cli.evaluation.intervals import Rule, add_classification, chunked
+from medimg_cli.evaluation.modalities import missing_modality
 from medimg_cli.evaluation.multilabel import multilabel_outputs
+from medimg_cli.evaluation.registered import registration_outputs
 from medimg_cli.evaluation.segmented import segmentation_split
 from medimg_cli.evaluation.uncertainty import Predictions, predict, risk_coverage, sample_statistics
 from medimg_cli.fileio import columns_csv, write_atomic, write_json
@@ -257,6 +259,8 @@ def evaluate_split(
     if info.detects:
         result.document["task"] = info.task
         cases, rule = anomaly_outputs(result, out, model, data, split, settings, speed, batch_size, indices)
+    elif info.registers:
+        cases, rule = registration_outputs(result, out, model, data, split, settings, speed, batch_size, indices, ids)
     else:
         cases, rule = _predicted_outputs(
             result, out, model, data, (split, ids), info, settings, speed, batch_size, indices
@@ -267,6 +271,8 @@ def evaluate_split(
     if groups["column"]:
         write_atomic(out / "subgroups.csv", columns_csv(groups))
     result.document["subgroups"] = sorted(set(groups["column"]))
+    if info.modalities > 1:
+        result.document["missing_modality"] = missing_modality(out, model, tensors, info, speed, batch_size)
     if settings.explain:
         result.document["explain"] = explain_cases(
             out / "explain", model, payload, tensors, cases["probs"], ids, info.class_names, settings

@@ -50,6 +50,8 @@ def model_args(cfg: Mapping, info: DataInfo) -> dict[str, Any]:
         num_seg_classes=info.num_seg_classes,
         task=info.task,
     )
+    if info.modalities > 1:  # models.fusion: how the modalities meet
+        args["modalities"] = info.modalities
     _load_all()
     if "image_size" in inspect.signature(MODELS.get(cfg["name"])).parameters:
         args["image_size"] = tuple(info.image_size)
@@ -61,13 +63,35 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
     Args:
         name: registry key, e.g. ``"cnn"``.
-        **kwargs: the model's arguments (see ``model_args``).
+        **kwargs: the model's arguments (see ``model_args``); ``fusion``, ``modality_dropout`` and
+            ``modalities`` wrap it in ``models.fusion.Fused`` when the images hold several modalities.
     """
+    from medimg_cli.models.fusion import FUSION_KEYS, Fused, check_fusion
+
     _load_all()
     cls = MODELS.get(name)
     tasks = getattr(cls, "TASKS", ())
     if kwargs.get("task") not in tasks:
         raise ConfigError(f"model '{name}' cannot do data.task={kwargs.get('task')}; it supports {', '.join(tasks)}")
+    fusion = {key: kwargs.pop(key) for key in FUSION_KEYS if key in kwargs}
+    modalities, how, dropout = (
+        fusion.get("modalities", 1),
+        fusion.get("fusion", "early"),
+        fusion.get("modality_dropout", 0),
+    )
+    check_fusion(how, dropout, modalities)
+    if how == "early" and not dropout:
+        return _build(cls, name, kwargs)
+    channels = kwargs["in_channels"] // modalities
+
+    def build(in_channels: int) -> nn.Module:
+        return _build(cls, name, {**kwargs, "in_channels": in_channels})
+
+    classes = (kwargs.get("num_classes", 0), kwargs.get("num_seg_classes", 0))
+    return Fused(build, modalities, channels, how, dropout, classes, kwargs["task"], kwargs["spatial_dims"])
+
+
+def _build(cls: type[nn.Module], name: str, kwargs: dict[str, Any]) -> nn.Module:
     check_arguments("model", f"model '{name}'", cls, kwargs)
     try:
         return cls(**kwargs)
