@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import Warp
 
 # MONAI says so on every call when its compiled resampler is not built; PyTorch's is the one used
@@ -80,15 +81,42 @@ def random_deformations(
     return torch.from_numpy(field.astype(np.float32))
 
 
-def registration_cases(ddf: torch.Tensor, mask: torch.Tensor | None, num_classes: int) -> dict[str, torch.Tensor]:
+def target_registration_error(ddf: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """Mean distance (pixels) per case between the moving landmarks and where the field sends the
+    fixed ones, ``(B,)``.
+
+    Args:
+        ddf: ``(B, D, *spatial)`` pixels; fixed point ``p`` corresponds to moving point ``p + u(p)``
+            (``u`` interpolated linearly between pixels).
+        landmarks: ``(B, 2, K, D)`` pixel coordinates of K corresponding points, moving then fixed;
+            rows of NaN are padding (pairs with fewer landmarks) and do not count.
+    """
+    ddf, landmarks = ddf.detach().double(), landmarks.to(ddf.device).double()
+    moving, fixed = landmarks[:, 0], landmarks[:, 1]  # (B, K, D)
+    sizes = torch.tensor(ddf.shape[2:], dtype=ddf.dtype, device=ddf.device)
+    where = torch.nan_to_num(fixed) / (sizes - 1) * 2 - 1  # grid_sample's [-1, 1], its axes last-first
+    grid = where.flip(-1).reshape(len(ddf), -1, *(1,) * (ddf.dim() - 3), ddf.dim() - 2)
+    shift = F.grid_sample(ddf, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    shift = shift.reshape(len(ddf), ddf.shape[1], -1).transpose(1, 2)  # (B, K, D)
+    error = (fixed + shift - moving).norm(dim=-1)
+    valid = ~torch.isnan(error)
+    return torch.where(valid, error, 0).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+
+
+def registration_cases(
+    ddf: torch.Tensor, mask: torch.Tensor | None, num_classes: int, landmarks: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Per-case metrics of predicted fields ``ddf`` ``(B, D, *spatial)`` (pixels) on the CPU:
-    ``folding`` and ``jacobian_std`` ``(B,)`` (``field_statistics``) and, with ``mask``
+    ``folding`` and ``jacobian_std`` ``(B,)`` (``field_statistics``); with ``mask``
     ``(B, 2, *spatial)`` (moving, fixed label maps), ``dice``, ``iou`` and ``hd95`` (pixels)
     ``(B, num_classes - 1)`` of the warped moving labels against the fixed ones, by
-    ``evaluation.segmentation.case_metrics`` (its rules for empty structures)."""
+    ``evaluation.segmentation.case_metrics`` (its rules for empty structures); with ``landmarks``
+    ``(B, 2, K, D)``, ``tre`` ``(B,)`` (``target_registration_error``)."""
     from medimg_cli.evaluation.segmentation import case_metrics  # it imports MONAI's metrics
 
     found = {key: value.cpu() for key, value in field_statistics(ddf.detach()).items()}
+    if landmarks is not None:
+        found["tre"] = target_registration_error(ddf, landmarks).cpu()
     if mask is not None:
         warped = warp(mask[:, :1], ddf.detach(), labels=True)[:, 0]
         unit = [[1.0] * ddf.shape[1]] * len(ddf)
@@ -97,9 +125,12 @@ def registration_cases(ddf: torch.Tensor, mask: torch.Tensor | None, num_classes
     return found
 
 
-def identity_scores(mask: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """Mean ``dice``, ``iou`` and ``hd95`` of the pairs' label maps ``(N, 2, *spatial)`` as they are,
-    without registration: the baseline a registration must beat."""
-    zero = torch.zeros(len(mask), mask.dim() - 2, *mask.shape[2:])
-    found = registration_cases(zero, mask, num_classes)
-    return {key: found[key].mean(dim=1).mean().item() for key in ("dice", "iou", "hd95")}
+def identity_scores(pairs: dict[str, torch.Tensor], num_classes: int) -> dict[str, float]:
+    """Mean ``dice``, ``iou`` and ``hd95`` of the pairs' label maps (``mask`` ``(N, 2, *spatial)``)
+    and ``tre`` of their ``landmarks`` as they are, without registration: the baseline a
+    registration must beat (only those the pairs have)."""
+    image = pairs["image"]
+    zero = torch.zeros(len(image), image.dim() - 2, *image.shape[2:])
+    found = registration_cases(zero, pairs.get("mask"), num_classes, pairs.get("landmarks"))
+    names = [key for key in ("dice", "iou", "hd95", "tre") if key in found]
+    return {key: found[key].reshape(len(image), -1).mean(dim=1).mean().item() for key in names}

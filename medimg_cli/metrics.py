@@ -93,6 +93,8 @@ METRICS = (
            tasks=("registration",)),
     Metric("jacobian_std", "val_jacobian_std", "Jac sd", "Jacobian determinant sd", "quality", style="{:.3f}",
            higher=False, tasks=("registration",), unit="ratio"),
+    Metric("tre", "val_tre", "TRE px", "Target registration error, pixels", "quality", style="{:.2f}", higher=False,
+           tasks=("landmarks",), unit="pixels"),
     Metric("epoch_seconds", "epoch_seconds", "epoch s", "Epoch time, s", "timing", style="{:.2f}", higher=False,
            evaluated=False, unit="s"),
     Metric("train_images_per_second", "train_images_per_second", "train img/s", "Training images/s", "timing",
@@ -118,6 +120,7 @@ def task_metrics(info: DataInfo) -> tuple[Metric, ...]:
         "anomaly": info.detects,
         "pixel": info.detects and info.num_seg_classes > 0,
         "registration": info.registers,
+        "landmarks": info.registers and info.landmarks,
     }
     return tuple(m for m in of_kind("quality") if any(has[task] for task in m.tasks))
 
@@ -284,7 +287,8 @@ class TaskMetrics:
         """Add one batch: logits from the model, ``label`` ``(B,)``, ``mask`` ``(B, 1, *spatial)`` and, when
         only some pixels count, ``roi`` ``(B, 1, *spatial)`` (1 inside)."""
         if self.info.registers:
-            self.registered.append(registration_cases(outputs["ddf"], batch.get("mask"), self.info.num_seg_classes))
+            classes, landmarks = self.info.num_seg_classes, batch.get("landmarks")
+            self.registered.append(registration_cases(outputs["ddf"], batch.get("mask"), classes, landmarks))
         if self.info.detects:
             self.scores.append(outputs["anomaly_score"].detach().float())
             self.labels.append(batch["label"])
@@ -360,7 +364,7 @@ def quality_metrics(
             labels when ``multilabel``) for classification; ``score`` ``(N,)`` anomaly scores
             and ``label`` ``(N,)`` (1: abnormal) for anomaly detection; ``dice`` and ``iou`` ``(N, C)`` per
             foreground class (or ``(N, 1)`` per-case means) for segmentation and registration,
-            which adds ``hd95`` ``(N, C)`` and ``folding``, ``jacobian_std`` ``(N,)``.
+            which adds ``hd95`` ``(N, C)`` and ``folding``, ``jacobian_std``, ``tre`` (landmarks) ``(N,)``.
         average, positive: how F1 is averaged and, for ``binary``, the positive class (``f1_score``).
 
     Returns:
@@ -379,7 +383,7 @@ def quality_metrics(
         scores, abnormal = cases["score"].double().cpu().numpy()[None], cases["label"].cpu().numpy()[None] == 1
         result["auc"] = float(rank_auc(scores, abnormal)[0])
         result["ap"] = float(average_precision(scores, abnormal)[0])
-    for key in ("dice", "iou", "hd95", "folding", "jacobian_std"):
+    for key in ("dice", "iou", "hd95", "folding", "jacobian_std", "tre"):
         if key in cases:
             result[key] = cases[key].mean(dim=0).mean().item()
     return result

@@ -16,7 +16,7 @@ from medimg_cli.fileio import append_csv_row, columns_csv, csv_text, read_csv, w
 from medimg_cli.metrics import COLUMNS
 
 # per-case segmentation (and registration) values of test_predictions.csv
-CASE_METRICS = ("dice", "iou", "hd95", "folding", "jacobian_std")
+CASE_METRICS = ("dice", "iou", "hd95", "folding", "jacobian_std", "tre")
 
 
 def append_metrics_row(path: Path, row: Mapping[str, Any]) -> None:
@@ -39,7 +39,7 @@ def cases_csv(cases: Mapping[str, Any]) -> str:
 
     Columns: ``case`` (the position in the split; no identifiers), ``label`` (``label_<k>`` per
     label when multi-label), ``prediction`` and ``p_<k>`` (class probabilities), ``dice``, ``iou``
-    (and for registration ``hd95``, ``folding``, ``jacobian_std``).
+    (and for registration ``hd95``, ``folding``, ``jacobian_std``, ``tre``).
     """
     columns: dict[str, list] = {}
     count = len(next(iter(cases.values())))

@@ -14,7 +14,14 @@ from conftest import TINY, check_test_metrics, run_cli
 from monai.losses import BendingEnergyLoss
 
 from medimg_cli.data import DataInfo, build_data
-from medimg_cli.deformation import field_statistics, jacobian_determinant, random_deformations, registration_cases, warp
+from medimg_cli.deformation import (
+    field_statistics,
+    jacobian_determinant,
+    random_deformations,
+    registration_cases,
+    target_registration_error,
+    warp,
+)
 from medimg_cli.errors import ConfigError
 from medimg_cli.losses import TaskLoss
 from medimg_cli.models import create_model
@@ -68,6 +75,20 @@ def test_warped_label_metrics_of_a_known_shift():
     assert aligned["folding"].item() == 0.0
 
 
+def test_target_registration_error_by_hand():
+    fixed = torch.tensor([[2.0, 3.0], [5.5, 7.25], [float("nan"), float("nan")]])  # a padding row
+    moving = fixed + torch.tensor([3.0, 0.0])
+    landmarks = torch.stack([moving, fixed])[None]  # (1, 2, 3, 2)
+    shift = torch.zeros(1, 2, 12, 10)
+    assert target_registration_error(shift, landmarks).item() == pytest.approx(3.0)  # no registration
+    shift[:, 0] = 3.0
+    assert target_registration_error(shift, landmarks).item() == pytest.approx(0.0)
+    # u_1(x) = 0.5 x_0: linear, so interpolation between pixels is exact; the fixed points land at
+    # moving + (0, 0.5 x_0) and miss the landmarks by 0.5 x_0 along axis 1: 1.0 and 2.75, mean 1.875
+    shift[:, 1] = 0.5 * torch.arange(12.0)[:, None]
+    assert target_registration_error(shift, landmarks).item() == pytest.approx((1.0 + 2.75) / 2)
+
+
 def test_phantom_pairs_are_fixed_phantoms_and_their_known_deformations():
     data = build_data({**_phantom(), "num_samples": 30})
     info, train = data.info, data.train
@@ -80,6 +101,10 @@ def test_phantom_pairs_are_fixed_phantoms_and_their_known_deformations():
     assert field_statistics(fields)["folding"].max().item() == 0.0  # the true maps do not fold
     stacked = torch.cat([data.train["image"], data.val["image"], data.test["image"]])
     assert (stacked[:, 0] - stacked[:, 1]).abs().mean() > 0.02  # moving differs from fixed
+    assert train["landmarks"].shape[1:] == (2, 6, 2) and info.landmarks
+    moving, fixed = (train["landmarks"][:, k].long() for k in (0, 1))
+    labels = train["mask"][:, 0][torch.arange(len(moving))[:, None], moving[..., 0], moving[..., 1]]
+    assert (labels > 0).all()  # moving landmarks lie on the anatomy
 
 
 def test_registration_loss_is_the_similarity_plus_the_weighted_smoothness():
@@ -114,7 +139,7 @@ def test_cli_registers_phantoms_better_than_identity_and_eval_writes_the_picture
     test, identity = summary["test"], summary["identity"]
     assert summary["model"] == "localnet" and summary["task"] == "registration"
     assert test["dice"] > identity["dice"] + 0.04, (test, identity)  # a clear gain over no registration
-    assert test["folding"] < 0.01 and test["hd95"] < identity["hd95"]
+    assert test["folding"] < 0.01 and test["hd95"] < identity["hd95"] and test["tre"] < identity["tre"]
     check_test_metrics(run, test)
     done = run_cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", "eval.bootstrap=200", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -163,3 +188,35 @@ def test_every_registration_model_gives_a_field_and_learns(name, dims):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("pairs", ["inter_subject", "atlas"])
+def test_a_segmentation_dataset_pairs_inter_subject_or_to_an_atlas(image_folder, pairs):
+    from test_files import data_cfg
+
+    overrides = [f"data.root={image_folder / 'images'}", f"data.mask_root={image_folder / 'masks'}"]
+    plain = build_data(data_cfg("folder", *overrides, "data.task=segmentation"))
+    paired = build_data({**data_cfg("folder", *overrides, "data.task=registration"), "pairs": pairs})
+    assert paired.info.task == "registration" and paired.info.in_channels == 2
+    for name in ("train", "val", "test"):
+        moving, fixed = paired.split(name)["image"][:, :1], paired.split(name)["image"][:, 1:]
+        assert torch.equal(moving, plain.split(name)["image"])  # the moving image is each sample itself
+        masks = paired.split(name)["mask"]
+        assert torch.equal(masks[:, :1], plain.split(name)["mask"])
+        if pairs == "atlas":
+            assert (fixed == plain.train["image"][:1]).all() and (masks[:, 1:] == plain.train["mask"][:1]).all()
+            continue
+        partner = [
+            next(j for j, other in enumerate(plain.split(name)["image"]) if torch.equal(other, f)) for f in fixed
+        ]
+        assert all(j != i for i, j in enumerate(partner))  # never paired with itself
+        assert torch.equal(masks[:, 1:], plain.split(name)["mask"][partner])
+    assert paired.fingerprint != plain.fingerprint
+
+
+def test_an_unknown_pairing_is_refused_by_name(image_folder):
+    from test_files import data_cfg
+
+    overrides = [f"data.root={image_folder / 'images'}", f"data.mask_root={image_folder / 'masks'}"]
+    with pytest.raises(ConfigError, match="data.pairs"):
+        build_data({**data_cfg("folder", *overrides, "data.task=registration"), "pairs": "random"})

@@ -237,10 +237,9 @@ def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str,
     }
 
 
-def _identity(run: Run) -> dict[str, float] | None:
-    """Registration: the test pairs' label Dice, IoU and HD95 before registration (``None`` without labels)."""
-    mask = run.data.test.get("mask")
-    return identity_scores(mask, run.data.info.num_seg_classes) if mask is not None else None
+def _identity(run: Run) -> dict[str, float]:
+    """Registration: the test pairs' label Dice, IoU, HD95 and landmark TRE before registration."""
+    return identity_scores(run.data.test, run.data.info.num_seg_classes)
 
 
 def _fusion(run: Run) -> dict[str, Any]:

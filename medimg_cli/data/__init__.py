@@ -6,7 +6,8 @@ MedMNIST flag such as ``breastmnist``). Samples are dictionaries of tensors:
 ``image`` ``(N, C, *spatial)`` float32, ``label`` ``(N,)`` int64, ``mask`` ``(N, 1, *spatial)``
 uint8; a split holds the keys its task needs. A registration pair is one sample: ``image``
 ``(N, 2C, *spatial)`` holds the moving image's C channels, then the fixed image's, and ``mask``
-``(N, 2, *spatial)`` the moving then the fixed label map.
+``(N, 2, *spatial)`` the moving then the fixed label map; ``landmarks`` ``(N, 2, K, D)``, where
+known, K corresponding points of each (pixel coordinates; NaN rows pad pairs with fewer).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ TASKS = (*SUPERVISED, "anomaly", "registration")
 SPLITS = ("train", "val", "test")
 # Splits' records that hold one entry per sample of each split (besides the tensors and ``meta``)
 PER_SAMPLE = ("ids", "names", "pixel_spacing", "sizes", "affines", "originals")
+SELF_PAIRED = ("phantom",)  # data.task=registration: sources that make their own pairs (known deformations)
 MAX_SUBGROUP_VALUES = 20  # metadata columns with more distinct values (ids, dates...) are not subgroups
 
 
@@ -53,6 +55,7 @@ class DataInfo:
     average: str = "macro"  # how F1 is averaged: binary (the positive class), macro or weighted
     modalities: int = 1  # the images' channels are this many modalities of in_channels / modalities each
     modality_names: tuple[str, ...] = ()  # their names where the data give them (a manifest's columns)
+    landmarks: bool = False  # registration: pairs carry corresponding points (``landmarks`` (N, 2, K, D))
 
     @property
     def classifies(self) -> bool:
@@ -169,6 +172,11 @@ def build_data(cfg: Mapping) -> Splits:
         from medimg_cli.data.anomaly import anomaly_splits, source_task  # it imports this module
 
         splits = anomaly_splits(SOURCES.get(source)({**cfg, "task": source_task(cfg)}), cfg.get("normal_classes"))
+    elif cfg["task"] == "registration" and source not in SELF_PAIRED:  # pairs of a segmentation dataset
+        from medimg_cli.data.pairs import paired_splits  # it imports this module
+
+        splits = SOURCES.get(source)({**cfg, "task": "segmentation"})
+        splits = paired_splits(splits, cfg.get("pairs") or "inter_subject", cfg.get("seed", 0))
     else:
         splits = SOURCES.get(source)(cfg)
     if splits.info.classifies and splits.info.num_classes < 2:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,9 @@ def phantom_splits(cfg: Mapping) -> Splits:
         noise=(0.02, 0.06) if modalities == 1 else (0.0, 0.0),  # each modality adds its own
     )
     if modalities > 1:
-        arrays["image"] = modality_views(arrays["image"][:, 0], modalities, cfg["seed"], cfg.get("normalize", "minmax"))
+        views = modality_views(arrays["image"][:, 0], modalities, cfg["seed"], cfg.get("normalize", "minmax"))
+        keep = _kept_modalities(cfg.get("keep_modalities"), modalities)
+        arrays["image"], modalities = views[:, keep], len(keep)
     sites = _scanner_sites(arrays, cfg.get("sites", 0), cfg["seed"])
     class_names = CLASS_NAMES
     if cfg["binary"]:  # malignant vs the rest: the binary question of most screening papers
@@ -47,7 +50,7 @@ def phantom_splits(cfg: Mapping) -> Splits:
         class_names = ("not_malignant", "malignant")
     if registers:  # moving = each phantom under a known random deformation, fixed = the phantom
         pairs = deformed_pairs(torch.from_numpy(arrays["image"]), torch.from_numpy(arrays["mask"]), cfg["seed"])
-        arrays |= {key: pairs[key].numpy() for key in ("image", "mask")}
+        arrays |= {key: pairs[key].numpy() for key in ("image", "mask", "landmarks")}
     info = DataInfo(
         task=cfg["task"],
         spatial_dims=cfg["spatial_dims"],
@@ -56,8 +59,9 @@ def phantom_splits(cfg: Mapping) -> Splits:
         num_seg_classes=cfg["mask_classes"] + registers,  # registration labels the organ too
         class_names=class_names,
         modalities=modalities,
+        landmarks=registers,
     )
-    keys = keys_for_task(cfg["task"])
+    keys = keys_for_task(cfg["task"]) + (("landmarks",) if registers else ())
     index = split_indices(cfg["num_samples"], tuple(cfg["split"]), cfg["seed"])
     splits = {name: {key: torch.from_numpy(arrays[key][idx]) for key in keys} for name, idx in index.items()}
     meta = {name: {"site": [sites[i] for i in idx]} for name, idx in index.items()} if sites else None
@@ -70,6 +74,16 @@ def _modalities(cfg: Mapping) -> int:
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"data.modalities={count} must be a whole number of modalities (1: one image)")
     return count
+
+
+def _kept_modalities(keep: Any, modalities: int) -> list[int]:
+    """``data.keep_modalities`` (1-based, e.g. [2]: the second alone) as channel indices; null: all."""
+    if keep is None:
+        return list(range(modalities))
+    chosen = list(keep) if isinstance(keep, Sequence) and not isinstance(keep, str) else [keep]
+    if not chosen or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= modalities for k in chosen):
+        raise ConfigError(f"data.keep_modalities={keep}: modality numbers from 1 to data.modalities={modalities}")
+    return [k - 1 for k in chosen]
 
 
 def _scanner_sites(arrays: dict[str, np.ndarray], sites: int, seed: int) -> list[str] | None:

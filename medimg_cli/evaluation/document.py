@@ -33,7 +33,13 @@ class Settings:
     threshold: Any = None  # binary tasks: null (most probable class), youden, or a probability
 
 
-DISTANCES = ("hd95", "asd", "identity_hd95")  # in mm (pixels without a spacing): metrics.json's distance_unit
+DISTANCES = (
+    "hd95",
+    "asd",
+    "identity_hd95",
+    "tre",
+    "identity_tre",
+)  # in mm (pixels without a spacing): metrics.json's distance_unit
 SCORES = ("brier", "jacobian_std")  # brier: a squared error summed over classes, in [0, 2]; a Jacobian sd
 
 

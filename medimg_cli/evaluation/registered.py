@@ -81,10 +81,11 @@ def registration_outputs(
     tensors = data.split(split)
     evaluated = split_cases(model, TensorBatches(dict(tensors), batch_size, speed.device), TaskLoss(data.info), speed)
     cases = {key: value.double().numpy() for key, value in evaluated.cases().items()}
-    if "mask" in tensors:
-        zero = torch.zeros(len(tensors["mask"]), data.info.spatial_dims, *tensors["mask"].shape[2:])
-        before = registration_cases(zero, tensors["mask"], data.info.num_seg_classes)
-        cases |= {f"identity_{key}": before[key].mean(dim=1).double().numpy() for key in ("dice", "hd95")}
+    zero = torch.zeros(len(tensors["image"]), data.info.spatial_dims, *tensors["image"].shape[2:])
+    before = registration_cases(zero, tensors.get("mask"), data.info.num_seg_classes, tensors.get("landmarks"))
+    for key in ("dice", "hd95", "tre"):
+        if key in before:
+            cases[f"identity_{key}"] = before[key].reshape(len(zero), -1).mean(dim=1).double().numpy()
     result.document["task"], result.document["distance_unit"] = "registration", "pixels"
     metrics = result.document.setdefault("metrics", {})
     for name, per_case in cases.items():
