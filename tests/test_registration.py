@@ -10,12 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, check_test_metrics, run_cli
+from conftest import TINY, check_test_metrics, run_cli, write_png
 from monai.losses import BendingEnergyLoss
 
+from medimg_cli.commands.train import train
 from medimg_cli.data import DataInfo, build_data
 from medimg_cli.deformation import (
     field_statistics,
+    identity_scores,
     jacobian_determinant,
     random_deformations,
     registration_cases,
@@ -220,3 +222,63 @@ def test_an_unknown_pairing_is_refused_by_name(image_folder):
     overrides = [f"data.root={image_folder / 'images'}", f"data.mask_root={image_folder / 'masks'}"]
     with pytest.raises(ConfigError, match="data.pairs"):
         build_data({**data_cfg("folder", *overrides, "data.task=registration"), "pairs": "random"})
+
+
+def _pair_manifest(folder, count: int = 20, landmarks: bool = True):
+    """Pairs of 24x24 PNGs: a bright square, moved 3 rows down in the moving image; masks of it and
+    its four corners as landmarks."""
+    rng = np.random.default_rng(0)
+    rows = ["moving,fixed,moving_mask,fixed_mask" + (",moving_landmarks,fixed_landmarks" if landmarks else "")]
+    for i in range(count):
+        top, left = rng.integers(4, 10, size=2)
+        corners = [(top, left), (top, left + 7), (top + 7, left), (top + 7, left + 7)]
+        for side, shift in (("moving", 3), ("fixed", 0)):
+            image, mask = (rng.random((24, 24)) * 40).astype(np.uint8), np.zeros((24, 24), np.uint8)
+            image[top + shift : top + shift + 8, left : left + 8] = 220
+            mask[top + shift : top + shift + 8, left : left + 8] = 255
+            write_png(folder / side / f"{i}.png", image)
+            write_png(folder / f"{side}_mask" / f"{i}.png", mask)
+            points = "\n".join(f"{r + shift},{c}" for r, c in corners)
+            (folder / f"{side}_points").mkdir(exist_ok=True)
+            (folder / f"{side}_points" / f"{i}.csv").write_text("row,column\n" + points + "\n")
+        columns = [f"moving/{i}.png", f"fixed/{i}.png", f"moving_mask/{i}.png", f"fixed_mask/{i}.png"]
+        columns += [f"moving_points/{i}.csv", f"fixed_points/{i}.csv"] if landmarks else []
+        rows.append(",".join(columns))
+    (folder / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return folder / "pairs.csv"
+
+
+def test_a_manifest_lists_pairs_with_masks_and_landmarks_that_follow_the_resize(tmp_path):
+    from conftest import compose_config
+    from omegaconf import OmegaConf
+
+    path = _pair_manifest(tmp_path)
+    overrides = ["data=manifest", f"data.path={path}", "data.task=registration", "data.image_size=32"]
+    data = build_data(OmegaConf.to_container(compose_config(overrides).data, resolve=True))
+    info, test = data.info, data.test
+    assert info.task == "registration" and info.in_channels == 2 and info.landmarks and info.num_seg_classes == 2
+    assert test["image"].shape[1:] == (2, 32, 32) and test["mask"].shape[1:] == (2, 32, 32)
+    assert test["landmarks"].shape[1:] == (2, 4, 2)
+    shift = test["landmarks"][:, 0] - test["landmarks"][:, 1]
+    assert torch.allclose(shift, torch.tensor([3 * 32 / 24, 0.0]).expand_as(shift))  # 3 rows of 24 px, at 32 px
+    moving_rows = test["mask"][:, 0].sum(dim=2).nonzero()[:, 1].float()
+    fixed_rows = test["mask"][:, 1].sum(dim=2).nonzero()[:, 1].float()
+    assert moving_rows.mean() - fixed_rows.mean() == pytest.approx(4.0, abs=0.5)  # the masks moved alike
+    assert sum(len(v) for v in data.ids.values()) == 20
+    pairs = identity_scores(test, info.num_seg_classes)
+    assert pairs["tre"] == pytest.approx(4.0, abs=1e-5) and pairs["dice"] < 0.8
+    run = ["trainer.epochs=1", "trainer.batch_size=4", "device=cpu", "tracking.tensorboard=false"]
+    summary = train(compose_config([*overrides, *run]), tmp_path / "run")
+    assert summary["model"] == "localnet" and summary["identity"]["tre"] == pytest.approx(4.0, abs=1e-5)
+    assert {"dice", "hd95", "folding", "jacobian_std", "tre"} <= set(summary["test"])
+
+
+def test_a_landmark_file_with_a_bad_row_is_refused_by_name(tmp_path):
+    from conftest import compose_config
+    from omegaconf import OmegaConf
+
+    path = _pair_manifest(tmp_path, count=10)
+    (tmp_path / "fixed_points" / "3.csv").write_text("1,2\n3\n")
+    overrides = ["data=manifest", f"data.path={path}", "data.task=registration", "data.image_size=32"]
+    with pytest.raises(ConfigError, match="3.csv: landmarks must be rows of 2 numbers"):
+        build_data(OmegaConf.to_container(compose_config(overrides).data, resolve=True))

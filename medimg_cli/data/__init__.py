@@ -33,7 +33,8 @@ TASKS = (*SUPERVISED, "anomaly", "registration")
 SPLITS = ("train", "val", "test")
 # Splits' records that hold one entry per sample of each split (besides the tensors and ``meta``)
 PER_SAMPLE = ("ids", "names", "pixel_spacing", "sizes", "affines", "originals")
-SELF_PAIRED = ("phantom",)  # data.task=registration: sources that make their own pairs (known deformations)
+# data.task=registration: sources that make their own pairs (the phantom's known deformations, a manifest's list)
+SELF_PAIRED = ("phantom", "manifest")
 MAX_SUBGROUP_VALUES = 20  # metadata columns with more distinct values (ids, dates...) are not subgroups
 
 

@@ -94,6 +94,8 @@ def manifest_splits(cfg: Mapping) -> Splits:
     """Build splits from the manifest at ``cfg["path"]``."""
     path = Path(cfg["path"]).expanduser()
     rows = read_manifest(path)
+    if cfg["task"] == "registration":  # pairs listed (moving, fixed columns) or drawn from the images
+        return _registration_pairs(rows, path, cfg)
     columns = _image_columns(cfg.get("modalities"))
     missing = [c for c in columns if rows and c not in rows[0]]
     if missing:
@@ -123,3 +125,14 @@ def manifest_splits(cfg: Mapping) -> Splits:
     if cfg["task"] == "classification" and any(r.roi for r in records):
         raise ConfigError(f"{path}: a roi column restricts segmentation; data.task=classification has no masks")
     return records_to_splits(records, cfg, str(path))
+
+
+def _registration_pairs(rows: list[dict[str, str]], path: Path, cfg: Mapping) -> Splits:
+    from medimg_cli.data.manifest_pairs import lists_pairs, manifest_pairs
+    from medimg_cli.data.pairs import paired_splits
+
+    if lists_pairs(rows):
+        return manifest_pairs(rows, path, cfg)
+    return paired_splits(
+        manifest_splits({**cfg, "task": "segmentation"}), cfg.get("pairs") or "inter_subject", cfg["seed"]
+    )
