@@ -133,7 +133,7 @@ def test_cli_registers_phantoms_better_than_identity_and_eval_writes_the_picture
     run = tmp_path / "run"
     done = run_cli(
         "train", "data.task=registration", "data.num_samples=240", "trainer.epochs=4", "trainer.batch_size=16",
-        "device=cpu", "tracking.tensorboard=false", f"hydra.run.dir={run}", cwd=tmp_path,
+        "device=cpu", f"hydra.run.dir={run}", cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "localnet on phantom (registration)" in done.stdout and "folding %" in done.stdout
@@ -155,6 +155,8 @@ def test_cli_registers_phantoms_better_than_identity_and_eval_writes_the_picture
     warped, fields = (sorted((out / "warped").glob(f"*_{kind}.nii.gz")) for kind in ("warped", "ddf"))
     assert len(warped) == len(fields) == document["cases"] == 36  # 15% of 240
     assert nib.load(fields[0]).shape == (32, 32, 2)
+    done = run_cli("export", f"checkpoint={run / 'checkpoints' / 'best.pt'}", "format=torchscript", cwd=tmp_path)
+    assert done.returncode == 2 and "export of registration models is not supported yet" in done.stderr
 
 
 def test_a_model_that_cannot_register_is_refused_by_name(tmp_path):

@@ -110,6 +110,8 @@ def export_checkpoint(
             raise ConfigError(f"format=onnx needs {', '.join(missing)}: pip install 'medimg[export]'")
     # a run trained on patches exports its network for patches: the sliding windows stay in the caller
     payload, model, data, speed = load_trained(checkpoint, device, windows=False)
+    if data.info.registers:  # tracing bakes the batch size into MONAI's warp grid; the check batch then fails
+        raise ConfigError(f"{checkpoint}: export of registration models is not supported yet; use medimg eval")
     model = model.float().eval()
     wanted = {"class_logits": data.info.classifies, "seg_logits": data.info.segments}
     wanted |= {"anomaly_map": data.info.detects, "anomaly_score": data.info.detects}
