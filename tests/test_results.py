@@ -60,4 +60,7 @@ def test_every_table_takes_its_columns_from_the_metric_specification(tmp_path):
     assert lines[2] == "| " + " | ".join(["1*", *(m.show(0.5) for m in METRICS[1:])]) + " |"
     assert lines[3] == "| " + " | ".join(["test", *(m.show(0.25) if m.evaluated else "" for m in METRICS[1:])]) + " |"
     assert QUALITY == of_kind("quality") and set(EPOCH_METRICS) == set(of_kind("quality", "timing", "loss"))
-    assert [m.show(0.875) for m in QUALITY] == ["87.5"] * len(QUALITY)  # fractions shown in percent
+    fractions = [m for m in QUALITY if m.unit == "fraction"]
+    assert [float(m.show(0.875)) for m in fractions] == [87.5] * len(fractions)  # fractions shown in percent
+    others = {m.key: m.show(0.875) for m in QUALITY if m.unit != "fraction"}  # distances and ratios as they are
+    assert others == {"hd95": "0.88", "jacobian_std": "0.875", "tre": "0.88"}
