@@ -64,6 +64,22 @@ def run_cli(
     )
 
 
+def training_losses(model, loss_fn, batch: dict, lr: float = 1e-3, steps: int = 6) -> list[float]:
+    """The loss of ``steps`` Adam steps on one ``batch`` (a model that learns lowers it)."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn(model(batch["image"]), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def check_test_metrics(run_dir: Path, test: dict) -> None:
     """``test`` (summary.json's test metrics) recomputed from the run's ``test_predictions.csv``:
     classification and anomaly metrics with scikit-learn, Dice, IoU (and registration's HD95, folding and

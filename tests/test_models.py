@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import TINY, compose_config
+from conftest import TINY, compose_config, training_losses
 
 from medimg_cli.commands.eval import evaluate_checkpoint
 from medimg_cli.commands.train import train
@@ -95,16 +95,7 @@ def test_every_model_gives_the_right_shapes_and_learns(name, dims):
         return
     # a few optimisation steps on one multitask (or segmentation) batch lower the loss
     model, info = build(name, "multitask" if "multitask" in tasks else tasks[0], dims)
-    data, loss_fn = batch(info), TaskLoss(info)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    losses = []
-    for _ in range(6):
-        loss = loss_fn(model(data["image"]), data)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = training_losses(model, TaskLoss(info), batch(info))
     assert losses[-1] < losses[0], losses
 
 

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, check_test_metrics, run_cli, write_png
+from conftest import TINY, check_test_metrics, run_cli, training_losses, write_png
 from monai.losses import BendingEnergyLoss
 
 from medimg_cli.commands.train import train
@@ -183,14 +183,7 @@ def test_every_registration_model_gives_a_field_and_learns(name, dims):
     with pytest.raises(ConfigError, match=f"model '{name}' cannot do data.task=classification"):
         create_model(name, **{**args, "task": "classification"})
     info = DataInfo("registration", dims, 2, 0, 2, ())
-    loss_fn, optimizer = TaskLoss(info), torch.optim.Adam(model.parameters(), lr=1e-4)
-    losses = []
-    for _ in range(6):
-        loss = loss_fn(model(batch["image"]), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = training_losses(model, TaskLoss(info), batch, lr=1e-4)
     assert losses[-1] < losses[0], losses
 
 
