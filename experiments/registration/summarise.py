@@ -3,8 +3,9 @@
     python experiments/registration/summarise.py runs/benchmark/registration_phantom > results/registration.md
 
 One row per grid model (the run folder's ``model-<name>_seed-<k>`` prefix) and one for no
-registration (the identity: the pairs as they are, ``summary.json``'s ``identity``), with the
-test split's warped-label Dice, HD95 (pixels), folding ratio and Jacobian determinant sd as mean
+registration (the identity: the pairs as they are, ``summary.json``'s ``identity``; its field folds nothing
+and stretches evenly, so its folding and Jacobian sd are 0), with the
+test split's warped-label Dice, HD95 (pixels), landmark TRE (pixels), folding ratio and Jacobian determinant sd as mean
 +- sd over the seeds, then a paired t-test of each model's Dice against the identity's (seeds
 paired; the identity is the same every seed, so the test asks whether the gain is consistent).
 """
@@ -22,6 +23,7 @@ from medimg_cli.reporting.stats import mean_sd, paired_t_test
 COLUMNS = {
     "dice": ("Dice %", 100),
     "hd95": ("HD95 px", 1),
+    "tre": ("TRE px", 1),
     "folding": ("folding %", 100),
     "jacobian_std": ("Jac sd", 1),
 }
@@ -51,7 +53,7 @@ def main(folder: Path) -> None:
     print(f"Test split, mean +- sd over {seeds} seeds; p: paired t-test of the Dice against no registration.\n")
     print("| method | " + " | ".join(title for title, _ in COLUMNS.values()) + " | p (Dice) |")
     print("|---" * (len(COLUMNS) + 2) + "|")
-    cells = [f"{identity['dice'] * 100:.2f}", f"{identity['hd95']:.2f}", "0", "0"]
+    cells = [f"{identity['dice'] * 100:.2f}", f"{identity['hd95']:.2f}", f"{identity['tre']:.2f}", "0", "0"]
     print("| no registration (identity) | " + " | ".join(cells) + " | |")
     for name, summaries in grid.items():
         tests = [s["test"] for s in summaries]
