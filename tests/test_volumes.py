@@ -135,6 +135,7 @@ def test_nnunet_v2_stacks_channel_files(tmp_path):
     root = _nnunet(tmp_path / "Dataset001_Test")
     splits = build_data(dict(compose_config(["data=nnunet", f"data.root={root}", "data.image_size=16"]).data))
     assert splits.info.in_channels == 2 and splits.info.num_seg_classes == 3
+    assert splits.info.modalities == 2 and splits.info.modality_names == ("T1", "T2")  # model.fusion can take them
     assert sum(len(splits.split(s)["image"]) for s in ("train", "val", "test")) == 8
 
 
@@ -160,6 +161,7 @@ def test_decathlon_layout_with_4d_images(tmp_path):
     cfg = compose_config(["data=nnunet", f"data.root={tmp_path}", "data.image_size=16", "data.split=[0.5,0.25,0.25]"])
     splits = build_data(dict(cfg.data))
     assert splits.info.in_channels == 2 and splits.train["image"].shape[1:] == (2, 16, 16, 16)
+    assert splits.info.modality_names == ("FLAIR", "T1")  # one 4D file, two modalities
 
 
 def test_volumes_as_three_channels(nifti_dataset):

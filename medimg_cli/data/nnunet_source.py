@@ -10,6 +10,7 @@ Only the labelled training cases are used; they are split like any other dataset
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import defaultdict
@@ -81,4 +82,8 @@ def nnunet_splits(cfg: Mapping) -> Splits:
     channels = meta.get("channel_names") or meta.get("modality") or {}
     modality = cfg.get("modality") or next(iter(channels.values()), None)
     settings = {**cfg, "mask_classes": cfg.get("mask_classes") or len(labels), "modality": modality}
-    return records_to_splits(records, settings, str(root))
+    splits = records_to_splits(records, settings, str(root))
+    if len(channels) > 1 and splits.info.in_channels % len(channels) == 0:  # the channels are modalities
+        names = tuple(str(name) for name in channels.values())
+        splits.info = dataclasses.replace(splits.info, modalities=len(names), modality_names=names)
+    return splits
