@@ -271,7 +271,7 @@ def evaluate_split(
     if groups["column"]:
         write_atomic(out / "subgroups.csv", columns_csv(groups))
     result.document["subgroups"] = sorted(set(groups["column"]))
-    if info.modalities > 1:
+    if info.modalities > 1 and not info.registers:  # a pair's channels are moving then fixed, not modalities
         result.document["missing_modality"] = missing_modality(out, model, tensors, info, speed, batch_size)
     if settings.explain:
         result.document["explain"] = explain_cases(
