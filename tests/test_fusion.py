@@ -116,6 +116,7 @@ def test_cli_late_fusion_on_the_phantom_and_eval_without_each_modality(tmp_path)
     assert summary["fusion"] == {"fusion": "late", "modalities": 2, "modality_dropout": 0.0}
     done = run_cli("eval", f"checkpoint={run / 'checkpoints' / 'best.pt'}", "eval.bootstrap=50", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "accuracy with each modality blanked, in points: modality_1" in " ".join(done.stdout.split())
     with (run / "eval" / "test" / "missing_modality.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert {r["blanked"] for r in rows} == {"modality_1", "modality_2"}

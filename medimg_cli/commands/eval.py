@@ -114,6 +114,11 @@ def print_evaluation(document: Mapping[str, Any], title: str) -> None:
             f"risk-coverage ({document['uncertainty']}): AURC {risk['aurc']:.4f}; "
             f"{risk['quality']} of the 80% most certain cases {100 * risk['quality_at_80_percent']:.1f}%"
         )
+    missing = document.get("missing_modality")
+    if missing:  # the first quality metric, e.g. accuracy: what each blanked modality costs
+        metric = next(iter(missing["all"]))
+        drops = ", ".join(f"{name} {-100 * drop[metric]:+.1f}" for name, drop in missing.items() if name != "all")
+        console.print(f"{metric} with each modality blanked, in points: {drops} (missing_modality.csv)")
     if "explain" in document:
         pointing = document["explain"]["pointing_game"]
         if pointing:
