@@ -55,7 +55,7 @@ def main(folder: Path) -> None:
     early = [t["auc"] for t in tests["early"]]
     print(f"Test split, mean +- sd over {len(early)} seeds (%); p: paired t-test of the AUC against early fusion.")
     print("Without: the AUC with that modality blanked at test time.\n")
-    print("| model | accuracy % | AUC % | p (AUC) | AUC without sharp % | AUC without smooth % |")
+    print("| model | accuracy % | AUC % | p (AUC) | AUC without modality 1 % | AUC without modality 2 % |")
     print("|---|---|---|---|---|---|")
     for name, runs_of in grid.items():
         auc = [t["auc"] for t in tests[name]]

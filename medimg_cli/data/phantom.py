@@ -96,6 +96,7 @@ def generate_phantom(
     noise: tuple[float, float] = (0.02, 0.06),
     normalize: str = "minmax",
     organ_labels: bool = False,
+    lesion_layer: bool = False,
 ) -> dict[str, np.ndarray]:
     """Generate ``n`` phantom images with masks and labels, deterministically from ``seed``.
 
@@ -113,6 +114,8 @@ def generate_phantom(
             image mean and sd alone beats chance by 20 points). ``none`` has no such shortcut.
         organ_labels: the mask labels the organ too: 0 background, 1 organ, lesions 2 (and 3 for
             malignant ones with ``mask_classes=3``): the anatomy a registration aligns.
+        lesion_layer: also ``lesions`` ``(n, 1, *spatial)``: what the lesions added to the image,
+            before noise and normalisation (the modalities' raw material).
 
     Returns:
         ``image`` float32 ``(n, 1, *spatial)`` (in [0, 1] for ``minmax``); ``mask`` uint8 ``(n, 1, *spatial)``;
@@ -124,15 +127,8 @@ def generate_phantom(
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, size)] * spatial_dims, indexing="ij"))
     labels = rng.integers(0, 3, size=n)
 
-    # Organ: a soft-edged ellipse/ellipsoid with low-frequency texture on a dark background.
-    centre = rng.uniform(-0.1, 0.1, size=(n, spatial_dims))
-    axes = rng.uniform(0.6, 0.9, size=(n, spatial_dims))
-    r2 = sum(
-        ((grid[d][None] - _expand(centre[:, d], spatial_dims)) / _expand(axes[:, d], spatial_dims)) ** 2
-        for d in range(spatial_dims)
-    )
-    organ = _sigmoid((1 - r2) * 12)
-    image = 0.1 + organ * (0.4 + 0.05 * smooth_noise(rng, n, shape, _TEXTURE_CUTOFF))
+    image, organ, centre, axes = _organ(rng, grid, n)
+    healthy = image.copy() if lesion_layer else None
     mask = np.zeros((n, *shape), dtype=np.uint8)
 
     def place(present: np.ndarray, malignant: bool) -> None:
@@ -142,17 +138,29 @@ def generate_phantom(
     place((labels == 1) & (rng.uniform(size=n) < 0.4), malignant=False)
     place((labels == 2) & (rng.uniform(size=n) < 0.3), malignant=False)
     place(labels == 2, malignant=True)
+    lesions = image - healthy if lesion_layer else None  # what the lesions added
 
     image += _expand(rng.uniform(*noise, size=n), spatial_dims) * rng.standard_normal(image.shape)
     if normalize == "minmax":  # min-max normalisation to [0, 1], Gomathi and Roopa Chandrika, eq. 2
         image = _minmax(image)
     if organ_labels:
         mask = np.where(mask > 0, mask + 1, organ > 0.5).astype(np.uint8)
-    return {
-        "image": image[:, None].astype(np.float32),
-        "mask": mask[:, None],
-        "label": labels.astype(np.int64),
-    }
+    found = {"image": image[:, None].astype(np.float32), "mask": mask[:, None], "label": labels.astype(np.int64)}
+    if lesion_layer:
+        found["lesions"] = lesions[:, None].astype(np.float32)
+    return found
+
+
+def _organ(rng: np.random.Generator, grid: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    """A soft-edged ellipse/ellipsoid with low-frequency texture on a dark background, per sample:
+    the image ``(n, *spatial)``, the organ's soft mask, its centres and semi-axes ``(n, dims)``."""
+    dims, shape = grid.shape[0], grid.shape[1:]
+    centre = rng.uniform(-0.1, 0.1, size=(n, dims))
+    axes = rng.uniform(0.6, 0.9, size=(n, dims))
+    r2 = sum(((grid[d][None] - _expand(centre[:, d], dims)) / _expand(axes[:, d], dims)) ** 2 for d in range(dims))
+    organ = _sigmoid((1 - r2) * 12)
+    image = 0.1 + organ * (0.4 + 0.05 * smooth_noise(rng, n, shape, _TEXTURE_CUTOFF))
+    return image, organ, centre, axes
 
 
 def _check(spatial_dims: int, mask_classes: int, normalize: str) -> None:
@@ -210,22 +218,34 @@ def _place_lesions(
     mask[inside] = 2 if (malignant and mask_classes == 3) else 1
 
 
-def modality_views(clean: np.ndarray, modalities: int, seed: int, normalize: str = "minmax") -> np.ndarray:
-    """``modalities`` images of the same noise-free phantoms ``clean`` ``(n, *spatial)``, each
-    carrying part of the signal, ``(n, modalities, *spatial)`` float32.
+VISIBLE = 0.6  # the chance that a modality shows a case's lesions at full contrast
+FAINT = 0.2  # their contrast in a modality that does not
 
-    Modality m of M trades resolution for noise: Gaussian blur of ``2 m / (M - 1)`` pixels and
-    noise sd ``0.15`` down to ``0.02``, so the first shows lesion margins (irregular or smooth)
-    under heavy noise and the last shows faint, low-contrast lesions clearly but blurred, as a
-    sharp noisy sequence and a smooth one of the same MRI study do.
+
+def modality_views(
+    clean: np.ndarray, lesions: np.ndarray, modalities: int, seed: int, normalize: str = "minmax"
+) -> np.ndarray:
+    """``modalities`` images of the same noise-free phantoms, each carrying part of the signal,
+    ``(n, modalities, *spatial)`` float32.
+
+    Args:
+        clean: ``(n, *spatial)`` phantoms without noise; lesions: ``(n, *spatial)``, what their
+            lesions add (``generate_phantom(lesion_layer=True)``).
+
+    Each modality shows a case's lesions at full contrast with probability ``VISIBLE`` and at
+    ``FAINT`` contrast otherwise, independently of the other modalities (as a lesion may be bright
+    on T2 and nearly invisible on T1), so a single modality misses some lesions that another shows;
+    modality m of M is also blurred by ``m / (M - 1)`` pixels, and each gets its own noise (sd 0.05).
     """
     from scipy.ndimage import gaussian_filter
 
     rng = np.random.default_rng([seed, 3])  # a stream apart from the phantoms' own draws
-    blur, noise = np.linspace(0.0, 2.0, modalities), np.linspace(0.15, 0.02, modalities)
+    healthy = clean - lesions
     views = []
-    for sigma, sd in zip(blur, noise, strict=True):
-        view = gaussian_filter(clean, sigma=(0, *(sigma,) * (clean.ndim - 1))) if sigma else clean.copy()
-        view += sd * rng.standard_normal(clean.shape)
+    for sigma in np.linspace(0.0, 1.0, modalities):
+        shown = np.where(rng.uniform(size=len(clean)) < VISIBLE, 1.0, FAINT)
+        view = healthy + _expand(shown, clean.ndim - 1) * lesions
+        view = gaussian_filter(view, sigma=(0, *(sigma,) * (clean.ndim - 1))) if sigma else view
+        view = view + 0.05 * rng.standard_normal(clean.shape)
         views.append(_minmax(view) if normalize == "minmax" else view)
     return np.stack(views, axis=1).astype(np.float32)

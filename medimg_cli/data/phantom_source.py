@@ -38,9 +38,11 @@ def phantom_splits(cfg: Mapping) -> Splits:
         normalize=cfg.get("normalize", "minmax") if modalities == 1 else "none",
         organ_labels=registers,
         noise=(0.02, 0.06) if modalities == 1 else (0.0, 0.0),  # each modality adds its own
+        lesion_layer=modalities > 1,
     )
     if modalities > 1:
-        views = modality_views(arrays["image"][:, 0], modalities, cfg["seed"], cfg.get("normalize", "minmax"))
+        layers = (arrays["image"][:, 0], arrays.pop("lesions")[:, 0])
+        views = modality_views(*layers, modalities, cfg["seed"], cfg.get("normalize", "minmax"))
         keep = _kept_modalities(cfg.get("keep_modalities"), modalities)
         arrays["image"], modalities = views[:, keep], len(keep)
     sites = _scanner_sites(arrays, cfg.get("sites", 0), cfg["seed"])
