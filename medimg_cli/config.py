@@ -6,8 +6,10 @@ before anything is built, and maps names to torch objects.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +17,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from medimg_cli.errors import ConfigError, check_arguments
 from medimg_cli.registry import Registry
+
+log = logging.getLogger(__name__)
 
 # key: (type, smallest allowed value, example). Keys absent from a config are not checked.
 _NUMBERS: dict[str, tuple[type, float, str]] = {
@@ -158,22 +162,19 @@ def with_task_defaults(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     images' defaults (``medimg train data.task=registration`` trains ``localnet`` with the
     ``registration`` loss). A group chosen on the command line stays, so a model that cannot do the
     task is refused by name rather than replaced."""
-    import logging
-    from pathlib import Path
-
-    from medimg_cli.models import MODELS, model_names
+    from medimg_cli.models import MODELS, model_names  # they import MONAI, which the other commands do not need
+    from medimg_cli.registration_losses import REGISTRATION_LOSSES
 
     chosen = {override.lstrip("+~").split("=")[0] for override in overrides}
     fits = {
         "model": lambda name: name in model_names() and cfg.data.task in getattr(MODELS.get(name), "TASKS", ()),
-        "loss": lambda name: name == "registration",
+        "loss": lambda name: name in REGISTRATION_LOSSES.names(),
     }
     for group, option in TASK_DEFAULTS.get(cfg.data.get("task"), {}).items():
         if group in chosen or fits[group](cfg[group].get("name")):
             continue
         replacement = OmegaConf.load(Path(__file__).parent / "conf" / group / f"{option}.yaml")
-        logging.getLogger(__name__).info("data.task=%s: %s=%s (choose another with %s=...)",
-                                         cfg.data.task, group, option, group)  # fmt: skip
+        log.info("data.task=%s: %s=%s (choose another with %s=...)", cfg.data.task, group, option, group)
         with open_dict(cfg):
             cfg[group] = replacement
     return cfg
