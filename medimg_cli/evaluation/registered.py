@@ -55,17 +55,16 @@ def pair_rows(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Ten
     image, ddf, warped = batch["image"].cpu(), outputs["ddf"].float().cpu(), outputs["warped"].float().cpu()
     half = image.shape[1] // 2
     masks = batch.get("mask")
-    moving_labels, fixed_labels, warped_labels = (None,) * 3
+    moving_labels = fixed_labels = warped_labels = [None] * len(image)
     if masks is not None:
         masks = masks.cpu()
         moving_labels, fixed_labels = masks[:, 0], masks[:, 1]
         warped_labels = warp(masks[:, :1], ddf, labels=True)[:, 0]
     grids = warp(grid_lines(tuple(image.shape[2:])).expand(len(image), 1, *image.shape[2:]), ddf)
-    pick = lambda labels, i: None if labels is None else labels[i]  # noqa: E731
     rows = [
-        [Tile(image[i, :half], pick(moving_labels, i), f"pair {i}") for i in range(len(image))],
-        [Tile(image[i, half:], pick(fixed_labels, i)) for i in range(len(image))],
-        [Tile(warped[i], pick(warped_labels, i)) for i in range(len(image))],
+        [Tile(image[i, :half], moving_labels[i], f"pair {i}") for i in range(len(image))],
+        [Tile(image[i, half:], fixed_labels[i]) for i in range(len(image))],
+        [Tile(warped[i], warped_labels[i]) for i in range(len(image))],
         [Tile(checkerboard(warped[i], image[i, half:])) for i in range(len(image))],
         [Tile(grids[i]) for i in range(len(image))],
     ]
