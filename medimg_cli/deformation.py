@@ -120,8 +120,8 @@ def registration_cases(
     if mask is not None:
         warped = warp(mask[:, :1], ddf.detach(), labels=True)[:, 0]
         unit = [[1.0] * ddf.shape[1]] * len(ddf)
-        scores = case_metrics(warped, mask[:, 1], num_classes, unit)
-        found |= {key: torch.from_numpy(scores[key]) for key in ("dice", "iou", "hd95")}
+        scores = case_metrics(warped, mask[:, 1], num_classes, unit, keys=("dice", "iou", "hd95"))
+        found |= {key: torch.from_numpy(value) for key, value in scores.items()}
     return found
 
 

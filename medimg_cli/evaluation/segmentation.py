@@ -41,6 +41,7 @@ def case_metrics(
     roi: torch.Tensor | None = None,
     tolerance: float = 1.0,
     cldice: bool = False,
+    keys: Sequence[str] = ("dice", "iou", "hd95", "asd", "nsd"),
 ) -> dict[str, np.ndarray]:
     """Metrics of a batch of label maps.
 
@@ -53,38 +54,41 @@ def case_metrics(
             labels outside it count as background in both maps.
         tolerance: the NSD's boundary tolerance, in the unit of ``spacing`` (mm, or pixels).
         cldice: also ``cldice``, the centreline Dice (slower: a skeleton per case and class).
+        keys: the metrics to compute (the surface distances cost most; registration's per-epoch
+            scores need no ASD or NSD).
 
     Returns:
-        ``dice``, ``iou``, ``hd95``, ``asd``, ``nsd`` (and ``cldice``) as ``(B, num_classes - 1)``
-        arrays (foreground classes).
+        ``keys`` (and ``cldice``) as ``(B, num_classes - 1)`` arrays (foreground classes).
     """
     pred_1hot = F.one_hot(pred.long(), num_classes).movedim(-1, 1).float()
     true_1hot = F.one_hot(mask.long(), num_classes).movedim(-1, 1).float()
     if roi is not None:
         pred_1hot, true_1hot = pred_1hot * roi[:, None], true_1hot * roi[:, None]
     spacing = [list(map(float, s)) for s in spacing]
+    measures = {
+        "dice": lambda: compute_dice(pred_1hot, true_1hot, include_background=False, ignore_empty=False),
+        "iou": lambda: compute_iou(pred_1hot, true_1hot, include_background=False, ignore_empty=False),
+        "hd95": lambda: compute_hausdorff_distance(
+            pred_1hot, true_1hot, include_background=False, percentile=95, spacing=spacing
+        ),
+        "asd": lambda: compute_average_surface_distance(
+            pred_1hot, true_1hot, include_background=False, symmetric=True, spacing=spacing
+        ),
+        "nsd": lambda: compute_surface_dice(pred_1hot, true_1hot, [tolerance] * (num_classes - 1), spacing=spacing),
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MONAI warns on every empty structure; handled below
-        found = {
-            "dice": compute_dice(pred_1hot, true_1hot, include_background=False, ignore_empty=False),
-            "iou": compute_iou(pred_1hot, true_1hot, include_background=False, ignore_empty=False),
-            "hd95": compute_hausdorff_distance(
-                pred_1hot, true_1hot, include_background=False, percentile=95, spacing=spacing
-            ),
-            "asd": compute_average_surface_distance(
-                pred_1hot, true_1hot, include_background=False, symmetric=True, spacing=spacing
-            ),
-            "nsd": compute_surface_dice(pred_1hot, true_1hot, [tolerance] * (num_classes - 1), spacing=spacing),
-        }
-    found = {key: value.cpu().double().numpy() for key, value in found.items()}
+        found = {key: measures[key]().cpu().double().numpy() for key in keys}
     pred_empty = (pred_1hot[:, 1:].flatten(2).sum(2) == 0).cpu().numpy()
     true_empty = (true_1hot[:, 1:].flatten(2).sum(2) == 0).cpu().numpy()
     diagonal = np.array([math.hypot(*(n * s for n, s in zip(mask.shape[1:], case, strict=True))) for case in spacing])
     one_empty = pred_empty != true_empty
     for key in ("hd95", "asd"):
-        found[key] = np.where(pred_empty & true_empty, 0.0, found[key])
-        found[key] = np.where(one_empty, diagonal[:, None], found[key])
-    found["nsd"] = np.where(pred_empty & true_empty, 1.0, np.where(one_empty, 0.0, found["nsd"]))
+        if key in found:
+            found[key] = np.where(pred_empty & true_empty, 0.0, found[key])
+            found[key] = np.where(one_empty, diagonal[:, None], found[key])
+    if "nsd" in found:
+        found["nsd"] = np.where(pred_empty & true_empty, 1.0, np.where(one_empty, 0.0, found["nsd"]))
     if cldice:
         pred_np, true_np = pred_1hot[:, 1:].bool().cpu().numpy(), true_1hot[:, 1:].bool().cpu().numpy()
         found["cldice"] = np.array([[centreline_dice(p, t) for p, t in zip(*case, strict=True)] for case in
