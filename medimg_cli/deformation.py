@@ -125,12 +125,13 @@ def registration_cases(
     return found
 
 
-def identity_scores(pairs: dict[str, torch.Tensor], num_classes: int) -> dict[str, float]:
-    """Mean ``dice``, ``iou`` and ``hd95`` of the pairs' label maps (``mask`` ``(N, 2, *spatial)``)
-    and ``tre`` of their ``landmarks`` as they are, without registration: the baseline a
-    registration must beat (only those the pairs have)."""
+def identity_cases(pairs: dict[str, torch.Tensor], num_classes: int) -> dict[str, torch.Tensor]:
+    """Per pair, ``(N,)`` each: ``dice``, ``iou`` and ``hd95`` of the label maps (``mask``
+    ``(N, 2, *spatial)``, mean over foreground labels) and ``tre`` of the ``landmarks`` as the pairs
+    are, without registration: the baseline a registration must beat (only those the pairs have)."""
     image = pairs["image"]
     zero = torch.zeros(len(image), image.dim() - 2, *image.shape[2:])
     found = registration_cases(zero, pairs.get("mask"), num_classes, pairs.get("landmarks"))
-    names = [key for key in ("dice", "iou", "hd95", "tre") if key in found]
-    return {key: found[key].reshape(len(image), -1).mean(dim=1).mean().item() for key in names}
+    return {
+        key: found[key].reshape(len(image), -1).mean(dim=1) for key in ("dice", "iou", "hd95", "tre") if key in found
+    }

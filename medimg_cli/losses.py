@@ -119,12 +119,12 @@ class TaskLoss(nn.Module):
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scalar loss from logits and a batch with ``label`` ``(B,)`` and/or ``mask`` ``(B, 1, *spatial)``
         (and ``roi`` ``(B, 1, *spatial)`` when only some pixels count)."""
-        loss = torch.zeros((), device=batch["image"].device)
         if self.info.registers:
             return self.criterion(outputs, batch)
         if self.info.detects:
             normal = (batch["label"] == 0).float()
             return (outputs["sample_loss"].float() * normal).sum() / normal.sum().clamp(min=1)
+        loss = torch.zeros((), device=batch["image"].device)
         if self.info.classifies:
             loss = loss + self.weights["classification_weight"] * self._classification(outputs, batch)
         if self.info.segments:

@@ -17,7 +17,7 @@ from medimg_cli.commands.train import train
 from medimg_cli.data import DataInfo, build_data
 from medimg_cli.deformation import (
     field_statistics,
-    identity_scores,
+    identity_cases,
     jacobian_determinant,
     random_deformations,
     registration_cases,
@@ -260,7 +260,7 @@ def test_a_manifest_lists_pairs_with_masks_and_landmarks_that_follow_the_resize(
     fixed_rows = test["mask"][:, 1].sum(dim=2).nonzero()[:, 1].float()
     assert moving_rows.mean() - fixed_rows.mean() == pytest.approx(4.0, abs=0.5)  # the masks moved alike
     assert sum(len(v) for v in data.ids.values()) == 20
-    pairs = identity_scores(test, info.num_seg_classes)
+    pairs = {key: per_pair.mean().item() for key, per_pair in identity_cases(test, info.num_seg_classes).items()}
     assert pairs["tre"] == pytest.approx(4.0, abs=1e-5) and pairs["dice"] < 0.8
     run = ["trainer.epochs=1", "trainer.batch_size=4", "device=cpu", "tracking.tensorboard=false"]
     summary = train(compose_config([*overrides, *run]), tmp_path / "run")

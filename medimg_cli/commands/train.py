@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from medimg_cli.checkpoint import load_checkpoint
-from medimg_cli.deformation import identity_scores
+from medimg_cli.deformation import identity_cases
 from medimg_cli.distributed import barrier, join, launch, leave, requested_devices, sum_across, world
 from medimg_cli.epoch import epoch_row, train_one_epoch, validate, write_epoch
 from medimg_cli.errors import ConfigError
@@ -239,7 +239,9 @@ def build_summary(run: Run, test: dict[str, float], seconds: float) -> dict[str,
 
 def _identity(run: Run) -> dict[str, float]:
     """Registration: the test pairs' label Dice, IoU, HD95 and landmark TRE before registration."""
-    return identity_scores(run.data.test, run.data.info.num_seg_classes)
+    return {
+        key: value.mean().item() for key, value in identity_cases(run.data.test, run.data.info.num_seg_classes).items()
+    }
 
 
 def _fusion(run: Run) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 
 from medimg_cli.data import Splits
 from medimg_cli.data.batches import TensorBatches
-from medimg_cli.deformation import registration_cases, warp
+from medimg_cli.deformation import identity_cases, warp
 from medimg_cli.evaluation.anomalous import split_cases
 from medimg_cli.evaluation.document import Evaluation, Settings
 from medimg_cli.evaluation.intervals import Rule
@@ -80,11 +80,8 @@ def registration_outputs(
     tensors = data.split(split)
     evaluated = split_cases(model, TensorBatches(dict(tensors), batch_size, speed.device), TaskLoss(data.info), speed)
     cases = {key: value.double().numpy() for key, value in evaluated.cases().items()}
-    zero = torch.zeros(len(tensors["image"]), data.info.spatial_dims, *tensors["image"].shape[2:])
-    before = registration_cases(zero, tensors.get("mask"), data.info.num_seg_classes, tensors.get("landmarks"))
-    for key in ("dice", "hd95", "tre"):
-        if key in before:
-            cases[f"identity_{key}"] = before[key].reshape(len(zero), -1).mean(dim=1).double().numpy()
+    before = identity_cases(tensors, data.info.num_seg_classes)
+    cases |= {f"identity_{key}": value.double().numpy() for key, value in before.items() if key != "iou"}
     result.document["task"], result.document["distance_unit"] = "registration", "pixels"
     metrics = result.document.setdefault("metrics", {})
     for name, per_case in cases.items():
