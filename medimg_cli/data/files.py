@@ -20,7 +20,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -186,7 +185,6 @@ def records_to_splits(records: Sequence[Record], cfg: Mapping, source: str) -> S
         num_classes=len(classes),
         num_seg_classes=max(num_seg, 2) if num_seg else 0,
         class_names=tuple(classes),
-        **_modalities(records, cfg),
     )
     arrays = {key: value.numpy() for key, value in tensors.items()} | {"split": np.array(splits)}
     return Splits(
@@ -263,14 +261,6 @@ def _carve_validation(records: Sequence[Record], explicit: list[str], cfg: Mappi
     for index, split in zip(members, carved, strict=True):
         found[index] = "train" if split == "train" else "val"
     return found
-
-
-def _modalities(records: Sequence[Record], cfg: Mapping) -> dict[str, Any]:
-    """``DataInfo``'s modalities: one file per modality (a manifest's ``data.modalities`` columns,
-    nnU-Net's ``_0000``, ``_0001``); a DICOM series' files are slices of one image."""
-    names = cfg.get("modalities")
-    named = tuple(names) if isinstance(names, Sequence) and not isinstance(names, str) else ()
-    return {"modalities": 1 if records[0].kind == "dicom" else len(records[0].images), "modality_names": named}
 
 
 def _check_records(records: Sequence[Record], cfg: Mapping, source: str) -> list[str]:

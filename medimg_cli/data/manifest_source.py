@@ -14,6 +14,7 @@ keeps each patient's images together; a patient listed in two explicit splits is
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import re
@@ -124,7 +125,10 @@ def manifest_splits(cfg: Mapping) -> Splits:
     _warn_odd_rows(records, path)
     if cfg["task"] == "classification" and any(r.roi for r in records):
         raise ConfigError(f"{path}: a roi column restricts segmentation; data.task=classification has no masks")
-    return records_to_splits(records, cfg, str(path))
+    splits = records_to_splits(records, cfg, str(path))
+    if len(columns) > 1:  # one image column per modality, stacked in that order
+        splits.info = dataclasses.replace(splits.info, modalities=len(columns), modality_names=tuple(columns))
+    return splits
 
 
 def _registration_pairs(rows: list[dict[str, str]], path: Path, cfg: Mapping) -> Splits:
