@@ -2,7 +2,7 @@
 
     python experiments/fusion/summarise.py runs/benchmark/fusion_phantom > results/fusion.md
 
-One row per grid entry (the run folder's ``model-<name>_seed-<k>`` prefix): the test split's
+One row per grid entry (the benchmark's ``model`` axis): the test split's
 accuracy and AUC as mean +- sd over the seeds, a paired t-test of the AUC against early fusion
 (seeds paired), and for the fused models the AUC with each modality blanked (set to 0, as
 ``medimg eval`` does for ``missing_modality.csv``): how much each relies on either modality.
@@ -11,24 +11,20 @@ accuracy and AUC as mean +- sd over the seeds, a paired t-test of the AUC agains
 from __future__ import annotations
 
 import json
-import re
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 from medimg_cli.evaluation.modalities import missing_modality
+from medimg_cli.reporting import find_jobs, group
 from medimg_cli.reporting.stats import mean_sd, paired_t_test
 from medimg_cli.trained import load_trained
 
 
 def runs(folder: Path) -> dict[str, list[Path]]:
-    """Grid entry -> its run folders, in seed order."""
-    found: dict[str, list[tuple[int, Path]]] = defaultdict(list)
-    for path in sorted((folder / "runs").glob("*/summary.json")):
-        match = re.match(r"model-(\w+?)_seed-(\d+)", path.parent.name)
-        if match:
-            found[match[1]].append((int(match[2]), path.parent))
-    return {name: [run for _, run in sorted(items)] for name, items in found.items()}
+    """Grid entry -> its run folders, in seed order (``benchmark.json``'s ``model`` axis)."""
+    jobs, _, order = find_jobs(folder)
+    return {name: [job.folder for job in sorted(group_jobs, key=lambda job: job.seed)]
+            for name, group_jobs in group(jobs, "model", order).items()}  # fmt: skip
 
 
 def without_each(run: Path) -> dict[str, float]:
@@ -50,7 +46,7 @@ def shown(values: list[float]) -> str:
 def main(folder: Path) -> None:
     grid = runs(folder)
     if "early" not in grid:
-        raise SystemExit(f"{folder}: no finished early-fusion runs (model-early_seed-<k>/summary.json)")
+        raise SystemExit(f"{folder}: no finished early-fusion runs")
     tests = {name: [json.loads((r / "summary.json").read_text())["test"] for r in rs] for name, rs in grid.items()}
     early = [t["auc"] for t in tests["early"]]
     print(f"Test split, mean +- sd over {len(early)} seeds (%); p: paired t-test of the AUC against early fusion.")

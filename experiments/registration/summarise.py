@@ -2,7 +2,7 @@
 
     python experiments/registration/summarise.py runs/benchmark/registration_phantom > results/registration.md
 
-One row per grid model (the run folder's ``model-<name>_seed-<k>`` prefix) and one for no
+One row per grid model (the benchmark's ``model`` axis) and one for no
 registration (the identity: the pairs as they are, ``summary.json``'s ``identity``; its field folds nothing
 and stretches evenly, so its folding and Jacobian sd are 0), with the
 test split's warped-label Dice, HD95 (pixels), landmark TRE (pixels), folding ratio and Jacobian determinant sd as mean
@@ -12,12 +12,10 @@ paired; the identity is the same every seed, so the test asks whether the gain i
 
 from __future__ import annotations
 
-import json
-import re
 import sys
-from collections import defaultdict
 from pathlib import Path
 
+from medimg_cli.reporting import find_jobs, group
 from medimg_cli.reporting.stats import mean_sd, paired_t_test
 
 COLUMNS = {
@@ -30,13 +28,10 @@ COLUMNS = {
 
 
 def runs(folder: Path) -> dict[str, list[dict]]:
-    """Grid model name -> its runs' summaries, in seed order."""
-    found: dict[str, list[tuple[int, dict]]] = defaultdict(list)
-    for path in sorted((folder / "runs").glob("*/summary.json")):
-        match = re.match(r"model-(\w+?)_seed-(\d+)", path.parent.name)
-        if match:
-            found[match[1]].append((int(match[2]), json.loads(path.read_text())))
-    return {name: [summary for _, summary in sorted(items)] for name, items in found.items()}
+    """Grid model name -> its runs' summaries, in seed order (``benchmark.json``'s axes)."""
+    jobs, _, order = find_jobs(folder)
+    return {name: [job.summary for job in sorted(group_jobs, key=lambda job: job.seed)]
+            for name, group_jobs in group(jobs, "model", order).items()}  # fmt: skip
 
 
 def shown(values: list[float], scale: float) -> str:
@@ -47,7 +42,7 @@ def shown(values: list[float], scale: float) -> str:
 def main(folder: Path) -> None:
     grid = runs(folder)
     if not grid:
-        raise SystemExit(f"{folder}: no finished runs (model-<name>_seed-<k>/summary.json)")
+        raise SystemExit(f"{folder}: no finished runs")
     identity = next(iter(grid.values()))[0]["identity"]
     seeds = len(next(iter(grid.values())))
     print(f"Test split, mean +- sd over {seeds} seeds; p: paired t-test of the Dice against no registration.\n")
